@@ -1,0 +1,50 @@
+"""The one shared definition of NeuronCore arithmetic.
+
+The runtime, the device plugin and the operator all need to read ``NEURONCORE_GROUP_SIZES`` and
+``NEURON_RT_VISIBLE_CORES``, to know how many cores an instance type has, and to reason about
+contiguous runs of cores.  Writing that three times is how the three would drift apart (one
+accepting ``16x1`` and another refusing it), so it lives here, free of I/O, and the three
+components import it.
+"""
+
+from neuron_cores.groups import (
+    GROUP_SIZES_ENV,
+    GroupSizesError,
+    format_group_sizes,
+    parse_group_sizes,
+    split_into_groups,
+)
+from neuron_cores.instances import (
+    INSTANCE_TYPES,
+    InstanceType,
+    UnknownInstanceTypeError,
+    lookup_instance_type,
+)
+from neuron_cores.visible import (
+    VISIBLE_CORES_ENV,
+    VISIBLE_DEVICES_ENV,
+    CoreListError,
+    contiguous_runs,
+    format_core_list,
+    is_contiguous,
+    parse_core_list,
+)
+
+__all__ = [
+    "GROUP_SIZES_ENV",
+    "INSTANCE_TYPES",
+    "VISIBLE_CORES_ENV",
+    "VISIBLE_DEVICES_ENV",
+    "CoreListError",
+    "GroupSizesError",
+    "InstanceType",
+    "UnknownInstanceTypeError",
+    "contiguous_runs",
+    "format_core_list",
+    "format_group_sizes",
+    "is_contiguous",
+    "lookup_instance_type",
+    "parse_core_list",
+    "parse_group_sizes",
+    "split_into_groups",
+]

@@ -1,0 +1,1 @@
+"""Kubelet device plugin advertising NeuronCores and Neuron devices."""

@@ -1,0 +1,1 @@
+"""Operator reconciling NeuronWorkload resources into pods."""

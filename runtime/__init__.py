@@ -1,0 +1,1 @@
+"""Group-aware inference runtime: NeuronCore Groups simulated on CPU workers."""
