@@ -1,0 +1,120 @@
+"""``neuron-operator``: ``plan`` shows the pods a NeuronWorkload becomes, ``run`` reconciles.
+
+``plan`` needs no cluster: it reads NeuronWorkload YAML and prints the planner's pods, so users
+can try a layout before applying it, and the docs' examples are checked by the same code the
+operator runs.  ``run`` imports kopf lazily, so ``plan`` starts fast and works without a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from neuron_operator.api import InvalidSpecError, Workload, workload_from_object
+from neuron_operator.planner import Plan, plan
+from neuron_operator.pods import build_pod
+
+EXIT_INVALID = 2
+
+
+def _env_default(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def load_workloads(path: Path) -> list[Workload]:
+    """Every NeuronWorkload in a YAML file (several documents allowed)."""
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    if not documents:
+        raise InvalidSpecError([f"{path}: holds no YAML document; give a NeuronWorkload"])
+    return [workload_from_object(d) for d in documents]
+
+
+def _text_report(workload: Workload, result: Plan, out: TextIO) -> None:
+    pods = result.pods
+    print(
+        f"{workload.namespace}/{workload.name}: {len(pods)} pods "
+        f"({len(result.layout)} per replica x {result.replicas} replicas), "
+        f"{result.cores_per_replica} NeuronCores per replica, node cores {result.node_cores}",
+        file=out,
+    )
+    for pod_plan in pods:
+        manifest = build_pod(pod_plan, workload)
+        names = ",".join(m.name for m in pod_plan.load_order)
+        print(
+            f"  {manifest['metadata']['name']}  cores={pod_plan.cores}  "
+            f"NEURONCORE_GROUP_SIZES={pod_plan.group_sizes_env}  models={names}",
+            file=out,
+        )
+
+
+def plan_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    try:
+        workloads = load_workloads(args.file)
+        plans = [(w, plan(w.spec)) for w in workloads]
+    except InvalidSpecError as error:
+        print(f"error: {args.file}: invalid NeuronWorkload:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    except (OSError, yaml.YAMLError) as error:
+        print(f"error: cannot read {args.file}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.output == "text":
+        for workload, result in plans:
+            _text_report(workload, result, out)
+        return 0
+    items: list[dict[str, Any]] = [build_pod(p, w) for w, result in plans for p in result.pods]
+    pod_list = {"apiVersion": "v1", "kind": "List", "items": items}
+    if args.output == "json":
+        json.dump(pod_list, out, indent=2)
+        out.write("\n")
+    else:
+        yaml.safe_dump(pod_list, out, sort_keys=False)
+    return 0
+
+
+def _add_plan(commands: Any) -> None:
+    parser = commands.add_parser(
+        "plan",
+        help="print the pods a NeuronWorkload file becomes, without a cluster",
+        description="Read NeuronWorkload YAML (FILE, or - for stdin) and print the planned pods.",
+    )
+    parser.add_argument("file", type=Path, metavar="FILE", help="NeuronWorkload YAML file, or -")
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "yaml", "json"),
+        default=_env_default("NEURON_OPERATOR_PLAN_OUTPUT", "text"),
+        help="text: one line per pod; yaml/json: a List of Pod objects "
+        "(env NEURON_OPERATOR_PLAN_OUTPUT, default text)",
+    )
+    parser.set_defaults(func=plan_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuron-operator",
+        description="Plan and reconcile NeuronWorkloads (neurongroups.dev/v1alpha1) into pods "
+        "with NeuronCore Groups.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_plan(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

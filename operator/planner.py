@@ -1,0 +1,198 @@
+"""The planner: from a NeuronWorkload spec to NeuronCore Groups, and from groups to pods.
+
+Pure functions, no API calls, so that ``neuron-operator plan`` and the reconcile loop agree and
+the arithmetic can be tested exhaustively.  Three decisions, in order:
+
+1. Groups.  Without ``spec.cores`` (or with a budget that covers the demand) every model copy
+   gets its own group, sized to its compiled cores, in spec order: the seed's A(2) B(4) C(6) D(4)
+   becomes ``2,4,6,4``.  With a smaller budget, copies are taken largest first; a copy opens a
+   new group of its own size while the budget allows, otherwise it joins an existing group that
+   is large enough, cycling through the groups in order so the extra models spread evenly.  The
+   largest model always opens the first group, so every copy finds a group: the seed's A(4) B(3)
+   with ``cores: 4`` becomes one group of 4 holding A then B.
+2. Load order.  Within a process, the seed's rule: first one model per group in group order,
+   then the further models again in group order.
+3. Pods.  ``Process``: one pod per group.  ``Shared``: groups are packed into pods no larger
+   than a node, best-fit decreasing, which keeps the pod count low (no two pods could be merged:
+   any-fit packing guarantees it) and usually at the lower bound ceil(cores / node cores).
+   Groups keep their plan order inside each pod.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from neuron_cores import format_group_sizes
+from neuron_operator.api import ISOLATION_PROCESS, WorkloadSpec, check_pod_count
+
+
+@dataclass(frozen=True)
+class ModelCopy:
+    """One copy of a model: its name, its directory and its compiled cores."""
+
+    name: str
+    path: str
+    cores: int
+
+
+@dataclass(frozen=True)
+class Group:
+    """A NeuronCore Group: its size and the model copies it holds, in load order."""
+
+    size: int
+    models: tuple[ModelCopy, ...]
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    """One pod of one replica: its groups in order."""
+
+    replica: int
+    index: int
+    groups: tuple[Group, ...]
+
+    @property
+    def cores(self) -> int:
+        return sum(g.size for g in self.groups)
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]:
+        return tuple(g.size for g in self.groups)
+
+    @property
+    def group_sizes_env(self) -> str:
+        return format_group_sizes(self.group_sizes)
+
+    @property
+    def load_order(self) -> tuple[ModelCopy, ...]:
+        return load_order(self.groups)
+
+    @property
+    def models_env(self) -> str:
+        return ",".join(f"{m.name}={m.path}" for m in self.load_order)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole plan: the pods of one replica's layout, repeated for every replica."""
+
+    layout: tuple[PodPlan, ...]
+    replicas: int
+    node_cores: int
+
+    @property
+    def cores_per_replica(self) -> int:
+        return sum(p.cores for p in self.layout)
+
+    @property
+    def pods(self) -> tuple[PodPlan, ...]:
+        return tuple(
+            PodPlan(replica=r, index=p.index, groups=p.groups)
+            for r in range(self.replicas)
+            for p in self.layout
+        )
+
+    @property
+    def lower_bound(self) -> int:
+        """The fewest pods one replica could use: ceil(cores / node cores)."""
+        return math.ceil(self.cores_per_replica / self.node_cores)
+
+    def summary(self) -> str:
+        """A short text for the printer column, e.g. ``1x[2,4,6,4]`` or ``16x[1]``."""
+        counts: dict[str, int] = {}
+        for pod in self.layout:
+            key = f"[{pod.group_sizes_env}]"
+            counts[key] = counts.get(key, 0) + 1
+        return " ".join(f"{n}x{key}" for key, n in counts.items())
+
+
+def expand_copies(spec: WorkloadSpec) -> list[ModelCopy]:
+    """Every model copy, in spec order (a model's copies together)."""
+    return [ModelCopy(m.name, m.path, m.cores) for m in spec.models for _ in range(m.copies)]
+
+
+def plan_groups(copies: Sequence[ModelCopy], budget: int | None) -> list[Group]:
+    """Decide the groups, their sizes and which copies each holds (see the module docstring)."""
+    if budget is None or sum(c.cores for c in copies) <= budget:
+        return [Group(c.cores, (c,)) for c in copies]
+    largest = max(c.cores for c in copies)
+    if largest > budget:
+        raise ValueError(f"a {largest}-core model cannot fit a budget of {budget} cores")
+    ordered = sorted(copies, key=lambda c: -c.cores)  # stable: spec order among equals
+    sizes: list[int] = []
+    members: list[list[ModelCopy]] = []
+    extras: list[ModelCopy] = []
+    left = budget
+    for copy in ordered:
+        if copy.cores <= left:
+            sizes.append(copy.cores)
+            members.append([copy])
+            left -= copy.cores
+        else:
+            extras.append(copy)
+    cursor = 0
+    for copy in extras:
+        # Groups are in non-increasing size order and group 0 fits every copy, so this ends.
+        while sizes[cursor] < copy.cores:
+            cursor = (cursor + 1) % len(sizes)
+        members[cursor].append(copy)
+        cursor = (cursor + 1) % len(sizes)
+    return [Group(size, tuple(ms)) for size, ms in zip(sizes, members, strict=True)]
+
+
+def load_order(groups: Sequence[Group]) -> tuple[ModelCopy, ...]:
+    """The seed's rule: one model per group in group order, then the rest again in group order."""
+    order: list[ModelCopy] = []
+    depth = max((len(g.models) for g in groups), default=0)
+    for round_ in range(depth):
+        order.extend(g.models[round_] for g in groups if round_ < len(g.models))
+    return tuple(order)
+
+
+def pack_groups(sizes: Sequence[int], node_cores: int) -> list[list[int]]:
+    """Best-fit decreasing: pack group indexes into as few bins of ``node_cores`` as it can.
+
+    Returns bins of group indexes, each bin in ascending index order, bins ordered by their first
+    group.  Open bins are bucketed by free cores, so each group costs O(node_cores), not O(bins).
+    """
+    if any(s > node_cores or s <= 0 for s in sizes):
+        raise ValueError(f"every group must hold 1 to {node_cores} cores, got {list(sizes)}")
+    by_free: list[list[int]] = [[] for _ in range(node_cores + 1)]
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        size = sizes[index]
+        target = next((f for f in range(size, node_cores + 1) if by_free[f]), None)
+        if target is None:
+            bins.append([index])
+            free.append(node_cores - size)
+            by_free[node_cores - size].append(len(bins) - 1)
+            continue
+        bin_id = by_free[target].pop(0)
+        bins[bin_id].append(index)
+        free[bin_id] -= size
+        by_free[free[bin_id]].append(bin_id)
+    packed = [sorted(b) for b in bins]
+    packed.sort(key=lambda b: b[0])
+    return packed
+
+
+def plan_layout(spec: WorkloadSpec) -> tuple[PodPlan, ...]:
+    """The pods of one replica."""
+    groups = plan_groups(expand_copies(spec), spec.cores)
+    if spec.isolation == ISOLATION_PROCESS:
+        bins = [[i] for i in range(len(groups))]
+    else:
+        bins = pack_groups([g.size for g in groups], spec.node_cores)
+    return tuple(
+        PodPlan(replica=0, index=n, groups=tuple(groups[i] for i in b)) for n, b in enumerate(bins)
+    )
+
+
+def plan(spec: WorkloadSpec) -> Plan:
+    """Plan a validated spec; raises ``InvalidSpecError`` when the plan has too many pods."""
+    layout = plan_layout(spec)
+    check_pod_count(spec, len(layout))
+    return Plan(layout=layout, replicas=spec.replicas, node_cores=spec.node_cores)

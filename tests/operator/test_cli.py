@@ -1,0 +1,68 @@
+"""``neuron-operator plan``: the samples print as pods, bad files exit 2 with the reason."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from neuron_operator.cli import build_parser, main, plan_command
+
+SAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "samples"
+
+
+def run_plan(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    args = build_parser().parse_args(["plan", *argv])
+    return plan_command(args, out), out.getvalue()
+
+
+def test_json_is_a_list_of_pods() -> None:
+    code, text = run_plan(str(SAMPLES / "02-resnet50-process.yaml"), "-o", "json")
+    document = json.loads(text)
+    assert code == 0
+    assert (document["apiVersion"], document["kind"]) == ("v1", "List")
+    assert len(document["items"]) == 16
+    assert {i["kind"] for i in document["items"]} == {"Pod"}
+
+
+def test_text_names_each_pod() -> None:
+    code, text = run_plan(str(SAMPLES / "04-four-models-shared.yaml"))
+    assert code == 0
+    assert "NEURONCORE_GROUP_SIZES=2,4,6,4" in text
+    assert "models=model-a,model-b,model-c,model-d" in text
+
+
+def test_yaml_output() -> None:
+    code, text = run_plan(str(SAMPLES / "05-shared-group.yaml"), "-o", "yaml")
+    assert code == 0
+    assert "kind: List" in text
+    assert "value: model-a=/models/a,model-b=/models/b" in text
+
+
+def test_invalid_sample_exits_2_with_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(SAMPLES / "06-invalid-too-large.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "'big-model' needs 6 NeuronCores but a node of type inf1.xlarge has 4" in err
+
+
+def test_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["plan", str(tmp_path / "absent.yaml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_empty_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("---\n")
+    assert main(["plan", str(empty)]) == 2
+    assert "holds no YAML document" in capsys.readouterr().err
+
+
+def test_help_documents_every_flag_and_env(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    text = capsys.readouterr().out
+    assert "--output" in text
+    assert "NEURON_OPERATOR_PLAN_OUTPUT" in text

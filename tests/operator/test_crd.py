@@ -1,0 +1,80 @@
+"""The CRD agrees with the Python API: instance types, core counts, bounds and defaults."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from neuron_cores import INSTANCE_TYPES
+from neuron_operator import api
+
+CRD = (
+    Path(__file__).resolve().parents[2]
+    / "charts/neuron-groups/crds/neuronworkloads.neurongroups.dev.yaml"
+)
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(CRD.read_text())
+    return document
+
+
+def spec_schema(crd: dict[str, Any]) -> dict[str, Any]:
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec: dict[str, Any] = schema["properties"]["spec"]
+    return spec
+
+
+def test_names_and_scale_subresource(crd: dict[str, Any]) -> None:
+    assert crd["spec"]["group"] == api.GROUP
+    assert crd["spec"]["names"]["kind"] == api.KIND
+    assert crd["spec"]["names"]["plural"] == api.PLURAL
+    assert crd["spec"]["names"]["shortNames"] == [api.SHORT_NAME]
+    version = crd["spec"]["versions"][0]
+    assert version["name"] == api.VERSION
+    assert version["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+
+
+def test_instance_type_enum_matches_the_shared_table(crd: dict[str, Any]) -> None:
+    assert set(spec_schema(crd)["properties"]["instanceType"]["enum"]) == set(INSTANCE_TYPES)
+
+
+def test_every_cel_core_map_matches_the_shared_table(crd: dict[str, Any]) -> None:
+    expected = {name: t.cores for name, t in INSTANCE_TYPES.items()}
+    text = "\n".join(
+        str(rule.get(k, "")) for rule in spec_schema(crd)["x-kubernetes-validations"] for k in rule
+    )
+    maps = re.findall(r"\{([^{}]*inf1\.xlarge[^{}]*)\}", text)
+    assert len(maps) >= 4
+    for body in maps:
+        pairs = dict(re.findall(r"'([^']+)':\s*(\d+)", body))
+        assert {k: int(v) for k, v in pairs.items()} == expected
+
+
+BOUNDS = [
+    ("models", "maxItems", api.MAX_MODELS),
+    ("replicas", "maximum", api.MAX_REPLICAS),
+    ("nodeCores", "maximum", api.MAX_NODE_CORES),
+]
+
+
+@pytest.mark.parametrize(("field", "key", "value"), BOUNDS, ids=[b[0] for b in BOUNDS])
+def test_bounds_agree(crd: dict[str, Any], field: str, key: str, value: int) -> None:
+    assert spec_schema(crd)["properties"][field][key] == value
+
+
+def test_model_bounds_and_defaults(crd: dict[str, Any]) -> None:
+    model = spec_schema(crd)["properties"]["models"]["items"]["properties"]
+    assert model["copies"]["maximum"] == api.MAX_COPIES
+    assert model["copies"]["default"] == 1
+    assert spec_schema(crd)["properties"]["isolation"]["enum"] == list(api.ISOLATIONS)
+    assert spec_schema(crd)["properties"]["isolation"]["default"] == api.ISOLATION_SHARED
