@@ -1,0 +1,317 @@
+"""A stand-in for the kubelet's side of the Device Plugin API, for tests and the local cluster.
+
+It serves the Registration service on ``<plugin_dir>/kubelet.sock`` and, for every plugin that
+registers, connects back the way the kubelet does: GetDevicePluginOptions first, then a
+ListAndWatch stream kept open by a background reader, and on demand GetPreferredAllocation and
+Allocate.  :meth:`KubeletEmulator.stop` with ``delete_sockets=True`` does what a restarting kubelet
+does to the directory, so tests can check that a plugin registers again.
+
+The local control plane uses it to emulate one node: capacity from :meth:`PluginClient.devices`,
+and :meth:`PluginClient.preferred_allocation` plus :meth:`PluginClient.allocate` per pod.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from neuron_device_plugin.api import deviceplugin_pb2 as pb
+from neuron_device_plugin.api.services import (
+    API_VERSION,
+    DevicePluginStub,
+    add_registration_servicer,
+)
+from neuron_device_plugin.ids import HEALTHY, KUBELET_SOCKET_NAME
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device as the kubelet sees it in a ListAndWatch response."""
+
+    id: str
+    health: str
+    numa_nodes: tuple[int, ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        return self.health == HEALTHY
+
+
+@dataclass(frozen=True)
+class RegistrationInfo:
+    version: str
+    endpoint: str
+    resource_name: str
+    pre_start_required: bool
+    get_preferred_allocation_available: bool
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class AllocationResult:
+    """One container's Allocate answer, as plain data."""
+
+    envs: dict[str, str]
+    devices: list[tuple[str, str, str]]
+    mounts: list[tuple[str, str, bool]] = field(default_factory=list)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+class PluginClient:
+    """The kubelet's connection to one registered plugin."""
+
+    def __init__(self, socket_path: Path, resource_name: str) -> None:
+        self.socket_path = socket_path
+        self.resource_name = resource_name
+        self._channel = grpc.insecure_channel(f"unix://{socket_path.resolve()}")
+        self._stub = DevicePluginStub(self._channel)
+        self._lock = threading.Condition()
+        self._devices: list[DeviceInfo] = []
+        self._updates = 0
+        self._stream_error: grpc.RpcError | None = None
+        self._reader: threading.Thread | None = None
+        self._closed = False
+
+    def start_watch(self) -> None:
+        """Open the ListAndWatch stream and keep reading it in the background."""
+        stream = self._stub.list_and_watch(pb.Empty(), wait_for_ready=True)
+        self._reader = threading.Thread(
+            target=self._read, args=(stream,), name=f"lw-{self.resource_name}", daemon=True
+        )
+        self._reader.start()
+
+    def _read(self, stream: grpc.CallIterator[pb.ListAndWatchResponse]) -> None:
+        try:
+            for response in stream:
+                devices = [
+                    DeviceInfo(
+                        id=d.ID,
+                        health=d.health,
+                        numa_nodes=tuple(n.ID for n in d.topology.nodes),
+                    )
+                    for d in response.devices
+                ]
+                with self._lock:
+                    self._devices = devices
+                    self._updates += 1
+                    self._lock.notify_all()
+        except grpc.RpcError as err:
+            with self._lock:
+                if not self._closed:
+                    self._stream_error = err
+                    log.info("ListAndWatch stream of %s ended: %s", self.resource_name, err)
+                self._lock.notify_all()
+
+    @property
+    def updates(self) -> int:
+        """How many ListAndWatch responses have arrived."""
+        with self._lock:
+            return self._updates
+
+    @property
+    def stream_ended(self) -> bool:
+        with self._lock:
+            return self._stream_error is not None
+
+    def options(self, timeout: float = 5.0) -> pb.DevicePluginOptions:
+        return self._stub.get_device_plugin_options(pb.Empty(), timeout=timeout)
+
+    def devices(self) -> list[DeviceInfo]:
+        with self._lock:
+            return list(self._devices)
+
+    def wait_for_devices(
+        self, predicate: Callable[[list[DeviceInfo]], bool], timeout: float = 5.0
+    ) -> list[DeviceInfo]:
+        """Wait until the latest device list satisfies ``predicate``; TimeoutError otherwise."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: predicate(list(self._devices)), timeout):
+                raise TimeoutError(
+                    f"{self.resource_name}: device list did not reach the expected state in "
+                    f"{timeout}s; latest: {[(d.id, d.health) for d in self._devices]}"
+                )
+            return list(self._devices)
+
+    def preferred_allocation(
+        self,
+        available: Sequence[str],
+        must_include: Sequence[str] = (),
+        size: int = 1,
+        timeout: float = 5.0,
+    ) -> list[str]:
+        request = pb.PreferredAllocationRequest(
+            container_requests=[
+                pb.ContainerPreferredAllocationRequest(
+                    available_deviceIDs=list(available),
+                    must_include_deviceIDs=list(must_include),
+                    allocation_size=size,
+                )
+            ]
+        )
+        response = self._stub.get_preferred_allocation(request, timeout=timeout)
+        return list(response.container_responses[0].deviceIDs)
+
+    def allocate(self, ids: Sequence[str], timeout: float = 5.0) -> AllocationResult:
+        request = pb.AllocateRequest(
+            container_requests=[pb.ContainerAllocateRequest(devices_ids=list(ids))]
+        )
+        container = self._stub.allocate(request, timeout=timeout).container_responses[0]
+        return AllocationResult(
+            envs=dict(container.envs),
+            devices=[(d.container_path, d.host_path, d.permissions) for d in container.devices],
+            mounts=[(m.container_path, m.host_path, m.read_only) for m in container.mounts],
+            annotations=dict(container.annotations),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._channel.close()  # cancels the ListAndWatch stream too
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+
+class _RegistrationService:
+    def __init__(self, emulator: KubeletEmulator) -> None:
+        self.emulator = emulator
+
+    def register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.Empty:
+        problem = self.emulator.check_registration(request)
+        if problem:
+            log.warning("refusing registration of %r: %s", request.resource_name, problem)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        self.emulator.accept(request)
+        return pb.Empty()
+
+
+class KubeletEmulator:
+    """Registration server on ``kubelet.sock`` plus a :class:`PluginClient` per resource."""
+
+    def __init__(self, plugin_dir: Path, *, refuse: str | None = None) -> None:
+        self.plugin_dir = Path(plugin_dir)
+        self.socket_path = self.plugin_dir / KUBELET_SOCKET_NAME
+        self.refuse = refuse
+        self.registrations: dict[str, RegistrationInfo] = {}
+        self._clients: dict[str, PluginClient] = {}
+        self._lock = threading.Condition()
+        self._server: grpc.Server | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> KubeletEmulator:
+        self.plugin_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        add_registration_servicer(server, _RegistrationService(self))
+        server.add_insecure_port(f"unix://{self.socket_path.resolve()}")
+        server.start()
+        self._server = server
+        log.info("kubelet emulator serving Registration on %s", self.socket_path)
+        return self
+
+    def stop(self, *, delete_sockets: bool = False) -> None:
+        """Stop serving and close every plugin connection.
+
+        ``delete_sockets`` also removes every socket in the directory, as a restarting kubelet
+        does; plugins are expected to notice and register again with the next kubelet.
+        """
+        if self._server is not None:
+            self._server.stop(None).wait()
+            self._server = None
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
+        self.socket_path.unlink(missing_ok=True)
+        if delete_sockets:
+            for path in self.plugin_dir.iterdir():
+                if path.is_socket():
+                    path.unlink(missing_ok=True)
+
+    def __enter__(self) -> KubeletEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- registration ---------------------------------------------------------------------------
+
+    def check_registration(self, request: pb.RegisterRequest) -> str | None:
+        """Why the kubelet would refuse this request, or None if it accepts it."""
+        if self.refuse is not None:
+            return self.refuse
+        if request.version != API_VERSION:
+            return f"version {request.version!r} is not supported; the kubelet speaks {API_VERSION}"
+        if not request.endpoint or "/" in request.endpoint:
+            return f"endpoint {request.endpoint!r} must be a socket file name in {self.plugin_dir}"
+        if "/" not in request.resource_name:
+            return f"resource name {request.resource_name!r} is not an extended resource name"
+        return None
+
+    def accept(self, request: pb.RegisterRequest) -> None:
+        with self._lock:
+            previous = self.registrations.get(request.resource_name)
+            self.registrations[request.resource_name] = RegistrationInfo(
+                version=request.version,
+                endpoint=request.endpoint,
+                resource_name=request.resource_name,
+                pre_start_required=request.options.pre_start_required,
+                get_preferred_allocation_available=(
+                    request.options.get_preferred_allocation_available
+                ),
+                count=previous.count + 1 if previous else 1,
+            )
+            old = self._clients.pop(request.resource_name, None)
+        if old is not None:
+            old.close()
+        # Like the kubelet: answer Register at once, connect to the plugin afterwards.
+        threading.Thread(
+            target=self._connect, args=(request,), name="kubelet-connect", daemon=True
+        ).start()
+
+    def _connect(self, request: pb.RegisterRequest) -> None:
+        client = PluginClient(self.plugin_dir / request.endpoint, request.resource_name)
+        try:
+            client.options()
+            client.start_watch()
+        except grpc.RpcError as err:
+            log.warning("cannot reach plugin %s: %s", request.resource_name, err)
+            client.close()
+            return
+        with self._lock:
+            self._clients[request.resource_name] = client
+            self._lock.notify_all()
+
+    def wait_for_registration(self, resource_name: str, timeout: float = 5.0) -> PluginClient:
+        """The client for ``resource_name`` once it registered and sent its first device list."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if not self._lock.wait_for(lambda: resource_name in self._clients, timeout):
+                raise TimeoutError(
+                    f"{resource_name} did not register with the kubelet emulator at "
+                    f"{self.socket_path} within {timeout}s; "
+                    f"registered: {sorted(self.registrations)}"
+                )
+            client = self._clients[resource_name]
+        client.wait_for_devices(bool, max(0.0, deadline - time.monotonic()))
+        return client
+
+    def client(self, resource_name: str) -> PluginClient | None:
+        with self._lock:
+            return self._clients.get(resource_name)
