@@ -1,0 +1,26 @@
+"""Serving models over the Open Inference Protocol (KServe v2), REST and gRPC.
+
+Layers, from the wire in: ``rest_codec`` / ``grpc_codec`` and ``tensors`` (pure decoding and
+validation), ``http_frontend`` / ``grpc_frontend`` (thin protocol adapters), ``service`` (models,
+readiness, routing over copies), ``router`` (least-loaded group choice), ``metrics``, and
+``server`` (assembly and the SIGTERM life cycle).  ``runtime_binding`` is the one place that
+touches ``neuron_runtime.NeuronRuntime``.
+"""
+
+from neuron_runtime.serving.config import ConfigError, ModelEntry, ServeConfig
+from neuron_runtime.serving.server import (
+    InferenceServer,
+    RuntimeHooks,
+    create_server,
+    run_until_signalled,
+)
+
+__all__ = [
+    "ConfigError",
+    "InferenceServer",
+    "ModelEntry",
+    "RuntimeHooks",
+    "ServeConfig",
+    "create_server",
+    "run_until_signalled",
+]

@@ -1,0 +1,49 @@
+"""``neuron-runtime serve``: flags and environment in, a running server out.
+
+``add_serve_arguments`` and ``run_serve`` are what the ``neuron-runtime`` command's ``serve``
+subcommand calls; ``main`` lets ``python -m neuron_runtime.serving`` run the same thing alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from neuron_runtime.serving.config import ConfigError, add_serve_arguments, config_from_args
+from neuron_runtime.serving.logs import configure_logging
+from neuron_runtime.serving.server import run_until_signalled, server_for_runtime
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Serve models over the Open Inference Protocol (KServe v2): REST with JSON and binary tensors "
+    "on --http-port (plus /metrics), gRPC inference.GRPCInferenceService on --grpc-port. Models "
+    "load in the order given into the groups of NEURONCORE_GROUP_SIZES; a name given again is "
+    "another copy, in its own group. SIGTERM drains and exits 0."
+)
+
+
+def build_parser(prog: str = "neuron-runtime serve") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add_serve_arguments(parser)
+    return parser
+
+
+def run_serve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if env is None else env
+    try:
+        config = config_from_args(args, environ)
+    except ConfigError as exc:
+        print(f"neuron-runtime serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_format, config.log_level)
+    server = server_for_runtime(config, environ)
+    return asyncio.run(run_until_signalled(server))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_serve(build_parser().parse_args(argv))

@@ -1,0 +1,205 @@
+"""REST front end: the Open Inference Protocol's HTTP routes on aiohttp, plus ``/metrics``.
+
+A thin adapter.  Decoding, validation and encoding live in ``rest_codec`` and ``tensors``; the
+models, routing and counting in ``service``.  What this module adds is HTTP itself: routes, body
+size limits, and the rule that every error leaves as JSON ``{"error": "..."}`` with a status that
+says whose fault it was.  Unknown routes and wrong methods are JSON 404/405 too, and only a genuine
+fault of ours becomes a 500 (logged with its traceback).
+
+Large bodies are decoded in a worker thread so one big request does not stall the event loop for
+every other client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from neuron_runtime.serving import rest_codec
+from neuron_runtime.serving.errors import ErrorKind, InferenceError
+from neuron_runtime.serving.service import MODEL_VERSION, PLATFORM, InferenceService, ServedModel
+from neuron_runtime.serving.tensors import TensorMeta
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "neuron-runtime"
+EXTENSIONS = ("binary_tensor_data",)
+# Bodies larger than this are decoded off the event loop.
+_OFFLOAD_BYTES = 256 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(payload: object, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(payload).encode(), status=status, content_type=rest_codec.JSON_CONTENT_TYPE
+    )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(
+        body=rest_codec.error_body(message),
+        status=status,
+        content_type=rest_codec.JSON_CONTENT_TYPE,
+    )
+
+
+def _tensor_json(meta: TensorMeta) -> dict[str, object]:
+    return {"name": meta.name, "datatype": meta.datatype, "shape": list(meta.shape)}
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except InferenceError as exc:
+        return _error(exc.http_status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = exc.text if exc.status != 404 else f"no route {request.method} {request.path}"
+        return _error(exc.status, reason or exc.reason)
+
+
+class RestFrontend:
+    def __init__(self, service: InferenceService, *, max_body_bytes: int, version: str) -> None:
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+        self.version = version
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[_errors_as_json])
+        get, post = web.get, web.post
+        model = "/v2/models/{model}"
+        versioned = "/v2/models/{model}/versions/{version}"
+        app.add_routes(
+            [
+                get("/v2/health/live", self.live),
+                get("/v2/health/ready", self.ready),
+                get("/v2", self.server_metadata),
+                get(model, self.model_metadata),
+                get(versioned, self.model_metadata),
+                get(f"{model}/ready", self.model_ready),
+                get(f"{versioned}/ready", self.model_ready),
+                post(f"{model}/infer", self.infer),
+                post(f"{versioned}/infer", self.infer),
+                get("/metrics", self.metrics),
+            ]
+        )
+        return app
+
+    async def live(self, _: web.Request) -> web.Response:
+        live = self.service.live
+        return _json({"live": live}, 200 if live else 400)
+
+    async def ready(self, _: web.Request) -> web.Response:
+        ready = self.service.ready
+        return _json({"ready": ready}, 200 if ready else 400)
+
+    async def server_metadata(self, _: web.Request) -> web.Response:
+        return _json({"name": SERVER_NAME, "version": self.version, "extensions": list(EXTENSIONS)})
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        served = self._model(request)
+        signature = served.signature
+        return _json(
+            {
+                "name": served.name,
+                "versions": [MODEL_VERSION],
+                "platform": PLATFORM,
+                "inputs": [_tensor_json(m) for m in signature.inputs],
+                "outputs": [_tensor_json(m) for m in signature.outputs],
+            }
+        )
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        version = request.match_info.get("version")
+        if self.service.is_model_ready(name, version):
+            return _json({"name": name, "ready": True})
+        try:
+            self.service.model(name, version)
+        except InferenceError as exc:
+            if exc.kind is ErrorKind.NOT_FOUND:
+                raise
+        return _json({"name": name, "ready": False}, 400)
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(None, generate_latest, self.service.metrics.registry)
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    def _model(self, request: web.Request) -> ServedModel:
+        return self.service.model(request.match_info["model"], request.match_info.get("version"))
+
+    async def infer(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        self.service.count_request(name, "rest")
+        try:
+            return await self._infer(request)
+        except InferenceError as exc:
+            self.service.count_failure(name, "rest", exc.kind.value)
+            raise
+        except Exception:
+            self.service.count_failure(name, "rest", "internal")
+            log.exception("inference on model %s failed", name)
+            return _error(500, f"internal error while running model '{name}'; see server logs")
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        served = self._model(request)
+        body = await self._read_body(request)
+        header_length = rest_codec.parse_header_length(
+            request.headers.get(rest_codec.HEADER_LENGTH), len(body)
+        )
+        if len(body) > _OFFLOAD_BYTES:
+            decoded = await asyncio.get_running_loop().run_in_executor(
+                None, rest_codec.parse_infer_request, body, header_length, served.signature
+            )
+        else:
+            decoded = rest_codec.parse_infer_request(body, header_length, served.signature)
+        outputs = await self.service.infer(served, decoded.inputs)
+        payload, json_length = rest_codec.encode_infer_response(
+            model_name=served.name,
+            model_version=request.match_info.get("version"),
+            request_id=decoded.request_id,
+            outputs=outputs,
+            selected=rest_codec.select_outputs(decoded, served.signature),
+        )
+        if json_length is None:
+            return web.Response(body=payload, content_type=rest_codec.JSON_CONTENT_TYPE)
+        response = web.Response(body=payload, content_type=rest_codec.BINARY_CONTENT_TYPE)
+        response.headers[rest_codec.HEADER_LENGTH] = str(json_length)
+        return response
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        declared = request.content_length
+        if declared is not None and declared > self.max_body_bytes:
+            raise self._too_large(declared)
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise self._too_large(None) from exc
+
+    def _too_large(self, size: int | None) -> InferenceError:
+        got = f" ({size} bytes)" if size is not None else ""
+        return InferenceError(
+            ErrorKind.TOO_LARGE,
+            f"request body{got} is larger than the server's limit of {self.max_body_bytes} bytes; "
+            "send smaller batches or raise --max-body-bytes",
+        )
+
+
+def server_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("neuron-groups")
+    except PackageNotFoundError:
+        return "0.0.0"

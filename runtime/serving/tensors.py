@@ -1,0 +1,304 @@
+"""Tensors on the wire: Open Inference Protocol datatypes, decoding, validation and encoding.
+
+Both front ends speak the same tensor model (a datatype name such as ``FP32``, a shape, and
+row-major data, either as JSON numbers, as typed protobuf fields or as raw little-endian bytes),
+so the conversions to and from numpy live here once, free of I/O.  Every check names the model,
+the tensor and the bad value, and says what would have been accepted: a client reading a 400
+should be able to fix the request without reading our source.
+
+Decoding is strict about types (an ``INT32`` tensor does not silently accept ``1.5`` or ``300`` for
+``INT8``) because silently truncated inputs give wrong answers that look right.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from neuron_runtime.serving.errors import bad_request
+
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+# Part of the protocol, but numpy has no bfloat16: named in errors rather than called unknown.
+UNSUPPORTED_DATATYPES = frozenset({"BF16"})
+ACCEPTED_DATATYPES = ", ".join(DATATYPES)
+
+_BYTES_LENGTH = struct.Struct("<I")
+
+
+class TensorSpecLike(Protocol):
+    """What the serving layer needs of the runtime's ``TensorSpec``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """A tensor as the protocol describes it: ``{"name", "datatype", "shape"}``."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    name: str
+    inputs: tuple[TensorMeta, ...]
+    outputs: tuple[TensorMeta, ...]
+
+    def input(self, name: str) -> TensorMeta:
+        for meta in self.inputs:
+            if meta.name == name:
+                return meta
+        known = ", ".join(m.name for m in self.inputs)
+        raise bad_request(f"model '{self.name}' has no input '{name}'; its inputs are: {known}")
+
+    def output(self, name: str) -> TensorMeta:
+        for meta in self.outputs:
+            if meta.name == name:
+                return meta
+        known = ", ".join(m.name for m in self.outputs)
+        raise bad_request(f"model '{self.name}' has no output '{name}'; its outputs are: {known}")
+
+
+def datatype_of(dtype: np.dtype[Any] | str) -> str:
+    """The protocol datatype of a numpy dtype (or dtype name, as the runtime's TensorSpec has)."""
+    resolved = np.dtype(dtype)
+    if resolved.kind in "OSU":
+        return "BYTES"
+    for name, candidate in DATATYPES.items():
+        if candidate == resolved:
+            return name
+    raise ValueError(f"numpy dtype {resolved} has no Open Inference Protocol datatype")
+
+
+def signature_of(
+    name: str, inputs: Mapping[str, TensorSpecLike], outputs: Mapping[str, TensorSpecLike]
+) -> ModelSignature:
+    def metas(specs: Mapping[str, TensorSpecLike]) -> tuple[TensorMeta, ...]:
+        return tuple(
+            TensorMeta(key, datatype_of(spec.dtype), tuple(spec.shape))
+            for key, spec in specs.items()
+        )
+
+    return ModelSignature(name, metas(inputs), metas(outputs))
+
+
+def dtype_for(datatype: object, tensor: str) -> np.dtype[Any]:
+    if not isinstance(datatype, str):
+        raise bad_request(
+            f"tensor '{tensor}': datatype must be a string such as \"FP32\", got {datatype!r}"
+        )
+    found = DATATYPES.get(datatype)
+    if found is not None:
+        return found
+    if datatype in UNSUPPORTED_DATATYPES:
+        raise bad_request(f"tensor '{tensor}': datatype {datatype} is not supported; send FP32")
+    raise bad_request(
+        f"tensor '{tensor}': unknown datatype {datatype!r}; accepted: {ACCEPTED_DATATYPES}"
+    )
+
+
+def parse_shape(shape: object, tensor: str) -> tuple[int, ...]:
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise bad_request(
+            f"tensor '{tensor}': shape must be a list of non-negative integers, got {shape!r}"
+        )
+    return tuple(shape)
+
+
+def element_count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def check_against_model(
+    model: ModelSignature, name: str, datatype: str, shape: Sequence[int]
+) -> None:
+    """Refuse an input whose declared datatype or shape the model cannot take."""
+    meta = model.input(name)
+    if datatype != meta.datatype:
+        raise bad_request(
+            f"input '{name}' of model '{model.name}' has datatype {meta.datatype}; "
+            f"the request says {datatype}"
+        )
+    expected = meta.shape
+    matches = len(shape) == len(expected) and all(
+        want in (-1, got) for want, got in zip(expected, shape, strict=True)
+    )
+    if not matches:
+        raise bad_request(
+            f"input '{name}' of model '{model.name}' has shape {list(shape)}; the model takes "
+            f"{list(expected)} (-1 = any size)"
+        )
+
+
+def _check_numbers(array: npt.NDArray[Any], dtype: np.dtype[Any], tensor: str) -> None:
+    kind = array.dtype.kind
+    if array.size == 0:
+        return
+    if dtype.kind == "b":
+        ok = kind == "b"
+        wanted = "true/false"
+    elif dtype.kind in "iu":
+        ok = kind in "iu"
+        wanted = "integers"
+    else:
+        ok = kind in "iuf"
+        wanted = "numbers"
+    if not ok:
+        raise bad_request(f"tensor '{tensor}': data must be {wanted} for {datatype_of(dtype)}")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        low, high = int(array.min()), int(array.max())
+        if low < info.min or high > info.max:
+            raise bad_request(
+                f"tensor '{tensor}': value {low if low < info.min else high} is out of range for "
+                f"{datatype_of(dtype)} [{info.min}, {info.max}]"
+            )
+
+
+def _flatten_strings(data: object, tensor: str) -> list[bytes]:
+    out: list[bytes] = []
+    stack: list[object] = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, str):
+            out.append(item.encode())
+        else:
+            raise bad_request(f"tensor '{tensor}': BYTES data must be strings, got {item!r}")
+    return out
+
+
+def decode_json_data(
+    tensor: str, dtype: np.dtype[Any], shape: tuple[int, ...], data: object
+) -> npt.NDArray[Any]:
+    """JSON ``data`` (nested or flat, row-major) to an array of ``shape``."""
+    count = element_count(shape)
+    if dtype.kind == "O":
+        flat = _flatten_strings(data, tensor)
+        if len(flat) != count:
+            raise _count_error(tensor, shape, count, len(flat))
+        array = np.empty(count, dtype=object)
+        array[:] = flat
+        return array.reshape(shape)
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise bad_request(f"tensor '{tensor}': data is not a regular array of numbers") from exc
+    _check_numbers(raw, dtype, tensor)
+    if raw.size != count:
+        raise _count_error(tensor, shape, count, raw.size)
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return raw.astype(dtype, copy=False).reshape(shape)
+    except FloatingPointError as exc:
+        raise bad_request(
+            f"tensor '{tensor}': a value is out of range for {datatype_of(dtype)}"
+        ) from exc
+
+
+def _count_error(tensor: str, shape: Sequence[int], count: int, got: int) -> Exception:
+    return bad_request(
+        f"tensor '{tensor}': shape {list(shape)} needs {count} elements, the data has {got}"
+    )
+
+
+def decode_raw_data(
+    tensor: str, dtype: np.dtype[Any], shape: tuple[int, ...], raw: bytes | memoryview
+) -> npt.NDArray[Any]:
+    """Row-major little-endian bytes (the binary extension and gRPC raw contents) to an array."""
+    count = element_count(shape)
+    if dtype.kind == "O":
+        items = _split_length_prefixed(raw, tensor)
+        if len(items) != count:
+            raise _count_error(tensor, shape, count, len(items))
+        array = np.empty(count, dtype=object)
+        array[:] = items
+        return array.reshape(shape)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise bad_request(
+            f"tensor '{tensor}': shape {list(shape)} of {datatype_of(dtype)} needs {expected} "
+            f"bytes, got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def _split_length_prefixed(raw: bytes | memoryview, tensor: str) -> list[bytes]:
+    view = memoryview(raw)
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise bad_request(f"tensor '{tensor}': BYTES data ends inside a length prefix")
+        (length,) = _BYTES_LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise bad_request(
+                f"tensor '{tensor}': BYTES element of {length} bytes runs past the end of the data"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    return items
+
+
+def encode_raw(array: npt.NDArray[Any]) -> bytes:
+    if array.dtype.kind in "OSU":
+        parts: list[bytes] = []
+        for item in array.ravel():
+            data = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(_BYTES_LENGTH.pack(len(data)))
+            parts.append(data)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def json_data(array: npt.NDArray[Any]) -> list[Any]:
+    """Flat row-major JSON data for an output tensor."""
+    if array.dtype.kind in "OSU":
+        return [
+            item.decode(errors="replace") if isinstance(item, bytes) else str(item)
+            for item in array.ravel()
+        ]
+    values: list[Any] = array.ravel().tolist()
+    return values
+
+
+def check_complete(model: ModelSignature, names: Iterable[str]) -> None:
+    """Every input the model declares must be present (unknown ones are refused earlier)."""
+    given = set(names)
+    missing = [m for m in model.inputs if m.name not in given]
+    if missing:
+        described = ", ".join(f"'{m.name}' ({m.datatype} {list(m.shape)})" for m in missing)
+        raise bad_request(f"model '{model.name}' needs input {described}")
