@@ -16,11 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from prometheus_client import start_http_server
-
 from neuron_device_plugin.ids import CORE_RESOURCE, DEFAULT_PLUGIN_DIR, DEVICE_RESOURCE
 from neuron_device_plugin.logs import LOG_FORMATS, configure_logging
-from neuron_device_plugin.metrics import PluginMetrics
+from neuron_device_plugin.metrics import PluginMetrics, serve_metrics
 from neuron_device_plugin.plugin import PluginConfig, PluginManager, RegistrationRefusedError
 from neuron_device_plugin.policy import DEFAULT_POLICY, POLICIES
 from neuron_device_plugin.simulated_backend import SimulatedBackend
@@ -194,9 +192,17 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "NEURON_DP_LOG_LEVEL",
         "log level",
         "info",
+        kind=str.lower,
         choices=("debug", "info", "warning", "error"),
     )
-    add("--log-format", "NEURON_DP_LOG_FORMAT", "log format", "text", choices=LOG_FORMATS)
+    add(
+        "--log-format",
+        "NEURON_DP_LOG_FORMAT",
+        "log format",
+        "text",
+        kind=str.lower,
+        choices=LOG_FORMATS,
+    )
     return parser
 
 
@@ -236,13 +242,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     manager = PluginManager(backend, config, metrics)
     try:
         manager.start()
-    except (DiscoveryError, FileNotFoundError, RegistrationRefusedError) as err:
+    except (DiscoveryError, OSError, ValueError, RegistrationRefusedError) as err:
         print(f"neuron-device-plugin: {err}", file=sys.stderr)
         manager.stop()
         return EXIT_FAILED
+    http = None
     if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.metrics_address, registry=metrics.registry)
-        log.info("metrics on %s:%d/metrics", args.metrics_address, args.metrics_port)
+        http = serve_metrics(
+            metrics.registry,
+            args.metrics_address,
+            args.metrics_port,
+            live=manager.liveness,
+            ready=manager.readiness,
+        )
+        log.info("metrics and probes on %s:%d", args.metrics_address, args.metrics_port)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("received %s; shutting down", signal.Signals(signum).name)
@@ -251,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     manager.wait()
+    if http is not None:
+        http.shutdown()
     if manager.failure:
         manager.stop()
         print(f"neuron-device-plugin: {manager.failure}", file=sys.stderr)

@@ -6,7 +6,20 @@ cluster run several plugins in one process without duplicate-metric errors.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+log = logging.getLogger(__name__)
 
 
 class PluginMetrics:
@@ -58,3 +71,61 @@ class PluginMetrics:
     def set_devices(self, resource: str, counts: dict[str, int]) -> None:
         for health, count in counts.items():
             self.devices.labels(resource=resource, health=health).set(count)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _MetricsHTTPServer
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._reply(200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry))
+        elif path in PROBES:
+            ok, detail = PROBES[path](self.server)
+            self._reply(200 if ok else 503, "text/plain; charset=utf-8", detail.encode() + b"\n")
+        else:
+            self._reply(404, "text/plain; charset=utf-8", b"try /metrics, /healthz or /readyz\n")
+
+    def _reply(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("metrics http: " + format, *args)
+
+
+Probe = Callable[[], tuple[bool, str]]
+
+
+class _MetricsHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], registry: CollectorRegistry, live: Probe, ready: Probe
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.registry = registry
+        self.live = live
+        self.ready = ready
+
+
+PROBES: dict[str, Callable[[_MetricsHTTPServer], tuple[bool, str]]] = {
+    "/healthz": lambda server: server.live(),
+    "/readyz": lambda server: server.ready(),
+}
+
+
+def serve_metrics(
+    registry: CollectorRegistry, address: str, port: int, *, live: Probe, ready: Probe
+) -> ThreadingHTTPServer:
+    """Serve /metrics, /healthz (alive) and /readyz (registered) on a daemon thread.
+
+    The chart's liveness and readiness probes use the metrics port, so the probes live here too.
+    Call ``shutdown()`` on the result to stop; ``server_address`` gives the bound port.
+    """
+    server = _MetricsHTTPServer((address, port), registry, live, ready)
+    threading.Thread(target=server.serve_forever, name="neuron-dp-metrics", daemon=True).start()
+    return server

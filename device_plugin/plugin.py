@@ -47,6 +47,7 @@ from neuron_device_plugin.topology import Backend, Topology
 log = logging.getLogger(__name__)
 
 REGISTER_TIMEOUT_S = 5.0
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
 _RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*$")
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -162,6 +163,11 @@ class PluginEndpoint:
         return self.manager.resource_name
 
     def serve(self) -> None:
+        if len(str(self.socket_path.resolve())) > MAX_SOCKET_PATH:
+            raise ValueError(
+                f"socket path {self.socket_path} is longer than the {MAX_SOCKET_PATH} bytes a unix "
+                "socket allows; choose a shorter --device-plugin-dir"
+            )
         self.stop_serving()
         self.socket_path.unlink(missing_ok=True)
         self._server = create_plugin_server(
@@ -312,6 +318,21 @@ class PluginManager:
     def poll_health_now(self) -> None:
         """Poll the backend at once instead of waiting for the next tick (tests, signals)."""
         self._poll_health()
+
+    # --- probes ---------------------------------------------------------------------------------
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive unless a fatal failure happened (the chart's liveness probe)."""
+        if self.failure:
+            return False, self.failure
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready when every resource is registered with the current kubelet."""
+        waiting = [e.resource_name for e in self.endpoints.values() if e.registered_with is None]
+        if self.failure or not self.endpoints or waiting:
+            return False, self.failure or f"not registered yet: {waiting or 'not started'}"
+        return True, "registered: " + ", ".join(self.endpoints)
 
     # --- shutdown -------------------------------------------------------------------------------
 
