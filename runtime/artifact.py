@@ -1,0 +1,258 @@
+"""Compiled model artifacts: a directory with ``manifest.json`` and ``weights.npz``.
+
+The manifest says what the model is (architecture, sizes, seed), what it takes and returns
+(tensor names, shapes, dtypes), its layers, and how they were split into pipeline stages, one per
+NeuronCore it was compiled for.  ``weights.npz`` holds every parameter as ``<layer>.<param>``,
+and its SHA-256 is in the manifest, so a truncated or modified file is caught at load time with
+a message naming the file, not deep inside a worker as a shape error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuron_runtime.archs import BuiltModel, build
+from neuron_runtime.errors import ModelLoadError
+from neuron_runtime.layers import Array, LayerSpec
+from neuron_runtime.partition import balance_stages
+
+FORMAT = "neuron-sim-model/v1"
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.npz"
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, shape (-1 = variable batch dimension), numpy dtype name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A validated model directory."""
+
+    path: Path
+    name: str
+    arch: str
+    cores: int
+    seed: int
+    size: dict[str, Any]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    layers: tuple[LayerSpec, ...]
+    stages: tuple[tuple[int, int], ...]
+    weights_sha256: str
+    weights_bytes: int
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS
+
+    def stage_layers(self, stage: int) -> tuple[LayerSpec, ...]:
+        start, end = self.stages[stage]
+        return self.layers[start:end]
+
+    def stage_bytes(self, stage: int) -> int:
+        return sum(4 * layer.param_count for layer in self.stage_layers(stage))
+
+    def boundary_shape(self, boundary: int) -> tuple[int, ...]:
+        """Per-example shape of the tensor entering stage ``boundary`` (== cores: the output)."""
+        if boundary == 0:
+            return self.inputs[0].shape[1:]
+        return self.layers[self.stages[boundary - 1][1] - 1].out_shape
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def compile_model(
+    arch: str, cores: int, out: str | Path, seed: int = 0, name: str | None = None, **size: Any
+) -> Path:
+    """Build ``arch`` with seeded weights, split it into ``cores`` stages, write the directory."""
+    if cores < 1:
+        raise ValueError(f"--cores must be a positive count, got {cores}")
+    model = build(arch, seed, **size)
+    stages = balance_stages([layer.flops for layer in model.layers], cores)
+    return write_artifact(model, stages, Path(out), seed=seed, name=name or arch)
+
+
+def write_artifact(
+    model: BuiltModel, stages: list[tuple[int, int]], out: Path, *, seed: int, name: str
+) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    weights_path = out / WEIGHTS
+    np.savez(weights_path, **model.weights)  # type: ignore[arg-type]
+    size = {k: list(v) if isinstance(v, tuple) else v for k, v in model.size.items()}
+    manifest = {
+        "format": FORMAT,
+        "name": name,
+        "arch": model.arch,
+        "seed": seed,
+        "size": size,
+        "cores": len(stages),
+        "inputs": [{"name": INPUT_NAME, "shape": [-1, *model.input_shape], "dtype": "float32"}],
+        "outputs": [
+            {"name": OUTPUT_NAME, "shape": [-1, *model.layers[-1].out_shape], "dtype": "float32"}
+        ],
+        "layers": [layer.to_json() for layer in model.layers],
+        "stages": [list(s) for s in stages],
+        "stage_flops": [sum(layer.flops for layer in model.layers[a:b]) for a, b in stages],
+        "parameters": model.param_count,
+        "weights": {
+            "file": WEIGHTS,
+            "sha256": _sha256(weights_path),
+            "bytes": weights_path.stat().st_size,
+        },
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return out
+
+
+def _fail(path: Path, problem: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"{path}: {problem}. A model directory holds {MANIFEST} and {WEIGHTS} as written by "
+        "`neuron-runtime compile`; recompile it if it was damaged."
+    )
+
+
+def _tensors(manifest_path: Path, raw: Any, what: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise _fail(manifest_path, f"'{what}' must be a non-empty list of tensors")
+    specs = []
+    for item in raw:
+        try:
+            specs.append(
+                TensorSpec(
+                    str(item["name"]),
+                    tuple(int(d) for d in item["shape"]),
+                    str(np.dtype(item["dtype"])),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _fail(
+                manifest_path, f"tensor entry {item!r} in '{what}' is invalid ({exc})"
+            ) from None
+    return tuple(specs)
+
+
+def load_artifact(path: str | Path, *, verify: bool = True) -> Artifact:
+    """Read and check a model directory; every problem raises ModelLoadError naming the file."""
+    root = Path(path)
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise _fail(root, "not a directory (or it does not exist)")
+    if not manifest_path.is_file():
+        raise _fail(manifest_path, "missing")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(manifest_path, f"not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise _fail(manifest_path, "top level is not a JSON object")
+    if data.get("format") != FORMAT:
+        raise _fail(manifest_path, f"format is {data.get('format')!r}, expected {FORMAT!r}")
+    required = ("name", "arch", "cores", "inputs", "outputs", "layers", "stages", "weights")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise _fail(manifest_path, f"incomplete: missing {', '.join(missing)}")
+    try:
+        layers = tuple(LayerSpec.from_json(item) for item in data["layers"])
+        stages = tuple((int(a), int(b)) for a, b in data["stages"])
+        cores = int(data["cores"])
+        weights_info: Mapping[str, Any] = data["weights"]
+        sha, nbytes = str(weights_info["sha256"]), int(weights_info["bytes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail(manifest_path, f"malformed layers/stages/weights entry ({exc!r})") from None
+    _check_stages(manifest_path, stages, cores, len(layers))
+    artifact = Artifact(
+        path=root,
+        name=str(data["name"]),
+        arch=str(data["arch"]),
+        cores=cores,
+        seed=int(data.get("seed", 0)),
+        size=dict(data.get("size", {})),
+        inputs=_tensors(manifest_path, data["inputs"], "inputs"),
+        outputs=_tensors(manifest_path, data["outputs"], "outputs"),
+        layers=layers,
+        stages=stages,
+        weights_sha256=sha,
+        weights_bytes=nbytes,
+    )
+    if verify:
+        _verify_weights(artifact)
+    return artifact
+
+
+def _check_stages(
+    manifest_path: Path, stages: tuple[tuple[int, int], ...], cores: int, layers: int
+) -> None:
+    if cores != len(stages) or cores < 1:
+        raise _fail(manifest_path, f"'cores' is {cores} but {len(stages)} stages are listed")
+    expected = 0
+    for start, end in stages:
+        if start != expected or end <= start:
+            raise _fail(manifest_path, f"stages {list(stages)} do not cover the layers in order")
+        expected = end
+    if expected != layers:
+        raise _fail(manifest_path, f"stages cover {expected} layers but {layers} are listed")
+
+
+def _verify_weights(artifact: Artifact) -> None:
+    path = artifact.weights_path
+    if not path.is_file():
+        raise _fail(path, "missing")
+    size = path.stat().st_size
+    if size != artifact.weights_bytes:
+        raise _fail(path, f"incomplete: {size} bytes, the manifest says {artifact.weights_bytes}")
+    if _sha256(path) != artifact.weights_sha256:
+        raise _fail(path, "corrupt: its SHA-256 does not match the manifest")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {n.removesuffix(".npy") for n in archive.namelist()}
+    except zipfile.BadZipFile as exc:
+        raise _fail(path, f"not a valid .npz archive ({exc})") from None
+    for layer in artifact.layers:
+        for param in layer.params:
+            if f"{layer.name}.{param}" not in names:
+                raise _fail(path, f"incomplete: no array for {layer.name}.{param}")
+
+
+def read_stage_weights(artifact: Artifact, stage: int) -> dict[str, dict[str, Array]]:
+    """The parameters of one stage's layers, checked against the manifest's shapes."""
+    out: dict[str, dict[str, Array]] = {}
+    with np.load(artifact.weights_path) as archive:
+        for layer in artifact.stage_layers(stage):
+            params: dict[str, Array] = {}
+            for param, shape in layer.params.items():
+                key = f"{layer.name}.{param}"
+                try:
+                    array = archive[key]
+                except (KeyError, ValueError, OSError) as exc:
+                    raise _fail(artifact.weights_path, f"cannot read {key} ({exc})") from None
+                if array.shape != shape or array.dtype != np.float32:
+                    raise _fail(
+                        artifact.weights_path,
+                        f"{key} is {array.dtype}{list(array.shape)}, the manifest says "
+                        f"float32{list(shape)}",
+                    )
+                params[param] = array
+            out[layer.name] = params
+    return out

@@ -1,0 +1,439 @@
+"""One NeuronCore Group on the parent side: its worker processes, its queues, its dispatcher.
+
+Each group has one dispatcher thread, the only code that talks to the group's workers, so no
+locking is needed around the pipes.  Client threads enqueue requests (under a lock) and poke the
+dispatcher through a wake-up pipe; the dispatcher asks the scheduling policy which model to
+serve, swaps weights in when that model is not resident (a context switch: the pipeline is
+drained first, because a group runs one model at a time), writes the input into a free slot of
+the shared-memory arena, and sends the first stage a message naming offsets.  Up to
+``2 x cores`` requests are in flight, so every stage of the pipeline can be busy at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import mmap
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import numpy as np
+
+from neuron_runtime import worker as proto
+from neuron_runtime.artifact import OUTPUT_NAME, Artifact
+from neuron_runtime.errors import ModelLoadError, RuntimeClosedError
+from neuron_runtime.scheduling import SchedulingPolicy, Waiting
+
+log = logging.getLogger(__name__)
+
+PAGE = mmap.PAGESIZE
+STOP_TIMEOUT_S = 5.0
+_request_ids = itertools.count(1)
+
+
+@dataclass
+class _Request:
+    rid: int
+    model: str
+    batch: np.ndarray[Any, Any]
+    future: Future[dict[str, np.ndarray[Any, Any]]]
+
+
+@dataclass
+class _Control:
+    model: str
+    future: Future[None]
+
+
+@dataclass
+class _InFlight:
+    request: _Request
+    slot: int
+    out_offset: int
+    out_shape: tuple[int, ...]
+
+
+@dataclass
+class GroupCounters:
+    switches: int = 0
+    switch_seconds: float = 0.0
+    requests: int = 0
+    loads: int = 0
+    busy_seconds: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Worker:
+    position: int
+    core: int
+    process: subprocess.Popen[bytes]
+    ctrl: Connection
+
+
+def _round_up(n: int) -> int:
+    return max(PAGE, (n + PAGE - 1) // PAGE * PAGE)
+
+
+class Group:
+    """A group of cores: worker processes (started on first use), queues and a dispatcher."""
+
+    def __init__(
+        self, index: int, cores: tuple[int, ...], policy: SchedulingPolicy, memory_bytes: int
+    ) -> None:
+        self.index = index
+        self.cores = cores
+        self.policy = policy
+        self.memory_bytes = memory_bytes
+        self.counters = GroupCounters(busy_seconds=dict.fromkeys(cores, 0.0))
+        self.models: dict[str, Artifact] = {}
+        self.resident: OrderedDict[str, int] = OrderedDict()  # model -> bytes, LRU order
+        self.active: str | None = None
+        self._queues: dict[str, deque[_Request]] = {}
+        self._controls: deque[_Control] = deque()
+        self._inflight: dict[int, _InFlight] = {}
+        self._free_slots: list[int] = list(range(2 * len(cores)))
+        self._lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._broken: str | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._arena_fd = -1
+        self._arena: mmap.mmap | None = None
+        self._slot_bytes = 0
+        self._arena_size = 0
+
+    # ---- client side (any thread) ----------------------------------------------------------
+
+    def add_model(self, key: str, artifact: Artifact) -> Future[None]:
+        """Register a model; it is made resident at once when memory allows (not a switch)."""
+        with self._lock:
+            self._check_open()
+            self._start_locked()
+            self.models[key] = artifact
+            self._queues[key] = deque()
+            future: Future[None] = Future()
+            if self._fits_without_eviction(artifact):
+                self._controls.append(_Control(key, future))
+            else:
+                future.set_result(None)
+        self._wake()
+        return future
+
+    def submit(self, key: str, batch: np.ndarray[Any, Any]) -> Future[dict[str, Any]]:
+        future: Future[dict[str, Any]] = Future()
+        request = _Request(next(_request_ids), key, batch, future)
+        with self._lock:
+            self._check_open()
+            self._queues[key].append(request)
+        self._wake()
+        return future
+
+    def queue_depth(self) -> int:
+        with self._lock:
+            return sum(len(q) for q in self._queues.values()) + len(self._inflight)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            thread = self._thread
+        self._wake()
+        if thread is not None:
+            thread.join()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def worker_pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers]
+
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise RuntimeClosedError(self._broken)
+        if self._closing:
+            raise RuntimeClosedError(f"NeuronCore Group {self.index} is closed")
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"!")
+
+    def _fits_without_eviction(self, artifact: Artifact) -> bool:
+        used = sum(self.resident.values()) + sum(
+            self.models[c.model].weights_bytes for c in self._controls
+        )
+        return (not self.resident and not self._controls) or (
+            used + artifact.weights_bytes <= self.memory_bytes
+        )
+
+    # ---- workers ---------------------------------------------------------------------------
+
+    def _start_locked(self) -> None:
+        if self._thread is not None:
+            return
+        self._arena_fd = os.memfd_create(f"neuron-group-{self.index}")
+        env = {**os.environ, **proto.SINGLE_THREAD_ENV}
+        pipes = [os.pipe() for _ in range(len(self.cores) - 1)]
+        try:
+            for position, core in enumerate(self.cores):
+                parent_sock, child_sock = socket.socketpair()
+                prev = pipes[position - 1][0] if position > 0 else -1
+                nxt = pipes[position][1] if position < len(pipes) else -1
+                fds = [child_sock.fileno(), self._arena_fd] + [f for f in (prev, nxt) if f >= 0]
+                command = [
+                    sys.executable, "-P", "-c",
+                    "import sys; from neuron_runtime.worker import main; sys.exit(main())",
+                    "--position", str(position), "--ctrl", str(child_sock.fileno()),
+                    "--prev", str(prev), "--next", str(nxt), "--arena", str(self._arena_fd),
+                ]  # fmt: skip
+                process = subprocess.Popen(command, pass_fds=fds, env=env)
+                child_sock.close()
+                ctrl = Connection(parent_sock.detach())
+                self._workers.append(_Worker(position, core, process, ctrl))
+        finally:
+            for r, w in pipes:
+                os.close(r)
+                os.close(w)
+        log.info(
+            "group %s started workers %s on cores %s", self.index, self.worker_pids(), self.cores
+        )
+        self._thread = threading.Thread(
+            target=self._run, name=f"neuron-group-{self.index}", daemon=True
+        )
+        self._thread.start()
+
+    # ---- dispatcher thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while self._step():
+                pass
+        except _WorkerGoneError as exc:
+            self._fail_everything(str(exc))
+        except Exception:
+            log.exception("group %s dispatcher failed", self.index)
+            self._fail_everything(f"NeuronCore Group {self.index} dispatcher failed")
+        finally:
+            self._stop_workers()
+
+    def _step(self) -> bool:
+        self._fill()
+        with self._lock:
+            if self._closing and not self._inflight:
+                self._fail_queued(RuntimeClosedError(f"NeuronCore Group {self.index} closed"))
+                return False
+        sources: list[Any] = [self._wake_r] + [w.ctrl for w in self._workers]
+        for ready in wait(sources):
+            if ready == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                continue
+            assert isinstance(ready, Connection)
+            while True:
+                self._on_message(self._recv(ready))
+                if not ready.poll():
+                    break
+        return True
+
+    def _recv(self, conn: Connection) -> tuple[Any, ...]:
+        try:
+            msg: tuple[Any, ...] = conn.recv()
+        except (EOFError, OSError):
+            worker = next(w for w in self._workers if w.ctrl is conn)
+            code = worker.process.poll()
+            raise _WorkerGoneError(
+                f"the worker for core {worker.core} of NeuronCore Group {self.index} exited "
+                f"unexpectedly (exit code {code}); close this runtime and start another"
+            ) from None
+        return msg
+
+    def _fill(self) -> None:
+        while True:
+            with self._lock:
+                if self._controls:
+                    if self._inflight:
+                        return
+                    control = self._controls.popleft()
+                    self._load_control(control)
+                    continue
+                if not self._free_slots:
+                    return
+                waiting = [Waiting(k, q[0].rid, len(q)) for k, q in self._queues.items() if q]
+                choice = self.policy.choose(waiting, self.active, self.resident.keys())
+                if choice is None:
+                    return
+                if choice != self.active or choice not in self.resident:
+                    if self._inflight:
+                        return  # drain: one model runs in a group at a time
+                    if choice not in self.resident:
+                        try:
+                            self._switch_to(choice)
+                        except ModelLoadError:
+                            continue  # its requests got the error; serve the others
+                    self.active = choice
+                request = self._queues[choice][0]
+                need = self._request_bytes(self.models[choice], request.batch.shape[0])
+                if need > self._slot_bytes:
+                    if self._inflight:
+                        return
+                    self._grow_arena(need)
+                self._queues[choice].popleft()
+                self.policy.dispatched(choice)
+                self._dispatch(request)
+
+    def _load_control(self, control: _Control) -> None:
+        try:
+            self._make_resident(control.model)
+        except _WorkerGoneError:
+            raise
+        except ModelLoadError as exc:
+            self.models.pop(control.model, None)
+            self._queues.pop(control.model, None)
+            control.future.set_exception(exc)
+            return
+        self.counters.loads += 1
+        if self.active is None:
+            self.active = control.model
+        control.future.set_result(None)
+
+    def _switch_to(self, model: str) -> None:
+        started = time.perf_counter()
+        try:
+            self._make_resident(model)
+        except ModelLoadError as exc:
+            for request in self._queues.pop(model, deque()):
+                request.future.set_exception(exc)
+            self.models.pop(model, None)
+            raise
+        self.counters.switches += 1
+        self.counters.switch_seconds += time.perf_counter() - started
+        log.debug("group %s switched to %s", self.index, model)
+
+    def _make_resident(self, model: str) -> None:
+        artifact = self.models[model]
+        while self.resident and (
+            sum(self.resident.values()) + artifact.weights_bytes > self.memory_bytes
+        ):
+            victim, _ = self.resident.popitem(last=False)
+            for w in self._workers:
+                w.ctrl.send((proto.EVICT, victim))
+            for w in self._workers:
+                self._recv(w.ctrl)
+        stages = range(artifact.cores)
+        for stage in stages:
+            self._workers[stage].ctrl.send((proto.LOAD, model, str(artifact.path), stage))
+        errors = []
+        for stage in stages:
+            reply = self._recv(self._workers[stage].ctrl)
+            if reply[0] != proto.LOADED:
+                errors.append(str(reply[1]))
+        if errors:
+            raise ModelLoadError(f"loading {artifact.path} failed: {'; '.join(errors)}")
+        self.resident[model] = artifact.weights_bytes
+        self.resident.move_to_end(model)
+
+    @staticmethod
+    def _request_bytes(artifact: Artifact, batch: int) -> int:
+        return sum(
+            _round_up(4 * batch * int(np.prod(artifact.boundary_shape(b))))
+            for b in range(artifact.cores + 1)
+        )
+
+    def _grow_arena(self, need: int) -> None:
+        self._slot_bytes = max(_round_up(need), 2 * self._slot_bytes)
+        self._arena_size = self._slot_bytes * (2 * len(self.cores))
+        os.ftruncate(self._arena_fd, self._arena_size)
+        self._arena = mmap.mmap(self._arena_fd, self._arena_size)
+
+    def _view(self, offset: int, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+        assert self._arena is not None
+        return np.frombuffer(self._arena, np.float32, int(np.prod(shape)), offset).reshape(shape)
+
+    def _dispatch(self, request: _Request) -> None:
+        artifact = self.models[request.model]
+        slot = self._free_slots.pop()
+        offset = slot * self._slot_bytes
+        boundaries = []
+        for b in range(artifact.cores + 1):
+            shape = (request.batch.shape[0], *artifact.boundary_shape(b))
+            boundaries.append((offset, shape))
+            offset += _round_up(4 * int(np.prod(shape)))
+        np.copyto(self._view(*boundaries[0]), request.batch)
+        out_offset, out_shape = boundaries[-1]
+        self._inflight[request.rid] = _InFlight(request, slot, out_offset, out_shape)
+        self._workers[0].ctrl.send(
+            (proto.RUN, request.rid, request.model, 0, artifact.cores - 1, self._arena_size,
+             boundaries, [])
+        )  # fmt: skip
+
+    def _on_message(self, msg: tuple[Any, ...]) -> None:
+        tag = msg[0]
+        with self._lock:
+            flight = self._inflight.pop(msg[1], None) if tag in (proto.DONE, proto.FAILED) else None
+            if flight is None:
+                log.warning("group %s: unexpected message %s", self.index, tag)
+                return
+            self._free_slots.append(flight.slot)
+            if tag == proto.FAILED:
+                flight.request.future.set_exception(RuntimeError(str(msg[2])))
+                return
+            output = self._view(flight.out_offset, flight.out_shape).copy()
+            self.counters.requests += 1
+            for position, seconds in msg[2]:
+                core = self.cores[position]
+                self.counters.busy_seconds[core] += seconds
+        flight.request.future.set_result({OUTPUT_NAME: output})
+
+    def _fail_queued(self, exc: Exception) -> None:
+        for queue in self._queues.values():
+            while queue:
+                queue.popleft().future.set_exception(exc)
+        while self._controls:
+            self._controls.popleft().future.set_exception(exc)
+
+    def _fail_everything(self, reason: str) -> None:
+        log.error("%s", reason)
+        with self._lock:
+            self._broken = reason
+            exc = RuntimeClosedError(reason)
+            self._fail_queued(exc)
+            for flight in self._inflight.values():
+                flight.request.future.set_exception(exc)
+            self._inflight.clear()
+
+    def _stop_workers(self) -> None:
+        for w in self._workers:
+            with contextlib.suppress(OSError):
+                w.ctrl.send((proto.STOP,))
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for w in self._workers:
+            try:
+                w.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %s did not stop; killing it", w.process.pid)
+                w.process.kill()
+                w.process.wait()
+            w.ctrl.close()
+        if self._arena_fd >= 0:
+            os.close(self._arena_fd)
+            self._arena_fd = -1
+
+    def iter_waiting(self) -> Iterator[tuple[str, int]]:
+        with self._lock:
+            yield from ((k, len(q)) for k, q in self._queues.items())
+
+
+class _WorkerGoneError(Exception):
+    pass
