@@ -26,6 +26,7 @@ from neuron_runtime.config import (
     config_from_env,
 )
 from neuron_runtime.errors import NeuronRuntimeError
+from neuron_runtime.serving.cli import add_serve_command
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_cores_command(subparsers)
     add_compile_command(subparsers)
+    add_serve_command(subparsers)
     return parser
 
 

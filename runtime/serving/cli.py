@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from neuron_runtime.serving.config import ConfigError, add_serve_arguments, config_from_args
 from neuron_runtime.serving.logs import configure_logging
@@ -47,3 +48,14 @@ def run_serve(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_serve(build_parser().parse_args(argv))
+
+
+def add_serve_command(subparsers: Any) -> None:
+    """Register ``serve`` on the ``neuron-runtime`` command's subparsers."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve models over the Open Inference Protocol (REST and gRPC)",
+        description=DESCRIPTION,
+    )
+    add_serve_arguments(parser)
+    parser.set_defaults(func=run_serve)

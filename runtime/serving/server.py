@@ -42,6 +42,8 @@ class RuntimeHooks:
     stats: Callable[[], RuntimeSnapshot | None] | None = None
     close: Callable[[], None] | None = None
     resource_exhausted: tuple[type[BaseException], ...] = ()
+    # Raised by a predictor for inputs it refuses (the server validates first; this is the net).
+    invalid_input: tuple[type[BaseException], ...] = ()
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:
@@ -107,9 +109,9 @@ class InferenceServer:
             await asyncio.to_thread(self.service.load_models)
         except Exception as exc:
             self.service.load_error = f"{type(exc).__name__}: {exc}"
-            log.error("loading models failed: %s", self.service.load_error)  # noqa: TRY400
+            log.error("loading models failed: %s", self.service.load_error)
             raise
-        log.info("ready: %s", ", ".join(e.name for e in self.service.entries))
+        log.info("ready: %s", ", ".join(self.service.expected_names))
 
     async def wait_loaded(self) -> None:
         """Return once every model is loaded; raise what loading raised."""
@@ -120,7 +122,7 @@ class InferenceServer:
     async def shutdown(self) -> None:
         self.service.start_draining()
         log.info(
-            "draining: readiness false; serving %.1fs more, then up to %.1fs for in-flight requests",
+            "draining: not ready; serving %.1fs more, then up to %.1fs for in-flight requests",
             self.config.drain_delay_s,
             self.config.shutdown_grace_s,
         )
@@ -162,6 +164,7 @@ def create_server(
         metrics=metrics,
         threads_per_group=config.threads_per_group,
         resource_exhausted=hooks.resource_exhausted,
+        invalid_input=hooks.invalid_input,
     )
     return InferenceServer(config, service, hooks)
 

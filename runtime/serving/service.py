@@ -85,6 +85,7 @@ class InferenceService:
         metrics: ServingMetrics,
         threads_per_group: int = 4,
         resource_exhausted: tuple[type[BaseException], ...] = (),
+        invalid_input: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.entries = tuple(entries)
         self.metrics = metrics
@@ -92,6 +93,7 @@ class InferenceService:
         self._loader = loader
         self._threads = threads_per_group
         self._exhausted = resource_exhausted
+        self._invalid = invalid_input
         self._models: dict[str, ServedModel] = {}
         self._executors: dict[int, ThreadPoolExecutor] = {}
         self._loaded = False
@@ -183,6 +185,8 @@ class InferenceService:
                 )
             except self._exhausted as exc:
                 raise InferenceError(ErrorKind.EXHAUSTED, str(exc)) from exc
+            except self._invalid as exc:
+                raise InferenceError(ErrorKind.BAD_REQUEST, str(exc)) from exc
             finally:
                 gauge.dec()
             self.metrics.latency.labels(model.name, str(group)).observe(

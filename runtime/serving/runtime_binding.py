@@ -1,0 +1,64 @@
+"""The one place the server touches ``neuron_runtime.NeuronRuntime``.
+
+It builds the runtime from the environment (``NEURONCORE_GROUP_SIZES`` and friends), loads each
+model under a name the runtime accepts, and translates the runtime's statistics and exceptions into
+the server's terms.  The runtime refuses two predictors with one name, so the second and later
+copies of a model are registered as ``name#2``, ``name#3``...: the server still routes them all as
+``name``, and the runtime's per-group metrics show which copy is resident where.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+from neuron_runtime.serving.metrics import GroupStats, RuntimeSnapshot
+from neuron_runtime.serving.server import RuntimeHooks
+from neuron_runtime.serving.service import ModelLoader, PredictorLike
+
+
+def copy_name(name: str, ordinal: int) -> str:
+    """The runtime's name for the ``ordinal``-th (1-based) copy of a served model."""
+    return name if ordinal == 1 else f"{name}#{ordinal}"
+
+
+def bind_runtime(env: Mapping[str, str] | None) -> tuple[ModelLoader, RuntimeHooks]:
+    from neuron_runtime import (
+        InvalidInputError,
+        NeuronRuntime,
+        ResourceExhaustedError,
+        RuntimeStats,
+    )
+
+    runtime = NeuronRuntime.from_env(env)
+    copies: Counter[str] = Counter()
+
+    def load(path: str, name: str) -> PredictorLike:
+        copies[name] += 1
+        return runtime.load_model(path, copy_name(name, copies[name]))
+
+    def stats() -> RuntimeSnapshot:
+        raw: RuntimeStats = runtime.stats()
+        return RuntimeSnapshot(
+            groups=tuple(
+                GroupStats(
+                    index=g.index,
+                    cores=tuple(g.cores),
+                    resident_model=g.resident_model,
+                    switches=g.switches,
+                    switch_seconds=g.switch_seconds,
+                    queue_depth=g.queue_depth,
+                    requests=g.requests,
+                )
+                for g in raw.groups
+            ),
+            core_busy_seconds=dict(raw.core_busy_seconds),
+        )
+
+    hooks = RuntimeHooks(
+        stats=stats,
+        close=runtime.close,
+        resource_exhausted=(ResourceExhaustedError,),
+        invalid_input=(InvalidInputError,),
+    )
+    return load, hooks
