@@ -1,0 +1,159 @@
+"""``neuron-localcluster up|down|status|build|demo``: what ``make cluster-up/down/demo`` run.
+
+Why a CLI over the library: the Makefile, a developer's shell and CI all need the same start and
+stop, with progress printed as it happens and a non-zero exit naming what failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from neuron_localcluster import binaries, layout
+from neuron_localcluster.cluster import (
+    DEFAULT_EMULATED_NODES,
+    DEFAULT_KWOK_NODES,
+    ClusterError,
+    LocalCluster,
+    stop_cluster,
+)
+
+log = logging.getLogger("neuron_localcluster")
+
+KWOK_NODES_ENV = "NEURON_GROUPS_KWOK_NODES"
+EMULATED_NODES_ENV = "NEURON_GROUPS_EMULATED_NODES"
+LOG_LEVEL_ENV = "NEURON_GROUPS_LOG_LEVEL"
+
+
+def progress(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def usage_lines(cluster: LocalCluster) -> list[str]:
+    return [
+        f"kubeconfig: {cluster.kubeconfig}",
+        f"use it:     export KUBECONFIG={cluster.kubeconfig}; kubectl get nodes",
+        "            (kubectl: python -m neuron_localcluster.clitools kubectl prints its path)",
+        "stop it:    make cluster-down   (or: neuron-localcluster down)",
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuron-localcluster",
+        description=(
+            "A real local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,"
+            " kube-scheduler built from Go modules in hack/cluster), kwok-simulated Neuron nodes"
+            " and emulated Neuron nodes running pods as local processes. Binaries are cached under "
+            f"${binaries.CACHE_ENV}/neuron-groups/bin; {binaries.ASSETS_ENV} is honoured."
+        ),
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help=f"cluster state folder (kubeconfig, logs, pids); env {layout.STATE_ENV}; "
+        "default <repo>/.cluster",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get(LOG_LEVEL_ENV, "INFO"),
+        help=f"logging level (env {LOG_LEVEL_ENV}, default INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="build/reuse binaries and start the cluster")
+    _node_flags(up)
+    up.add_argument(
+        "--recreate",
+        action="store_true",
+        help="start afresh even if a cluster is already running in the state folder",
+    )
+    sub.add_parser("down", help="stop every process of the cluster (no process left behind)")
+    sub.add_parser("status", help="print the cluster's state as JSON; exit 1 if not running")
+    sub.add_parser("build", help="only build (or find cached) control-plane binaries")
+    demo = sub.add_parser("demo", help="cluster up, chart install, the seed's scenarios, results")
+    _node_flags(demo)
+    return parser
+
+
+def _node_flags(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--kwok-nodes",
+        default=os.environ.get(KWOK_NODES_ENV, DEFAULT_KWOK_NODES),
+        help=f"kwok-simulated nodes, e.g. '2xinf1.6xlarge,inf2.xlarge' (env {KWOK_NODES_ENV}, "
+        f"default {DEFAULT_KWOK_NODES}; '' for none)",
+    )
+    cmd.add_argument(
+        "--emulated-nodes",
+        default=os.environ.get(EMULATED_NODES_ENV, DEFAULT_EMULATED_NODES),
+        help="nodes whose pods really run as local processes, via the device plugin "
+        f"(env {EMULATED_NODES_ENV}, default {DEFAULT_EMULATED_NODES}; '' for none)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    state_dir = (args.state_dir or layout.default_state_dir()).resolve()
+    try:
+        return _run(args, state_dir)
+    except (ClusterError, binaries.BinaryError, ValueError, TimeoutError) as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def _run(args: argparse.Namespace, state_dir: Path) -> int:
+    if args.command == "build":
+        for name, path in binaries.ensure_binaries().as_dict().items():
+            print(f"{name}: {path}")
+        return 0
+    if args.command == "down":
+        stopped = stop_cluster(state_dir)
+        progress(f"stopped {', '.join(stopped) if stopped else 'nothing (no cluster running)'}")
+        return 0
+    if args.command == "status":
+        try:
+            cluster = LocalCluster.attach(state_dir)
+        except ClusterError as exc:
+            print(json.dumps({"running": False, "reason": str(exc)}, indent=2))
+            return 1
+        print(json.dumps({"running": cluster.running(), **cluster.status()}, indent=2))
+        return 0 if cluster.running() else 1
+    if args.command == "demo":
+        from neuron_localcluster import demo
+
+        return demo.run(state_dir, kwok_nodes=args.kwok_nodes, emulated_nodes=args.emulated_nodes)
+    cluster = ensure_up(state_dir, args.kwok_nodes, args.emulated_nodes, recreate=args.recreate)
+    for line in usage_lines(cluster):
+        print(line)
+    return 0
+
+
+def ensure_up(
+    state_dir: Path, kwok_nodes: str, emulated_nodes: str, *, recreate: bool = False
+) -> LocalCluster:
+    """The running cluster in ``state_dir`` if its nodes match, else a freshly started one."""
+    if not recreate:
+        try:
+            current = LocalCluster.attach(state_dir)
+        except ClusterError:
+            current = None
+        if current is not None and current.running():
+            progress(
+                f"a cluster is already running in {state_dir}; reusing it (--recreate: afresh)"
+            )
+            return current
+    return LocalCluster.up(
+        state_dir, kwok_nodes=kwok_nodes, emulated_nodes=emulated_nodes, progress=progress
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,565 @@
+"""The emulated Neuron node: a small kubelet stand-in that really runs the pods bound to it.
+
+Why it exists: kwok fakes nodes at scale but runs nothing.  To show inference end to end on
+cores the project's own device plugin chose, one node is driven by this agent instead:
+
+* it starts the kubelet emulator (:class:`neuron_device_plugin.kubelet_emulator.KubeletEmulator`)
+  and the real device plugin (``neuron-device-plugin --backend simulated``) against it, and sets
+  the Node's capacity/allocatable from what the plugin advertises, as the kubelet would;
+* for each pod bound to the node it asks the plugin GetPreferredAllocation then Allocate, and runs
+  each container's command as a local process with the pod's env plus Allocate's envs, on its own
+  loopback address 127.0.0.N (``NEURON_SERVE_HOST``) so pods do not clash on ports;
+* it reports the pod's status and readiness (its HTTP readiness probe, really probed), renews the
+  node's Lease so the node lifecycle controller keeps it Ready, and stops processes when pods go.
+
+Scope, deliberately small: one pass per second over the node's pods (a poll, not a watch), no
+images, no volumes beyond hostPath and emptyDir (their mount paths are rewritten in env values),
+restarts with a capped back-off for ``restartPolicy: Always``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+
+from neuron_device_plugin.kubelet_emulator import KubeletEmulator, PluginClient
+from neuron_localcluster import nodes, pods
+from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
+
+log = logging.getLogger(__name__)
+
+LEASE_NAMESPACE = "kube-node-lease"
+LEASE_SECONDS = 40
+TICK_S = 1.0
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class RunningContainer:
+    container: dict[str, Any]
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    check: pods.ReadinessCheck
+    process: subprocess.Popen[bytes] | None = None
+    started_at: str | None = None
+    restarts: int = 0
+    ready: bool = False
+    last_exit: int | None = None
+    next_start: float = 0.0
+    next_probe: float = 0.0
+
+
+@dataclass
+class RunningPod:
+    uid: str
+    namespace: str
+    name: str
+    pod_ip: str
+    started_at: str
+    restart_always: bool
+    containers: list[RunningContainer] = field(default_factory=list)
+    devices: dict[str, list[str]] = field(default_factory=dict)
+    last_status: dict[str, Any] | None = None
+    failed: str | None = None
+
+
+def plugin_dir_for(workdir: Path) -> Path:
+    """A short folder for the plugin sockets: a unix socket path must stay under 108 bytes."""
+    digest = hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"ng-dp-{digest}"
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        *,
+        api: k8s.ApiClient,
+        spec: nodes.NodeSpec,
+        workdir: Path,
+        plugin_argv: list[str] | None = None,
+        bin_dirs: tuple[Path, ...] = (),
+    ) -> None:
+        self.core = k8s.CoreV1Api(api)
+        self.coord = k8s.CoordinationV1Api(api)
+        self.spec = spec
+        self.workdir = workdir
+        self.plugin_dir = plugin_dir_for(workdir)
+        self.plugin_argv = plugin_argv
+        self.bin_dirs = bin_dirs or (Path(sys.executable).parent,)
+        self.emulator = KubeletEmulator(self.plugin_dir)
+        self.plugin: subprocess.Popen[bytes] | None = None
+        self.ips = pods.LoopbackPool()
+        self.running: dict[str, RunningPod] = {}
+        self.stopping = threading.Event()
+        self._last_capacity: dict[str, str] | None = None
+        self._next_lease = 0.0
+        self._next_node_status = 0.0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.plugin_dir.mkdir(parents=True, exist_ok=True)
+        self.emulator.start()
+        argv = self.plugin_argv or [
+            str(self._program("neuron-device-plugin")),
+            "--backend",
+            "simulated",
+            "--instance-type",
+            self.spec.instance_type,
+            "--device-plugin-dir",
+            str(self.plugin_dir),
+            "--metrics-port",
+            "0",
+        ]
+        plugin_log = self.workdir / "device-plugin.log"
+        with plugin_log.open("ab") as out:
+            env = {**os.environ, "NODE_NAME": self.spec.name}
+            self.plugin = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+            )
+        log.info("device plugin started (pid %s), log %s", self.plugin.pid, plugin_log)
+        self.emulator.wait_for_registration(nodes.CORE_RESOURCE, timeout=60)
+        log.info("device plugin registered %s", nodes.CORE_RESOURCE)
+        self._register_node()
+
+    def _program(self, name: str) -> Path:
+        for folder in self.bin_dirs:
+            if os.access(folder / name, os.X_OK):
+                return folder / name
+        raise FileNotFoundError(f"{name} not found in {', '.join(map(str, self.bin_dirs))}")
+
+    def run_forever(self) -> None:
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.tick()
+            except ApiException as exc:
+                log.warning("API error during tick: %s %s", exc.status, exc.reason)
+            except OSError as exc:
+                log.warning("I/O error during tick: %s", exc)
+            self.stopping.wait(max(0.0, TICK_S - (time.monotonic() - started)))
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        for pod in list(self.running.values()):
+            self._stop_pod(pod)
+        if self.plugin is not None and self.plugin.poll() is None:
+            self.plugin.terminate()
+            try:
+                self.plugin.wait(10)
+            except subprocess.TimeoutExpired:
+                self.plugin.kill()
+                self.plugin.wait()
+        self.emulator.stop()
+        shutil.rmtree(self.plugin_dir, ignore_errors=True)
+        log.info("node agent for %s stopped", self.spec.name)
+
+    # ---- node ------------------------------------------------------------------------------
+
+    def _resource_counts(self) -> tuple[dict[str, str], dict[str, str]]:
+        capacity: dict[str, str] = {}
+        allocatable: dict[str, str] = {}
+        for resource in pods.NEURON_RESOURCES:
+            plugin = self.emulator.client(resource)
+            devices = plugin.devices() if plugin is not None else []
+            capacity[resource] = str(len(devices))
+            allocatable[resource] = str(sum(1 for d in devices if d.healthy))
+        return capacity, allocatable
+
+    def _register_node(self) -> None:
+        capacity, allocatable = self._resource_counts()
+        manifest = nodes.node_manifest(self.spec, capacity=capacity, allocatable=allocatable)
+        try:
+            self.core.create_node(body(manifest))
+            log.info("registered node %s with %s", self.spec.name, capacity)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        self._update_node_status(force=True)
+
+    def _update_node_status(self, *, force: bool = False) -> None:
+        capacity, allocatable = self._resource_counts()
+        now = time.monotonic()
+        if not force and capacity == self._last_capacity and now < self._next_node_status:
+            return
+        base = nodes.node_manifest(self.spec, capacity=capacity, allocatable=allocatable)["status"]
+        stamp = pods.now_rfc3339()
+        status = {
+            **base,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "neuron-groups node agent is posting ready status",
+                    "lastHeartbeatTime": stamp,
+                    "lastTransitionTime": stamp,
+                }
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": self.spec.name},
+            ],
+            "nodeInfo": {
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "kubeletVersion": "neuron-groups-node-agent",
+                "containerRuntimeVersion": "local-process://1",
+                "kernelVersion": os.uname().release,
+                "kubeProxyVersion": "",
+                "osImage": "emulated Neuron node",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+            },
+        }
+        self.core.patch_node_status(self.spec.name, {"status": status})
+        if capacity != self._last_capacity:
+            log.info("node %s capacity %s allocatable %s", self.spec.name, capacity, allocatable)
+        self._last_capacity = capacity
+        self._next_node_status = now + 30
+
+    def _renew_lease(self) -> None:
+        now = time.monotonic()
+        if now < self._next_lease:
+            return
+        self._next_lease = now + 10
+        stamp = pods.now_rfc3339().replace("Z", ".000000Z")
+        lease = {
+            "metadata": {"name": self.spec.name, "namespace": LEASE_NAMESPACE},
+            "spec": {
+                "holderIdentity": self.spec.name,
+                "leaseDurationSeconds": LEASE_SECONDS,
+                "renewTime": stamp,
+            },
+        }
+        try:
+            self.coord.patch_namespaced_lease(self.spec.name, LEASE_NAMESPACE, lease)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.coord.create_namespaced_lease(LEASE_NAMESPACE, body(lease))
+
+    # ---- pods ------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        self._renew_lease()
+        self._update_node_status()
+        response = self.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={self.spec.name}", _preload_content=False
+        )
+        listed = raw_json(response)
+        seen: set[str] = set()
+        for pod in listed.get("items") or []:
+            meta = pod["metadata"]
+            uid = meta["uid"]
+            seen.add(uid)
+            if meta.get("deletionTimestamp"):
+                self._finish_deletion(uid, meta)
+                continue
+            if uid not in self.running:
+                if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                    continue
+                self._admit(pod)
+            else:
+                self._supervise(self.running[uid])
+        for uid in list(self.running):
+            if uid not in seen:
+                self._stop_pod(self.running.pop(uid))
+
+    def _finish_deletion(self, uid: str, meta: dict[str, Any]) -> None:
+        pod = self.running.pop(uid, None)
+        if pod is not None:
+            self._stop_pod(pod)
+        try:
+            self.core.delete_namespaced_pod(
+                meta["name"],
+                meta["namespace"],
+                grace_period_seconds=0,
+                body=k8s.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=k8s.V1Preconditions(uid=uid)
+                ),
+            )
+            log.info("pod %s/%s deleted", meta["namespace"], meta["name"])
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    def _admit(self, pod: dict[str, Any]) -> None:
+        meta, spec = pod["metadata"], pod["spec"]
+        pod_dir = self.workdir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        ip = self.ips.take()
+        running = RunningPod(
+            uid=meta["uid"],
+            namespace=meta["namespace"],
+            name=meta["name"],
+            pod_ip=ip,
+            started_at=pods.now_rfc3339(),
+            restart_always=spec.get("restartPolicy", "Always") == "Always",
+        )
+        self.running[running.uid] = running
+        try:
+            volumes = pods.volume_paths(pod, pod_dir)
+            for local in volumes.values():
+                Path(local).mkdir(parents=True, exist_ok=True)
+            for container in spec.get("containers") or []:
+                allocated = self._allocate(running, container)
+                mounts = pods.mount_map(container, volumes)
+                env = pods.container_env(
+                    pod,
+                    container,
+                    allocated=allocated,
+                    pod_ip=ip,
+                    node=self.spec.name,
+                    base=self._base_env(pod_dir),
+                    mounts=mounts,
+                )
+                argv = pods.resolve_command(container, self.bin_dirs, os.environ.get("PATH"))
+                running.containers.append(
+                    RunningContainer(
+                        container=container,
+                        argv=argv,
+                        env=env,
+                        log_path=pod_dir / f"{container['name']}.log",
+                        check=pods.readiness_check(container),
+                    )
+                )
+            log.info(
+                "admitted pod %s/%s on %s with devices %s",
+                running.namespace,
+                running.name,
+                ip,
+                running.devices,
+            )
+        except (pods.PodSpecError, TimeoutError, RuntimeError) as exc:
+            running.failed = str(exc)
+            log.warning("pod %s/%s cannot run: %s", running.namespace, running.name, exc)
+        self._supervise(running)
+
+    def _base_env(self, pod_dir: Path) -> dict[str, str]:
+        keep = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+        env = {k: os.environ[k] for k in keep if k in os.environ}
+        env["HOME"] = str(pod_dir)
+        env["PYTHONSAFEPATH"] = "1"
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _allocate(self, running: RunningPod, container: dict[str, Any]) -> dict[str, str]:
+        envs: dict[str, str] = {}
+        for resource, count in pods.neuron_requests(container).items():
+            plugin = self.emulator.client(resource)
+            if plugin is None:
+                raise pods.PodSpecError(f"no device plugin registered {resource} on this node")
+            ids = self._choose(plugin, resource, count)
+            result = plugin.allocate(ids)
+            running.devices.setdefault(resource, []).extend(ids)
+            envs.update(result.envs)
+        return envs
+
+    def _choose(self, plugin: PluginClient, resource: str, count: int) -> list[str]:
+        taken = {i for pod in self.running.values() for i in pod.devices.get(resource, [])}
+        available = [d.id for d in plugin.devices() if d.healthy and d.id not in taken]
+        if len(available) < count:
+            raise pods.PodSpecError(
+                f"UnexpectedAdmissionError: {resource}: asked {count}, {len(available)} free"
+            )
+        preferred = plugin.preferred_allocation(available, [], count)
+        if len(preferred) == count and set(preferred) <= set(available):
+            return preferred
+        log.warning(
+            "plugin preferred %s for %d of %s; using the first free", preferred, count, resource
+        )
+        return available[:count]
+
+    def _supervise(self, pod: RunningPod) -> None:
+        if pod.failed is None:
+            now = time.monotonic()
+            for rc in pod.containers:
+                self._supervise_container(pod, rc, now)
+        self._report(pod)
+
+    def _supervise_container(self, pod: RunningPod, rc: RunningContainer, now: float) -> None:
+        if rc.process is not None and rc.process.poll() is not None:
+            rc.last_exit = rc.process.returncode
+            log.warning(
+                "container %s of %s/%s exited %s (log %s)",
+                rc.container["name"],
+                pod.namespace,
+                pod.name,
+                rc.last_exit,
+                rc.log_path,
+            )
+            rc.process = None
+            rc.started_at = None
+            rc.ready = False
+            if pod.restart_always or rc.last_exit != 0:
+                rc.restarts += 1
+                rc.next_start = now + min(MAX_BACKOFF_S, 2.0**rc.restarts)
+        if (
+            rc.process is None
+            and now >= rc.next_start
+            and (rc.last_exit is None or pod.restart_always)
+        ):
+            with rc.log_path.open("ab") as out:
+                rc.process = subprocess.Popen(
+                    rc.argv,
+                    env=rc.env,
+                    cwd=rc.log_path.parent,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            rc.started_at = pods.now_rfc3339()
+            log.info(
+                "started %s for %s/%s (pid %s)", rc.argv[0], pod.namespace, pod.name, rc.process.pid
+            )
+        if rc.process is not None and now >= rc.next_probe:
+            rc.next_probe = now + rc.check.period_s
+            rc.ready = self._probe(pod.pod_ip, rc.check)
+
+    @staticmethod
+    def _probe(ip: str, check: pods.ReadinessCheck) -> bool:
+        if check.port is None:
+            return True
+        url = f"http://{ip}:{check.port}{check.path}"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
+                return 200 <= int(resp.status) < 400
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def _report(self, pod: RunningPod) -> None:
+        if pod.failed is not None:
+            status = pods.pod_status(
+                phase="Failed",
+                pod_ip=None,
+                ready=False,
+                started_at=pod.started_at,
+                containers=[],
+                message=pod.failed,
+                reason="UnexpectedAdmissionError",
+            )
+        else:
+            statuses = [
+                pods.container_status(
+                    rc.container,
+                    running_since=rc.started_at,
+                    ready=rc.ready,
+                    restarts=rc.restarts,
+                    pid=rc.process.pid if rc.process else None,
+                    exit_code=rc.last_exit,
+                    waiting_reason="CrashLoopBackOff"
+                    if rc.process is None and rc.restarts
+                    else None,
+                )
+                for rc in pod.containers
+            ]
+            all_ready = all(rc.ready for rc in pod.containers) and bool(pod.containers)
+            done = all(rc.process is None and not pod.restart_always for rc in pod.containers)
+            exits = [rc.last_exit for rc in pod.containers]
+            phase = "Running"
+            if done and all(code is not None for code in exits):
+                phase = "Succeeded" if all(code == 0 for code in exits) else "Failed"
+            status = pods.pod_status(
+                phase=phase,
+                pod_ip=pod.pod_ip,
+                ready=all_ready,
+                started_at=pod.started_at,
+                containers=statuses,
+            )
+        if _comparable(status) == _comparable(pod.last_status):
+            return
+        try:
+            self.core.patch_namespaced_pod_status(pod.name, pod.namespace, {"status": status})
+            pod.last_status = status
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def _stop_pod(self, pod: RunningPod) -> None:
+        for rc in pod.containers:
+            if rc.process is not None and rc.process.poll() is None:
+                rc.process.terminate()
+        for rc in pod.containers:
+            if rc.process is not None:
+                try:
+                    rc.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    rc.process.kill()
+                    rc.process.wait()
+                rc.process = None
+        self.ips.give_back(pod.pod_ip)
+        log.info(
+            "stopped pod %s/%s, freed %s", pod.namespace, pod.name, pod.devices or "no devices"
+        )
+
+
+def _comparable(status: dict[str, Any] | None) -> Any:
+    """A status without timestamps, to skip patches that would change nothing."""
+    if status is None:
+        return None
+    out = dict(status)
+    out["conditions"] = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status["conditions"]
+    ]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m neuron_localcluster.node_agent",
+        description=(
+            "Run one emulated Neuron node: the kubelet emulator, the project's device plugin "
+            "(simulated backend), and the pods bound to the node as local processes. Normally "
+            "started by `neuron-localcluster up`, not by hand."
+        ),
+    )
+    parser.add_argument("--kubeconfig", required=True, type=Path, help="kubeconfig to use")
+    parser.add_argument("--node", required=True, help="the Node's name")
+    parser.add_argument("--instance-type", default="inf1.6xlarge", help="EC2 instance type")
+    parser.add_argument("--workdir", required=True, type=Path, help="folder for sockets and logs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    api = api_client_for(args.kubeconfig)
+    agent = NodeAgent(
+        api=api,
+        spec=nodes.NodeSpec(args.node, args.instance_type, emulated=True),
+        workdir=args.workdir,
+    )
+
+    def _term(signum: int, _frame: object) -> None:
+        log.info("signal %s: shutting down", signum)
+        agent.stopping.set()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    try:
+        agent.start()
+        agent.run_forever()
+    finally:
+        agent.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
