@@ -11,7 +11,7 @@ PACKAGES := neuron_cores neuron_runtime neuron_device_plugin neuron_operator neu
 # package name -> folder; mypy cannot follow setuptools' package-dir mapping, so it reads a link tree.
 TYPECHECK_LINKS := neuron_cores:cores neuron_runtime:runtime neuron_device_plugin:device_plugin neuron_operator:operator neuron_localcluster:localcluster
 
-.PHONY: setup lint format typecheck unit test bench demo cluster-up cluster-down clean
+.PHONY: setup lint format typecheck unit test bench demo cluster-up cluster-down clean deploy-render
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ test: lint typecheck ## everything: lint, types, and every test including the lo
 
 bench: setup ## every benchmark under bench/, each printing ratios against a peer measured in the same run
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+deploy-render: setup ## render deploy/*.yaml from charts/neuron-groups (tests check they are current)
+	$(PY) deploy/render.py
 
 clean:
 	rm -rf .typecheck .mypy_cache .ruff_cache .pytest_cache build

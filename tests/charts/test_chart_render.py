@@ -1,0 +1,326 @@
+"""What `helm template` renders, asserted as objects: RBAC, probes, security, placement, names.
+
+Every assertion runs over the defaults and over every values file in charts/neuron-groups/ci/, so
+a setting that only one values file turns on is still checked.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "neuron-groups"
+VALUE_SETS: dict[str, tuple[Path, ...]] = {"defaults": ()} | {
+    f.stem: (f,) for f in sorted((CHART / "ci").glob("*.yaml"))
+}
+IDS = list(VALUE_SETS)
+Obj = dict[str, Any]
+Render = Callable[..., list[Obj]]
+HelmRun = Callable[..., subprocess.CompletedProcess[str]]
+
+_cache: dict[str, list[Obj]] = {}
+
+
+@pytest.fixture(params=IDS)
+def objects(request: pytest.FixtureRequest, render: Render) -> list[Obj]:
+    name: str = request.param
+    if name not in _cache:
+        _cache[name] = render(values_files=VALUE_SETS[name])
+    return _cache[name]
+
+
+def pod_specs(objects: list[Obj]) -> list[tuple[Obj, Obj]]:
+    return [
+        (o, o["spec"]["template"]["spec"])
+        for o in objects
+        if o["kind"] in ("Deployment", "DaemonSet", "Job", "StatefulSet")
+    ] + [(o, o["spec"]) for o in objects if o["kind"] == "Pod"]
+
+
+def containers(spec: Obj) -> list[Obj]:
+    return [*spec.get("initContainers", []), *spec.get("containers", [])]
+
+
+def component(obj: Obj) -> str:
+    labels: dict[str, str] = obj["metadata"].get("labels", {})
+    return labels.get("app.kubernetes.io/component", "")
+
+
+def one(objects: list[Obj], kind: str, comp: str) -> Obj:
+    found = [o for o in objects if o["kind"] == kind and component(o) == comp]
+    assert len(found) == 1, f"expected one {kind} for {comp}, found {len(found)}"
+    return found[0]
+
+
+@pytest.mark.parametrize("values", IDS, ids=IDS)
+def test_helm_lint_strict_passes(helm_run: HelmRun, values: str) -> None:
+    args = ["lint", str(CHART), "--strict"]
+    for f in VALUE_SETS[values]:
+        args += ["-f", str(f)]
+    out = helm_run(*args).stdout
+    assert "0 chart(s) failed" in out
+
+
+def test_rbac_has_no_wildcards(objects: list[Obj]) -> None:
+    rules = [
+        rule for o in objects if o["kind"] in ("Role", "ClusterRole") for rule in o.get("rules", [])
+    ]
+    if any(o["kind"] == "Deployment" for o in objects):
+        assert rules, "the operator is rendered without RBAC rules"
+    for rule in rules:
+        for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+            for item in rule.get(field, []):
+                assert "*" not in item, f"wildcard {item!r} in {field} of {rule}"
+        assert not set(rule["verbs"]) & {"escalate", "bind", "impersonate"}, rule
+
+
+def _grants(objects: list[Obj]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for o in objects
+        if o["kind"] in ("Role", "ClusterRole") and component(o) == "operator"
+        for rule in o["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+@pytest.mark.parametrize(
+    ("group", "resource", "verbs"),
+    [
+        ("neurongroups.dev", "neuronworkloads", ("get", "list", "watch", "patch")),
+        ("neurongroups.dev", "neuronworkloads/status", ("get", "patch")),
+        ("neurongroups.dev", "neuronworkloads/scale", ("get",)),
+        ("", "pods", ("get", "list", "watch", "create", "patch", "delete")),
+        ("", "services", ("get", "list", "watch", "create", "patch", "delete")),
+        ("", "events", ("create", "patch")),
+        ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
+    ],
+    ids=["workloads", "status", "scale", "pods", "services", "events", "crds"],
+)
+def test_operator_rbac_grants_what_it_needs(
+    render: Render, group: str, resource: str, verbs: tuple[str, ...]
+) -> None:
+    grants = _grants(render())
+    for verb in verbs:
+        assert (group, resource, verb) in grants
+
+
+@pytest.mark.parametrize(
+    ("resource", "verb"),
+    [
+        ("secrets", "get"),
+        ("secrets", "list"),
+        ("nodes", "patch"),
+        ("pods", "update"),
+        ("neuronworkloads", "delete"),
+        ("neuronworkloads", "create"),
+        ("customresourcedefinitions", "patch"),
+    ],
+    ids=[
+        "no-secret-get",
+        "no-secret-list",
+        "no-node-patch",
+        "no-pod-update",
+        "no-nwl-delete",
+        "no-nwl-create",
+        "no-crd-patch",
+    ],
+)
+def test_operator_rbac_withholds_what_it_does_not_need(
+    render: Render, resource: str, verb: str
+) -> None:
+    assert not any(r == resource and v == verb for _, r, v in _grants(render()))
+
+
+def test_namespaced_operator_is_bound_only_in_its_namespaces(render: Render) -> None:
+    objs = render(values_files=VALUE_SETS["ha-namespaced-values"])
+    bindings = [o for o in objs if o["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    cluster_bound = {o["roleRef"]["name"] for o in objs if o["kind"] == "ClusterRoleBinding"}
+    workloads_role = next(
+        o
+        for o in objs
+        if o["kind"] == "ClusterRole" and any("pods" in r["resources"] for r in o["rules"])
+    )
+    assert workloads_role["metadata"]["name"] not in cluster_bound
+    peerings = [o for o in objs if o["kind"] == "KopfPeering"]
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+    args = one(objs, "Deployment", "operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args
+    assert "--namespace=team-b" in args
+    assert "--all-namespaces" not in args
+
+
+def test_every_long_running_container_has_probes(objects: list[Obj]) -> None:
+    checked = 0
+    for owner, spec in pod_specs(objects):
+        if owner["kind"] == "Job":
+            # run-to-completion: bounded by a deadline instead of probed
+            assert owner["spec"]["activeDeadlineSeconds"] > 0
+            continue
+        for c in containers(spec):
+            assert "livenessProbe" in c, f"{owner['kind']}/{c['name']} has no liveness probe"
+            assert "readinessProbe" in c, f"{owner['kind']}/{c['name']} has no readiness probe"
+            checked += 1
+    if any(o["kind"] in ("Deployment", "DaemonSet") for o in objects):
+        assert checked > 0
+
+
+def test_every_container_has_a_restrictive_security_context(objects: list[Obj]) -> None:
+    specs = pod_specs(objects)
+    assert specs
+    for owner, spec in specs:
+        pod_sc = spec.get("securityContext", {})
+        for c in containers(spec):
+            where = f"{owner['kind']}/{owner['metadata']['name']}/{c['name']}"
+            sc = c.get("securityContext")
+            assert sc, f"{where} has no securityContext"
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc.get("privileged", False) is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert not sc["capabilities"].get("add"), where
+            seccomp = sc.get("seccompProfile") or pod_sc.get("seccompProfile")
+            assert seccomp == {"type": "RuntimeDefault"}, where
+            if component(owner) != "device-plugin":
+                non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+                assert non_root is True, f"{where} may run as root"
+
+
+def test_only_the_operator_gets_an_api_token(objects: list[Obj]) -> None:
+    for owner, spec in pod_specs(objects):
+        expected = component(owner) == "operator"
+        assert spec.get("automountServiceAccountToken") is expected, owner["metadata"]["name"]
+
+
+def test_device_plugin_daemonset_placement_and_mounts(render: Render) -> None:
+    ds = one(render(), "DaemonSet", "device-plugin")
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["priorityClassName"] == "system-node-critical"
+    tolerations = {(t["key"], t.get("effect")) for t in spec["tolerations"]}
+    assert ("aws.amazon.com/neuron", "NoSchedule") in tolerations
+    assert ("CriticalAddonsOnly", None) in tolerations
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    expr = terms["nodeSelectorTerms"][0]["matchExpressions"][0]
+    assert expr["key"] == "node.kubernetes.io/instance-type"
+    assert "inf1.6xlarge" in expr["values"]
+    assert "m5.large" not in expr["values"]
+    volumes = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"]}
+    assert volumes == {
+        "device-plugins": "/var/lib/kubelet/device-plugins",
+        "host-dev": "/dev",
+        "host-sys": "/sys",
+    }
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["host-dev"]["readOnly"] is True
+    assert mounts["host-sys"]["readOnly"] is True
+    assert not mounts["device-plugins"].get("readOnly", False)
+    assert spec.get("hostNetwork", False) is False
+    assert spec.get("hostPID", False) is False
+
+
+def test_custom_affinity_replaces_instance_type_list(render: Render) -> None:
+    ds = one(
+        render(values_files=VALUE_SETS["single-operator-custom-affinity-values"]),
+        "DaemonSet",
+        "device-plugin",
+    )
+    terms = ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"][0]["key"] == "karpenter.k8s.aws/instance-family"
+    args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--core-resource-name=example.com/neuroncore" in args
+
+
+@pytest.mark.parametrize(
+    ("replicas", "pdb"),
+    [("0", False), ("1", False), ("2", True), ("4", True)],
+    ids=["zero", "one", "two", "four"],
+)
+def test_operator_replicas_and_disruption_budget(render: Render, replicas: str, pdb: bool) -> None:
+    objs = render(set_values=[f"operator.replicas={replicas}"])
+    assert one(objs, "Deployment", "operator")["spec"]["replicas"] == int(replicas)
+    budgets = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    assert bool(budgets) is pdb
+    if pdb:
+        assert budgets[0]["spec"]["maxUnavailable"] == int(replicas) - 1
+
+
+def test_default_operator_is_highly_available_with_peering(render: Render) -> None:
+    objs = render()
+    dep = one(objs, "Deployment", "operator")
+    assert dep["spec"]["replicas"] == 2
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "run"
+    assert "--peering=neuron-groups" in args
+    assert one(objs, "ClusterKopfPeering", "operator")["metadata"]["name"] == "neuron-groups"
+    anti = dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"]
+
+
+def test_metrics_services_select_their_pods(objects: list[Obj]) -> None:
+    workloads = {component(o): o for o in objects if o["kind"] in ("Deployment", "DaemonSet")}
+    services = [o for o in objects if o["kind"] == "Service"]
+    for svc in services:
+        pods = workloads[component(svc)]["spec"]["template"]["metadata"]["labels"]
+        assert svc["spec"]["selector"].items() <= pods.items()
+        container_ports = {
+            p["name"]
+            for p in workloads[component(svc)]["spec"]["template"]["spec"]["containers"][0]["ports"]
+        }
+        assert {p["targetPort"] for p in svc["spec"]["ports"]} <= container_ports
+
+
+def test_names_and_labels_within_kubernetes_limits(objects: list[Obj]) -> None:
+    for o in objects:
+        name = o["metadata"]["name"]
+        assert len(name) <= 63, name
+        assert not name.endswith("-"), name
+        labels = o["metadata"].get("labels", {})
+        assert labels.get("app.kubernetes.io/part-of") == "neuron-groups", name
+        assert all(len(v) <= 63 for v in labels.values()), labels
+
+
+def test_names_are_unique_per_kind_and_namespace(objects: list[Obj]) -> None:
+    keys = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
+    assert len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize(
+    ("set_values", "expected"),
+    [
+        ([], ["http", "http"]),
+        (["operator.replicas=0"], ["dns"]),
+        (["tests.checkDevicePlugin=true"], ["http", "http", "http"]),
+    ],
+    ids=["operator-running", "operator-out-of-cluster", "with-device-plugin"],
+)
+def test_helm_test_job_checks(render: Render, set_values: list[str], expected: list[str]) -> None:
+    job = one(render(set_values=set_values), "Job", "test")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    checks = command[3:]
+    assert [c.split(" ")[0] for c in checks] == expected
+
+
+def test_image_digest_wins_over_tag(render: Render) -> None:
+    digest = "sha256:" + "ab" * 32
+    objs = render(set_values=[f"image.digest={digest}", "image.tag=9.9.9"])
+    images = {c["image"] for _, spec in pod_specs(objs) for c in containers(spec)}
+    assert images == {f"ghcr.io/neuron-groups/neuron-groups@{digest}"}
+
+
+def test_karpenter_nodepool_limits_to_neuron_families(render: Render) -> None:
+    pool = one(render(values_files=VALUE_SETS["autoscaling-values"]), "NodePool", "autoscaling")
+    reqs = {r["key"]: r for r in pool["spec"]["template"]["spec"]["requirements"]}
+    assert reqs["karpenter.k8s.aws/instance-family"]["values"] == ["inf2", "trn1"]
+    assert pool["spec"]["template"]["spec"]["taints"] == [
+        {"key": "aws.amazon.com/neuron", "effect": "NoSchedule"}
+    ]
