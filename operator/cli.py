@@ -20,6 +20,7 @@ import yaml
 from neuron_operator.api import InvalidSpecError, Workload, workload_from_object
 from neuron_operator.planner import Plan, plan
 from neuron_operator.pods import build_pod
+from neuron_operator.runner import add_run_command
 
 EXIT_INVALID = 2
 
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_plan(commands)
+    add_run_command(commands)
     return parser
 
 

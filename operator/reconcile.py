@@ -1,0 +1,227 @@
+"""The reconcile decision: desired pods vs the pods that exist -> actions, and the status to write.
+
+Pure on purpose (kopf's own layering does the same): the API calls live in ``kube.py`` and the
+wiring in ``handlers.py``; here the rules can be tested as tables.  The loop is level-based: it
+looks only at what exists now, so running it twice, or after a missed event, changes nothing.
+
+Rolling: pod names carry the template hash, so after a spec change the new pods are created next
+to the old ones (they may stay pending while the nodes are full).  Old pods are removed only
+while the number of ready pods stays at least ``desired - max_unavailable``; unready old pods and
+surplus pods of the current template go at once.  Removing a few ready old pods frees the cores
+the new pods wait for, so the roll always progresses, with bounded unavailability.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from neuron_operator import conditions as c
+from neuron_operator.planner import Plan
+from neuron_operator.pods import (
+    LABEL_POD_INDEX,
+    LABEL_REPLICA,
+    LABEL_TEMPLATE_HASH,
+    NEURONCORE_RESOURCE,
+)
+
+MAX_UNAVAILABLE_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    """What the reconcile loop needs to know about one existing pod."""
+
+    name: str
+    template_hash: str
+    replica: int
+    index: int
+    ready: bool = False
+    terminating: bool = False
+    unschedulable: str | None = None  # the scheduler's message when it could not place the pod
+
+
+@dataclass(frozen=True)
+class Actions:
+    create: tuple[str, ...] = ()
+    delete: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.create and not self.delete
+
+
+def _label_int(labels: Mapping[str, str], key: str) -> int:
+    value = labels.get(key, "")
+    return int(value) if value.isdigit() else -1
+
+
+def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
+    """Read an API Pod (as a dict) into an ``ObservedPod``."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    status = pod.get("status") or {}
+    pod_conditions = status.get("conditions") or []
+    ready = (
+        any(x.get("type") == "Ready" and x.get("status") == c.TRUE for x in pod_conditions)
+        and status.get("phase") == "Running"
+    )
+    unschedulable = next(
+        (
+            str(x.get("message") or "unschedulable")
+            for x in pod_conditions
+            if x.get("type") == "PodScheduled"
+            and x.get("status") == c.FALSE
+            and x.get("reason") == "Unschedulable"
+        ),
+        None,
+    )
+    return ObservedPod(
+        name=str(meta.get("name")),
+        template_hash=str(labels.get(LABEL_TEMPLATE_HASH, "")),
+        replica=_label_int(labels, LABEL_REPLICA),
+        index=_label_int(labels, LABEL_POD_INDEX),
+        ready=ready,
+        terminating=bool(meta.get("deletionTimestamp")),
+        unschedulable=unschedulable,
+    )
+
+
+def max_unavailable(desired: int) -> int:
+    return max(1, math.ceil(desired * MAX_UNAVAILABLE_FRACTION))
+
+
+def diff(desired: Sequence[str], current_hash: str, observed: Sequence[ObservedPod]) -> Actions:
+    """The pods to create and to delete so that what exists moves towards ``desired``."""
+    existing = {p.name for p in observed}  # terminating pods keep their name until gone
+    create = tuple(name for name in desired if name not in existing)
+    wanted = set(desired)
+    live = [p for p in observed if not p.terminating]
+    surplus = [p for p in live if p.name not in wanted]
+    ready = sum(p.ready for p in live)
+    delete: list[str] = []
+    for pod in sorted(surplus, key=lambda p: (p.ready, p.replica, p.index, p.name)):
+        if pod.template_hash == current_hash or not pod.ready:
+            delete.append(pod.name)
+            ready -= pod.ready
+    floor = len(desired) - max_unavailable(len(desired))
+    for pod in sorted(surplus, key=lambda p: (p.replica, p.index, p.name)):
+        if pod.name in delete:
+            continue
+        if ready - 1 >= floor:
+            delete.append(pod.name)
+            ready -= 1
+    return Actions(create=create, delete=tuple(delete))
+
+
+def plan_status(result: Plan) -> list[dict[str, Any]]:
+    return [
+        {
+            "pod": p.index,
+            "cores": p.cores,
+            "groupSizes": list(p.group_sizes),
+            "models": [m.name for m in p.load_order],
+        }
+        for p in result.layout
+    ]
+
+
+def _ready_replicas(
+    result: Plan, names: Mapping[tuple[int, int], str], live: Mapping[str, ObservedPod]
+) -> int:
+    count = 0
+    for replica in range(result.replicas):
+        pods = [live.get(names[(replica, p.index)]) for p in result.layout]
+        count += all(p is not None and p.ready for p in pods)
+    return count
+
+
+def _unschedulable(live: Sequence[ObservedPod], generation: int) -> dict[str, Any]:
+    stuck = [p for p in live if p.unschedulable]
+    if not stuck:
+        return c.condition(c.UNSCHEDULABLE, c.FALSE, c.REASON_SCHEDULED, "", generation)
+    reason = (
+        c.REASON_INSUFFICIENT_CORES
+        if any(NEURONCORE_RESOURCE in (p.unschedulable or "") for p in stuck)
+        else c.REASON_POD_UNSCHEDULABLE
+    )
+    message = f"{len(stuck)} pods pending: {stuck[0].name}: {stuck[0].unschedulable}"
+    return c.condition(c.UNSCHEDULABLE, c.TRUE, reason, message, generation)
+
+
+def compute_status(
+    *,
+    generation: int,
+    result: Plan,
+    current_hash: str,
+    desired: Mapping[tuple[int, int], str],
+    observed: Sequence[ObservedPod],
+    selector: str,
+) -> dict[str, Any]:
+    """The status (without lastTransitionTimes; see ``conditions.merge_conditions``)."""
+    live = [p for p in observed if not p.terminating]
+    by_name = {p.name: p for p in live}
+    ready_replicas = _ready_replicas(result, desired, by_name)
+    wanted = set(desired.values())
+    missing = len(wanted - by_name.keys())
+    stale = [p for p in live if p.name not in wanted]
+    done = ready_replicas == result.replicas and not stale
+    if done:
+        progressing = c.condition(c.PROGRESSING, c.FALSE, c.REASON_COMPLETE, "", generation)
+    else:
+        reason = (
+            c.REASON_ROLLING
+            if any(p.template_hash != current_hash for p in stale)
+            else c.REASON_REMOVING
+            if stale
+            else c.REASON_CREATING
+            if missing
+            else c.REASON_WAITING
+        )
+        message = f"{len(wanted) - missing}/{len(wanted)} pods exist, {len(stale)} to remove"
+        progressing = c.condition(c.PROGRESSING, c.TRUE, reason, message, generation)
+    ready_message = f"{ready_replicas}/{result.replicas} replicas ready"
+    if result.replicas == 0:
+        ready = c.condition(c.READY, c.TRUE, c.REASON_SCALED_TO_ZERO, ready_message, generation)
+    elif done:
+        ready = c.condition(c.READY, c.TRUE, c.REASON_ALL_READY, ready_message, generation)
+    else:
+        ready = c.condition(c.READY, c.FALSE, c.REASON_NOT_READY, ready_message, generation)
+    return {
+        "observedGeneration": generation,
+        "replicas": len({p.replica for p in live}),
+        "readyReplicas": ready_replicas,
+        "selector": selector,
+        "templateHash": current_hash,
+        "coresPerReplica": result.cores_per_replica,
+        "podsPerReplica": len(result.layout),
+        "planSummary": result.summary(),
+        "plan": plan_status(result),
+        "conditions": [
+            ready,
+            progressing,
+            c.condition(c.INVALID_SPEC, c.FALSE, c.REASON_SPEC_VALID, "", generation),
+            _unschedulable(live, generation),
+        ],
+    }
+
+
+def invalid_status(
+    *, generation: int, problems: Sequence[str], previous: Mapping[str, Any], selector: str
+) -> dict[str, Any]:
+    """Status for a spec the operator cannot plan: the pods that exist are left alone."""
+    message = "; ".join(problems)
+    kept = {k: v for k, v in previous.items() if k not in ("conditions", "observedGeneration")}
+    return {
+        **kept,
+        "observedGeneration": generation,
+        "selector": selector,
+        "conditions": [
+            c.condition(c.READY, c.FALSE, c.REASON_SPEC_INVALID, message, generation),
+            c.condition(c.PROGRESSING, c.FALSE, c.REASON_SPEC_INVALID, message, generation),
+            c.condition(c.INVALID_SPEC, c.TRUE, c.REASON_SPEC_INVALID, message, generation),
+            *([x] if (x := c.find(previous.get("conditions"), c.UNSCHEDULABLE)) else []),
+        ],
+    }

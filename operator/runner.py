@@ -1,0 +1,272 @@
+"""``neuron-operator run``: start kopf's watches, the leader Lease, the resync loop and metrics.
+
+Every flag has an environment variable, because in a pod the chart sets env while a developer
+running out of cluster types flags; both appear in ``--help``.  kopf itself runs in standalone
+mode: exclusion between replicas is the Lease's job (see ``leader.py``), and kopf's own event
+posting is off because the reconciler records its Events itself (``kube.post_event``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from neuron_operator.controller import Reconciler
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "NEURON_OPERATOR_NAMESPACES": "",
+    "NEURON_OPERATOR_LEASE_NAME": "neuron-operator",
+    "NEURON_OPERATOR_LEASE_SECONDS": "15",
+    "NEURON_OPERATOR_RENEW_SECONDS": "5",
+    "NEURON_OPERATOR_RESYNC_SECONDS": "30",
+    "NEURON_OPERATOR_METRICS_PORT": "8080",
+    "NEURON_OPERATOR_METRICS_ADDRESS": "0.0.0.0",
+    "NEURON_OPERATOR_LOG_FORMAT": "text",
+    "NEURON_OPERATOR_LOG_LEVEL": "info",
+    "NEURON_OPERATOR_LEADER_ELECTION": "true",
+}
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, DEFAULTS.get(name, ""))
+
+
+def _namespaces(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _default_lease_namespace() -> str:
+    mounted = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    if os.path.exists(mounted):
+        with open(mounted, encoding="utf-8") as handle:
+            return handle.read().strip()
+    return os.environ.get("POD_NAMESPACE", "default")
+
+
+def _flag_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
+
+
+def add_run_command(commands: Any) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="reconcile NeuronWorkloads in a cluster",
+        description="Watch NeuronWorkloads and their pods and keep the planned pods running. "
+        "Each flag's environment variable is given in brackets.",
+    )
+    add = parser.add_argument
+    add(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        help="kubeconfig file; absent: in-cluster config, then ~/.kube/config [KUBECONFIG]",
+    )
+    add(
+        "--all-namespaces",
+        action="store_true",
+        help="watch every namespace (the default when no --namespace is given)",
+    )
+    add(
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        help="namespace to watch; repeat for several; absent: all namespaces "
+        "[NEURON_OPERATOR_NAMESPACES, comma-separated]",
+    )
+    add(
+        "--leader-election",
+        type=_flag_bool,
+        default=_flag_bool(_env("NEURON_OPERATOR_LEADER_ELECTION")),
+        help="take a Lease so only one replica acts (false only for a single local process) "
+        "[NEURON_OPERATOR_LEADER_ELECTION, default true]",
+    )
+    add(
+        "--standalone",
+        dest="leader_election",
+        action="store_false",
+        help="same as --leader-election=false: act without a Lease (one local process only)",
+    )
+    add(
+        "--lease-name",
+        "--peering",
+        default=_env("NEURON_OPERATOR_LEASE_NAME"),
+        help="name of the coordination.k8s.io Lease the replicas share: the peering name "
+        "[NEURON_OPERATOR_LEASE_NAME, default neuron-operator]",
+    )
+    add(
+        "--lease-namespace",
+        default=os.environ.get("NEURON_OPERATOR_LEASE_NAMESPACE"),
+        help="namespace of the Lease; default: the pod's namespace, else $POD_NAMESPACE, else "
+        "default [NEURON_OPERATOR_LEASE_NAMESPACE]",
+    )
+    add(
+        "--identity",
+        default=os.environ.get("NEURON_OPERATOR_IDENTITY"),
+        help="this replica's name in the Lease; default hostname-pid [NEURON_OPERATOR_IDENTITY]",
+    )
+    add(
+        "--lease-seconds",
+        type=int,
+        default=int(_env("NEURON_OPERATOR_LEASE_SECONDS")),
+        help="how long a Lease lasts without renewal [NEURON_OPERATOR_LEASE_SECONDS, default 15]",
+    )
+    add(
+        "--renew-seconds",
+        type=float,
+        default=float(_env("NEURON_OPERATOR_RENEW_SECONDS")),
+        help="how often the leader renews, and standbys retry "
+        "[NEURON_OPERATOR_RENEW_SECONDS, default 5]",
+    )
+    add(
+        "--resync-seconds",
+        type=float,
+        default=float(_env("NEURON_OPERATOR_RESYNC_SECONDS")),
+        help="period of the full level-based resync of every NeuronWorkload "
+        "[NEURON_OPERATOR_RESYNC_SECONDS, default 30]",
+    )
+    add(
+        "--metrics-port",
+        type=int,
+        default=int(_env("NEURON_OPERATOR_METRICS_PORT")),
+        help="port of the HTTP endpoint serving /metrics (Prometheus) and /healthz; 0 disables "
+        "it"
+        "[NEURON_OPERATOR_METRICS_PORT, default 8080]",
+    )
+    add(
+        "--metrics-address",
+        default=_env("NEURON_OPERATOR_METRICS_ADDRESS"),
+        help="address the metrics endpoint binds "
+        "[NEURON_OPERATOR_METRICS_ADDRESS, default 0.0.0.0]",
+    )
+    add(
+        "--log-format",
+        choices=("text", "json"),
+        default=_env("NEURON_OPERATOR_LOG_FORMAT"),
+        help="log line format [NEURON_OPERATOR_LOG_FORMAT, default text]",
+    )
+    add(
+        "--log-level",
+        choices=("debug", "info", "warning"),
+        default=_env("NEURON_OPERATOR_LOG_LEVEL"),
+        help="log level [NEURON_OPERATOR_LOG_LEVEL, default info]",
+    )
+    parser.set_defaults(func=run_command)
+
+
+def _resync_loop(
+    reconciler: Reconciler,
+    namespaces: Sequence[str],
+    interval: float,
+    stop: threading.Event,
+    wake: threading.Event,
+) -> None:
+    while not stop.is_set():
+        wake.wait(interval)
+        wake.clear()
+        if stop.is_set():
+            return
+        try:
+            count = reconciler.resync(namespaces)
+            log.debug("resync reconciled %d NeuronWorkloads", count)
+        except Exception:  # the loop must outlive any one failure; it retries next period
+            log.exception("resync failed")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import kopf
+    from kubernetes import client, config
+
+    from neuron_operator import handlers
+    from neuron_operator.httpserver import create_server
+    from neuron_operator.kube import Kube
+    from neuron_operator.leader import LeaseElector
+
+    kopf.configure(
+        verbose=args.log_level == "debug",
+        quiet=args.log_level == "warning",
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    load_kube_config: Any = config.load_kube_config
+    load_incluster_config: Any = config.load_incluster_config
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
+        load_kube_config(config_file=args.kubeconfig)
+    else:
+        try:
+            load_incluster_config()
+        except config.ConfigException:
+            load_kube_config()
+    api_client = client.ApiClient()
+    namespaces = args.namespaces or _namespaces(_env("NEURON_OPERATOR_NAMESPACES"))
+    identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
+    stop, wake = threading.Event(), threading.Event()
+    elector = None
+    if args.leader_election:
+        elector = LeaseElector(
+            api_client,
+            namespace=args.lease_namespace or _default_lease_namespace(),
+            name=args.lease_name,
+            identity=identity,
+            lease_seconds=args.lease_seconds,
+            renew_seconds=args.renew_seconds,
+            on_elected=wake.set,
+        )
+    reconciler = Reconciler(
+        Kube(api_client, instance=identity),
+        is_leader=elector.is_leader if elector else lambda: True,
+    )
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, reconciler)
+    settings = kopf.OperatorSettings()
+    settings.posting.enabled = False
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    threads = [
+        threading.Thread(
+            target=_resync_loop,
+            args=(reconciler, namespaces, args.resync_seconds, stop, wake),
+            name="resync",
+            daemon=True,
+        )
+    ]
+    if elector is not None:
+        threads.append(
+            threading.Thread(target=elector.run, args=(stop,), name="lease", daemon=True)
+        )
+    for thread in threads:
+        thread.start()
+    server = None
+    if args.metrics_port:
+        server = create_server(
+            args.metrics_address, args.metrics_port, lambda: all(t.is_alive() for t in threads)
+        )
+        threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+        log.info("metrics and health on %s:%d", args.metrics_address, args.metrics_port)
+    log.info("neuron-operator %s starting; namespaces: %s", identity, namespaces or "all")
+    try:
+        kopf.run(
+            registry=registry,
+            settings=settings,
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+        )
+    finally:
+        if server is not None:
+            server.shutdown()
+        stop.set()
+        wake.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    return 0
