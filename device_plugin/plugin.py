@@ -356,7 +356,8 @@ class PluginManager:
         for endpoint in self.endpoints.values():
             endpoint.stop_serving(grace=1.0)
         self._done.set()
-        log.info("stopped; removed sockets in %s", self.config.plugin_dir)
+        if self.endpoints:
+            log.info("stopped; removed our sockets from %s", self.config.plugin_dir)
 
     def __enter__(self) -> PluginManager:
         self.start()

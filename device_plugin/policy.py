@@ -9,8 +9,8 @@ and returns the indexes to use, sorted.
 ``best-fit`` takes the window from the *smallest* free run that can hold the request, flush against
 one end of it, so long free runs stay whole for the multi-core groups that need them.  ``first-fit``
 takes the lowest window that fits, the plain policy most allocators use, kept as the baseline the
-benchmark compares against.  When no single run is long enough, both fall back to the fewest pieces:
-the request is filled from the longest runs first.
+benchmark compares against.  When no single run is long enough, both fall back to few pieces: whole
+runs, longest first, until the remainder fits one run, taken best-fit.
 """
 
 from __future__ import annotations
@@ -63,13 +63,20 @@ def _leftover_key(run: tuple[int, int], start: int, size: int) -> tuple[int, int
 def _fewest_pieces(
     available: Collection[int], must_include: Collection[int], size: int
 ) -> tuple[int, ...]:
+    """No single run fits: take whole runs, longest first, until the rest fits one run best."""
     chosen = set(must_include)
-    runs = sorted(contiguous_runs(available), key=lambda r: (-(r[1] - r[0] + 1), r[0]))
-    for first, last in runs:
-        for index in range(first, last + 1):
-            if len(chosen) >= size:
-                break
-            chosen.add(index)
+    free = sorted(set(available) - chosen)
+    while len(chosen) < size:
+        need = size - len(chosen)
+        runs = contiguous_runs(free)
+        fitting = [r for r in runs if r[1] - r[0] + 1 >= need]
+        if fitting:
+            first = min(fitting, key=lambda r: (r[1] - r[0], r[0]))[0]
+            chosen.update(range(first, first + need))
+            break
+        first, last = max(runs, key=lambda r: (r[1] - r[0], -r[0]))
+        chosen.update(range(first, last + 1))
+        free = [i for i in free if not first <= i <= last]
     return tuple(sorted(chosen))
 
 

@@ -1,0 +1,177 @@
+"""The command line: flags and their env vars, clear failures, and a real process under SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neuron_device_plugin.cli import build_parser
+from neuron_device_plugin.kubelet_emulator import KubeletEmulator
+from neuron_device_plugin.plugin import socket_name
+
+
+def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.dest != "help"]
+
+
+def test_every_flag_has_its_own_env_var_in_help() -> None:
+    parser = build_parser(environ={})
+    env_vars = []
+    for action in _options(parser):
+        assert action.help is not None
+        assert "[env NEURON_DP_" in action.help, action.option_strings
+        env_vars.append(action.help.split("[env ", 1)[1].rstrip("]"))
+    assert len(env_vars) == len(set(env_vars))
+    help_text = parser.format_help()
+    for action in _options(parser):
+        assert action.option_strings[0] in help_text
+
+
+@pytest.mark.parametrize(
+    ("environ", "argv", "dest", "expected"),
+    [
+        ({}, [], "backend", "sysfs"),
+        ({"NEURON_DP_BACKEND": "simulated"}, [], "backend", "simulated"),
+        ({"NEURON_DP_BACKEND": "simulated"}, ["--backend", "sysfs"], "backend", "sysfs"),
+        ({"NEURON_DP_METRICS_PORT": "0"}, [], "metrics_port", 0),
+        ({"NEURON_DP_LOG_LEVEL": "INFO"}, [], "log_level", "info"),
+        ({}, ["--log-format", "JSON"], "log_format", "json"),
+        ({"NEURON_DP_DEVICES": "12"}, [], "devices", 12),
+        ({}, [], "device_plugin_dir", "/var/lib/kubelet/device-plugins"),
+    ],
+    ids=[
+        "default",
+        "env",
+        "flag-wins",
+        "int-env",
+        "level-any-case",
+        "format-any-case",
+        "devices-env",
+        "kubelet-default-dir",
+    ],
+)
+def test_flags_and_env_vars(
+    environ: dict[str, str], argv: list[str], dest: str, expected: object
+) -> None:
+    assert getattr(build_parser(environ=environ).parse_args(argv), dest) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"NEURON_DP_METRICS_PORT": "ninety"}, "NEURON_DP_METRICS_PORT='ninety'"),
+        ({"NEURON_DP_BACKEND": "gpu"}, "choose one of: sysfs, simulated"),
+    ],
+    ids=["not-an-int", "not-a-choice"],
+)
+def test_bad_env_values_name_the_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SystemExit) as err:
+        build_parser(environ=environ)
+    assert message in str(err.value.code)
+
+
+def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "neuron_device_plugin.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONSAFEPATH": "1", **(env or {})},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--backend", "sysfs", "--sysfs-root", "{dir}/none"], 1, "{dir}/none is not a directory"),
+        (["--backend", "simulated"], 2, "needs --instance-type"),
+        (["--backend", "simulated", "--instance-type", "p4d.24xlarge"], 2, "'p4d.24xlarge'"),
+        (
+            [
+                "--backend",
+                "simulated",
+                "--instance-type",
+                "inf1.xlarge",
+                "--core-resource-name",
+                "x",
+            ],
+            2,
+            "--core-resource-name 'x' is not an extended resource name",
+        ),
+        (
+            [
+                "--backend",
+                "simulated",
+                "--instance-type",
+                "inf1.xlarge",
+                "--device-plugin-dir",
+                "{dir}/missing",
+            ],
+            1,
+            "device-plugin directory {dir}/missing does not exist",
+        ),
+    ],
+    ids=["sysfs-finds-nothing", "simulated-no-size", "unknown-type", "bad-resource", "no-dir"],
+)
+def test_cli_failures_explain_themselves(
+    sock_dir: Path, args: list[str], code: int, message: str
+) -> None:
+    result = _run_cli(
+        "--device-plugin-dir",
+        str(sock_dir),
+        *[a.format(dir=sock_dir) for a in args],
+        "--metrics-port",
+        "0",
+    )
+    assert result.returncode == code, result.stderr
+    assert message.format(dir=sock_dir) in result.stderr
+
+
+def test_process_registers_then_stops_on_sigterm_removing_its_sockets(sock_dir: Path) -> None:
+    with KubeletEmulator(sock_dir) as kubelet:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "neuron_device_plugin.cli",
+                "--metrics-port",
+                "0",
+                "--log-format",
+                "json",
+            ],
+            env={
+                **os.environ,
+                "PYTHONSAFEPATH": "1",
+                "NEURON_DP_BACKEND": "simulated",
+                "NEURON_DP_INSTANCE_TYPE": "inf2.48xlarge",
+                "NEURON_DP_DEVICE_PLUGIN_DIR": str(sock_dir),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            cores = kubelet.wait_for_registration("aws.amazon.com/neuroncore", timeout=30)
+            assert len(cores.devices()) == 24
+            devices = kubelet.wait_for_registration("aws.amazon.com/neuron", timeout=5)
+            assert len(devices.devices()) == 12
+            assert cores.allocate(["neuroncore-0022", "neuroncore-0023"]).envs == {
+                "NEURON_RT_VISIBLE_CORES": "22-23"
+            }
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=15)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 0, stderr
+    assert '"msg": "received SIGTERM; shutting down"' in stderr
+    for resource in ("aws.amazon.com/neuroncore", "aws.amazon.com/neuron"):
+        assert not (sock_dir / socket_name(resource)).exists()
