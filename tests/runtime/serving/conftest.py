@@ -181,3 +181,19 @@ def start_server() -> Iterator[StartServer]:
     yield start
     for thread in started:
         thread.stop()
+
+
+@pytest.fixture
+def fake_runtime() -> FakeRuntime:
+    return FakeRuntime()
+
+
+@pytest.fixture
+def make_runtime() -> Callable[..., FakeRuntime]:
+    """FakeRuntime's constructor (test modules cannot import conftest under importlib mode)."""
+    return FakeRuntime
+
+
+@pytest.fixture
+def exhausted_error() -> type[Exception]:
+    return FakeExhaustedError
