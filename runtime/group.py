@@ -247,16 +247,25 @@ class Group:
                     break
         return True
 
+    def _send(self, worker: _Worker, msg: tuple[Any, ...]) -> None:
+        try:
+            worker.ctrl.send(msg)
+        except OSError:
+            raise self._gone(worker) from None
+
+    def _gone(self, worker: _Worker) -> _WorkerGoneError:
+        return _WorkerGoneError(
+            f"the worker for core {worker.core} of NeuronCore Group {self.index} exited "
+            f"unexpectedly (exit code {worker.process.poll()}); close this runtime and start "
+            "another"
+        )
+
     def _recv(self, conn: Connection) -> tuple[Any, ...]:
         try:
             msg: tuple[Any, ...] = conn.recv()
         except (EOFError, OSError):
             worker = next(w for w in self._workers if w.ctrl is conn)
-            code = worker.process.poll()
-            raise _WorkerGoneError(
-                f"the worker for core {worker.core} of NeuronCore Group {self.index} exited "
-                f"unexpectedly (exit code {code}); close this runtime and start another"
-            ) from None
+            raise self._gone(worker) from None
         return msg
 
     def _fill(self) -> None:
@@ -296,7 +305,8 @@ class Group:
     def _load_control(self, control: _Control) -> None:
         try:
             self._make_resident(control.model)
-        except _WorkerGoneError:
+        except _WorkerGoneError as exc:
+            control.future.set_exception(RuntimeClosedError(str(exc)))
             raise
         except ModelLoadError as exc:
             self.models.pop(control.model, None)
@@ -328,12 +338,12 @@ class Group:
         ):
             victim, _ = self.resident.popitem(last=False)
             for w in self._workers:
-                w.ctrl.send((proto.EVICT, victim))
+                self._send(w, (proto.EVICT, victim))
             for w in self._workers:
                 self._recv(w.ctrl)
         stages = range(artifact.cores)
         for stage in stages:
-            self._workers[stage].ctrl.send((proto.LOAD, model, str(artifact.path), stage))
+            self._send(self._workers[stage], (proto.LOAD, model, str(artifact.path), stage))
         errors = []
         for stage in stages:
             reply = self._recv(self._workers[stage].ctrl)
@@ -373,7 +383,8 @@ class Group:
         np.copyto(self._view(*boundaries[0]), request.batch)
         out_offset, out_shape = boundaries[-1]
         self._inflight[request.rid] = _InFlight(request, slot, out_offset, out_shape)
-        self._workers[0].ctrl.send(
+        self._send(
+            self._workers[0],
             (proto.RUN, request.rid, request.model, 0, artifact.cores - 1, self._arena_size,
              boundaries, [])
         )  # fmt: skip

@@ -1,0 +1,245 @@
+"""The runtime end to end: groups, load order, execution in worker processes, switching."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuron_runtime import (
+    InvalidInputError,
+    ModelDoesNotFitError,
+    NeuronRuntime,
+    RuntimeClosedError,
+)
+from neuron_runtime.artifact import load_artifact, read_stage_weights
+from neuron_runtime.layers import run_layer
+
+Factory = Callable[..., NeuronRuntime]
+ModelDir = Callable[..., Path]
+
+
+def _image(batch: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 32, 32, 3), dtype=np.float32)
+
+
+def _reference(path: Path, x: np.ndarray) -> np.ndarray:
+    """The model run in this process, layer by layer: what the workers must compute."""
+    artifact = load_artifact(path)
+    for stage in range(artifact.cores):
+        weights = read_stage_weights(artifact, stage)
+        for layer in artifact.stage_layers(stage):
+            x = run_layer(layer, weights[layer.name], x)
+    return x
+
+
+def test_models_fill_groups_in_order_then_wrap(
+    runtime_factory: Factory, model_dir: ModelDir
+) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="2,1,1")
+    assert [g.cores for g in runtime.groups] == [(0, 1), (2,), (3,)]
+    path = model_dir("mlp", 1)
+    predictors = [runtime.load_model(path) for _ in range(5)]
+    assert [p.group for p in predictors] == [0, 1, 2, 0, 1]
+    assert [p.name for p in predictors] == ["mlp", "mlp-2", "mlp-3", "mlp-4", "mlp-5"]
+    assert predictors[0].feed_tensors["input"].shape == (-1, 16)
+    assert predictors[0].fetch_tensors["output"].dtype == "float32"
+    assert "group 0: cores 0,1; group 1: core 2" in runtime.describe_layout()
+
+
+def test_model_compiled_for_more_cores_than_its_group(
+    runtime_factory: Factory, model_dir: ModelDir
+) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="2,1")
+    runtime.load_model(model_dir("mlp", 2))  # group 0 has 2 cores: fits
+    with pytest.raises(ModelDoesNotFitError) as info:
+        runtime.load_model(model_dir("mlp", 2))  # group 1 has 1 core
+    assert "compiled for 2 NeuronCores" in str(info.value)
+    assert "Group 1 has only 1" in str(info.value)
+
+
+def test_same_input_is_bit_identical_on_every_group_and_pipeline(
+    runtime_factory: Factory, model_dir: ModelDir
+) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="2,1,1")
+    pipelined = runtime.load_model(model_dir("resnet", 2))
+    singles = [runtime.load_model(model_dir("resnet", 1)) for _ in range(2)]
+    x = _image()
+    outputs = [p({"input": x})["output"] for p in (pipelined, *singles)]
+    for out in outputs[1:]:
+        np.testing.assert_array_equal(out, outputs[0])
+    np.testing.assert_allclose(outputs[0], _reference(model_dir("resnet", 1), x), rtol=1e-5)
+    assert outputs[0].shape == (2, 10)
+    np.testing.assert_allclose(outputs[0].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_batches_of_any_size(runtime_factory: Factory, model_dir: ModelDir) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="2")
+    predictor = runtime.load_model(model_dir("resnet", 2))
+    for batch in (1, 9, 3):
+        x = _image(batch, seed=batch)
+        out = predictor({"input": x})["output"]
+        np.testing.assert_allclose(out, _reference(model_dir("resnet", 2), x), rtol=1e-5)
+
+
+def test_calls_from_many_threads(runtime_factory: Factory, model_dir: ModelDir) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="1,2")
+    predictors = [runtime.load_model(model_dir("mlp", 1)), runtime.load_model(model_dir("mlp", 2))]
+    inputs = [np.full((2, 16), i / 10, dtype=np.float32) for i in range(12)]
+    expected = [_reference(model_dir("mlp", 1), x) for x in inputs]
+
+    def call(i: int) -> np.ndarray:
+        return predictors[i % 2]({"input": inputs[i % 12]})["output"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(call, range(96)))
+    for i, out in enumerate(results):
+        np.testing.assert_allclose(out, expected[i % 12], rtol=1e-5)
+    stats = runtime.stats()
+    assert [g.requests for g in stats.groups] == [48, 48]
+    assert all(seconds > 0 for seconds in stats.core_busy_seconds.values())
+    assert sorted(stats.core_busy_seconds) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("feeds", "message"),
+    [
+        ({"x": np.zeros((1, 16), np.float32)}, "takes feeds ['input'], got ['x']"),
+        ({"input": np.zeros((1, 16), np.float64)}, "must be float32, got float64"),
+        ({"input": np.zeros((1, 15), np.float32)}, "must have shape [-1, 16]"),
+        ({"input": np.zeros((16,), np.float32)}, "got [16]"),
+        ({"input": np.zeros((0, 16), np.float32)}, "batch size >= 1"),
+    ],
+    ids=["wrong-name", "wrong-dtype", "wrong-width", "no-batch-dim", "empty-batch"],
+)
+def test_invalid_feeds_are_refused(
+    runtime_factory: Factory, model_dir: ModelDir, feeds: dict[str, np.ndarray], message: str
+) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="1")
+    predictor = runtime.load_model(model_dir("mlp", 1))
+    with pytest.raises(InvalidInputError) as info:
+        predictor(feeds)
+    assert message in str(info.value)
+
+
+def test_models_sharing_a_group_context_switch(
+    runtime_factory: Factory, model_dir: ModelDir
+) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="1", NEURON_SIM_CORE_MEMORY_MB="0")
+    first = runtime.load_model(model_dir("mlp", 1), name="a")
+    second = runtime.load_model(model_dir("mlp", 1, seed=1), name="b")
+    assert first.group == second.group == 0
+    x = np.ones((1, 16), np.float32)
+    out_a = first({"input": x})["output"]
+    assert runtime.stats().groups[0].switches == 0  # "a" was made resident at load time
+    out_b = second({"input": x})["output"]
+    again = first({"input": x})["output"]
+    group = runtime.stats().groups[0]
+    assert group.switches == 2
+    assert group.switch_seconds > 0
+    assert group.resident_model == "a"
+    np.testing.assert_array_equal(out_a, again)
+    assert not np.array_equal(out_a, out_b)  # different seeds, different weights
+
+
+def test_models_that_fit_in_core_memory_do_not_switch(
+    runtime_factory: Factory, model_dir: ModelDir
+) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="1")  # 8 MiB holds both tiny models
+    first = runtime.load_model(model_dir("mlp", 1))
+    second = runtime.load_model(model_dir("mlp", 1))
+    x = np.ones((1, 16), np.float32)
+    for _ in range(3):
+        first({"input": x})
+        second({"input": x})
+    assert runtime.stats().groups[0].switches == 0
+
+
+def _interleaved_switches(runtime: NeuronRuntime, path: Path) -> tuple[int, int]:
+    predictors = [runtime.load_model(path), runtime.load_model(path)]
+    x = np.ones((4, 16), np.float32)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda i: predictors[i % 2]({"input": x}), range(96)))
+    assert len(results) == 96
+    group = runtime.stats().groups[0]
+    return group.switches, group.requests
+
+
+def test_switch_aware_scheduler_switches_less_than_fifo(
+    runtime_factory: Factory, model_dir: ModelDir
+) -> None:
+    env = {"NEURONCORE_GROUP_SIZES": "1", "NEURON_SIM_CORE_MEMORY_MB": "0"}
+    aware = runtime_factory(NEURON_RT_VISIBLE_CORES="0", NEURON_SIM_SCHEDULER="switch-aware",
+                            NEURON_SIM_MAX_STREAK="8", **env)  # fmt: skip
+    fifo = runtime_factory(NEURON_RT_VISIBLE_CORES="1", NEURON_SIM_SCHEDULER="fifo", **env)
+    aware_switches, aware_requests = _interleaved_switches(aware, model_dir("mlp", 1))
+    fifo_switches, fifo_requests = _interleaved_switches(fifo, model_dir("mlp", 1))
+    assert aware_requests == fifo_requests == 96
+    assert aware_switches < fifo_switches
+
+
+def test_close_stops_workers_and_releases_cores(
+    runtime_factory: Factory, model_dir: ModelDir, node_env: dict[str, str]
+) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="2,2")
+    predictor = runtime.load_model(model_dir("mlp", 2))
+    pids = runtime.worker_pids()
+    assert len(pids) == 2  # group 1 was never used: no workers started for it
+    runtime.close()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    with pytest.raises(RuntimeClosedError):
+        predictor({"input": np.ones((1, 16), np.float32)})
+    with pytest.raises(RuntimeClosedError):
+        runtime.load_model(model_dir("mlp", 2))
+    with NeuronRuntime.from_env({**node_env, "NEURONCORE_GROUP_SIZES": "4"}):
+        pass
+
+
+def test_a_dead_worker_fails_calls_clearly(runtime_factory: Factory, model_dir: ModelDir) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="1,1")
+    victim = runtime.load_model(model_dir("mlp", 1))
+    survivor = runtime.load_model(model_dir("mlp", 1))
+    x = np.ones((1, 16), np.float32)
+    victim({"input": x})
+    os.kill(runtime.worker_pids()[0], signal.SIGKILL)
+    with pytest.raises(RuntimeClosedError, match="exited unexpectedly"):
+        for _ in range(1000):  # the first call may be in flight when the death is noticed
+            victim({"input": x})
+    assert survivor({"input": x})["output"].shape == (1, 5)
+
+
+def test_workers_exit_when_their_process_is_killed(
+    node_env: dict[str, str], model_dir: ModelDir
+) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from neuron_runtime import NeuronRuntime
+        runtime = NeuronRuntime.from_env()
+        runtime.load_model({str(model_dir("mlp", 2))!r})
+        print(*runtime.worker_pids(), flush=True)
+        time.sleep(600)
+        """
+    )
+    env = {**os.environ, **node_env, "NEURONCORE_GROUP_SIZES": "2"}
+    with subprocess.Popen(
+        [sys.executable, "-P", "-c", script], env=env, stdout=subprocess.PIPE, text=True
+    ) as parent:
+        assert parent.stdout is not None
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30  # liveness wait, not a performance check
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
