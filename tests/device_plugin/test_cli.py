@@ -175,3 +175,11 @@ def test_process_registers_then_stops_on_sigterm_removing_its_sockets(sock_dir: 
     assert '"msg": "received SIGTERM; shutting down"' in stderr
     for resource in ("aws.amazon.com/neuroncore", "aws.amazon.com/neuron"):
         assert not (sock_dir / socket_name(resource)).exists()
+
+
+def test_the_docs_list_every_flag_and_env_var() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "device-plugin.md").read_text()
+    for action in _options(build_parser(environ={})):
+        assert action.help is not None
+        env_var = action.help.split("[env ", 1)[1].rstrip("]")
+        assert f"| `{action.option_strings[0]}` | `{env_var}` |" in docs, action.option_strings
