@@ -57,7 +57,6 @@ LAYOUT: dict[str, tuple[str, ...]] = {
         "templates/device-plugin/serviceaccount.yaml",
     ),
     "03-operator.yaml": (
-        "templates/operator/peering.yaml",
         "templates/operator/deployment.yaml",
         "templates/operator/service.yaml",
         "templates/operator/poddisruptionbudget.yaml",

@@ -93,15 +93,14 @@ def _grants(objects: list[Obj]) -> set[tuple[str, str, str]]:
 @pytest.mark.parametrize(
     ("group", "resource", "verbs"),
     [
-        ("neurongroups.dev", "neuronworkloads", ("get", "list", "watch", "patch")),
-        ("neurongroups.dev", "neuronworkloads/status", ("get", "patch")),
-        ("neurongroups.dev", "neuronworkloads/scale", ("get",)),
-        ("", "pods", ("get", "list", "watch", "create", "patch", "delete")),
-        ("", "services", ("get", "list", "watch", "create", "patch", "delete")),
-        ("", "events", ("create", "patch")),
-        ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
+        ("neurongroups.dev", "neuronworkloads", ("get", "list", "watch")),
+        ("neurongroups.dev", "neuronworkloads/status", ("patch",)),
+        ("", "pods", ("list", "watch", "create", "delete")),
+        ("", "services", ("get", "create")),
+        ("", "events", ("create",)),
+        ("coordination.k8s.io", "leases", ("create", "get", "update")),
     ],
-    ids=["workloads", "status", "scale", "pods", "services", "events", "crds"],
+    ids=["workloads", "status", "pods", "services", "events", "leases"],
 )
 def test_operator_rbac_grants_what_it_needs(
     render: Render, group: str, resource: str, verbs: tuple[str, ...]
@@ -118,18 +117,26 @@ def test_operator_rbac_grants_what_it_needs(
         ("secrets", "list"),
         ("nodes", "patch"),
         ("pods", "update"),
+        ("pods", "patch"),
         ("neuronworkloads", "delete"),
         ("neuronworkloads", "create"),
-        ("customresourcedefinitions", "patch"),
+        ("neuronworkloads", "patch"),
+        ("neuronworkloads/scale", "update"),
+        ("customresourcedefinitions", "get"),
+        ("leases", "delete"),
     ],
     ids=[
         "no-secret-get",
         "no-secret-list",
         "no-node-patch",
         "no-pod-update",
+        "no-pod-patch",
         "no-nwl-delete",
         "no-nwl-create",
-        "no-crd-patch",
+        "no-nwl-patch",
+        "no-scale-update",
+        "no-crd-get",
+        "no-lease-delete",
     ],
 )
 def test_operator_rbac_withholds_what_it_does_not_need(
@@ -138,9 +145,20 @@ def test_operator_rbac_withholds_what_it_does_not_need(
     assert not any(r == resource and v == verb for _, r, v in _grants(render()))
 
 
+def test_lease_rights_are_limited_to_the_one_lease(render: Render) -> None:
+    role = next(o for o in render() if o["kind"] == "Role" and component(o) == "operator")
+    assert role["metadata"]["namespace"] == "neuron-groups"
+    for rule in role["rules"]:
+        assert rule["resources"] == ["leases"]
+        if set(rule["verbs"]) != {"create"}:
+            assert rule["resourceNames"] == ["neuron-groups-operator"]
+
+
 def test_namespaced_operator_is_bound_only_in_its_namespaces(render: Render) -> None:
     objs = render(values_files=VALUE_SETS["ha-namespaced-values"])
-    bindings = [o for o in objs if o["kind"] == "RoleBinding"]
+    bindings = [
+        o for o in objs if o["kind"] == "RoleBinding" and o["roleRef"]["kind"] == "ClusterRole"
+    ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     cluster_bound = {o["roleRef"]["name"] for o in objs if o["kind"] == "ClusterRoleBinding"}
     workloads_role = next(
@@ -149,8 +167,6 @@ def test_namespaced_operator_is_bound_only_in_its_namespaces(render: Render) -> 
         if o["kind"] == "ClusterRole" and any("pods" in r["resources"] for r in o["rules"])
     )
     assert workloads_role["metadata"]["name"] not in cluster_bound
-    peerings = [o for o in objs if o["kind"] == "KopfPeering"]
-    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
     args = one(objs, "Deployment", "operator")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args
     assert "--namespace=team-b" in args
@@ -253,14 +269,15 @@ def test_operator_replicas_and_disruption_budget(render: Render, replicas: str, 
         assert budgets[0]["spec"]["maxUnavailable"] == int(replicas) - 1
 
 
-def test_default_operator_is_highly_available_with_peering(render: Render) -> None:
+def test_default_operator_is_highly_available_with_a_lease(render: Render) -> None:
     objs = render()
     dep = one(objs, "Deployment", "operator")
     assert dep["spec"]["replicas"] == 2
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[0] == "run"
-    assert "--peering=neuron-groups" in args
-    assert one(objs, "ClusterKopfPeering", "operator")["metadata"]["name"] == "neuron-groups"
+    assert "--leader-election=true" in args
+    assert "--lease-name=neuron-groups-operator" in args
+    assert "--lease-namespace=neuron-groups" in args
     anti = dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
     assert anti["preferredDuringSchedulingIgnoredDuringExecution"]
 

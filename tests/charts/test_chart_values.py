@@ -63,8 +63,12 @@ def test_schema_refuses_bad_values(helm_run: HelmRun, sets: list[str], needles: 
     ("sets", "needles"),
     [
         (
-            ["operator.replicas=2", "operator.peering.enabled=false"],
-            ["operator.replicas=2", "operator.peering.enabled=false", "Set operator.peering"],
+            ["operator.replicas=2", "operator.leaderElection.enabled=false"],
+            [
+                "operator.replicas=2",
+                "operator.leaderElection.enabled=false",
+                "Set operator.leaderElection",
+            ],
         ),
         (
             ["json:devicePlugin.instanceTypes=[]"],
@@ -122,7 +126,7 @@ def test_schema_refuses_bad_values(helm_run: HelmRun, sets: list[str], needles: 
         ),
     ],
     ids=[
-        "replicas-without-peering",
+        "replicas-without-leader-election",
         "plugin-everywhere",
         "same-resource-names",
         "monitor-nothing",

@@ -37,8 +37,14 @@ def test_deploy_holds_crds_rbac_operator_and_device_plugin(
         for name, text in files.items()
     }
     assert kinds["00-namespace.yaml"] == ["Namespace"]
-    assert kinds["01-crds.yaml"].count("CustomResourceDefinition") == 3
-    assert set(kinds["02-rbac.yaml"]) == {"ClusterRole", "ClusterRoleBinding", "ServiceAccount"}
+    assert kinds["01-crds.yaml"] == ["CustomResourceDefinition"]
+    assert set(kinds["02-rbac.yaml"]) == {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    }
     assert "Deployment" in kinds["03-operator.yaml"]
     assert kinds["04-device-plugin.yaml"] == ["DaemonSet", "Service"]
     everything = "".join(files.values())
