@@ -154,13 +154,32 @@ def make_config(models: list[tuple[str, str]], **overrides: Any) -> ServeConfig:
     return ServeConfig(models=tuple(ModelEntry(n, p) for n, p in models), **settings)
 
 
-StartServer = Callable[..., ServerThread]
+@pytest.fixture
+def run_server() -> Iterator[Callable[[InferenceServer], ServerThread]]:
+    """Run servers on loop threads; every one started is stopped after the test."""
+    started: list[ServerThread] = []
+
+    def run(server: InferenceServer) -> ServerThread:
+        thread = ServerThread(server)
+        started.append(thread)
+        return thread
+
+    yield run
+    for thread in started:
+        thread.stop()
 
 
 @pytest.fixture
-def start_server() -> Iterator[StartServer]:
-    """Start servers over fake runtimes; every one started is stopped after the test."""
-    started: list[ServerThread] = []
+def serve_config() -> Callable[..., ServeConfig]:
+    """``make_config``: a config on 127.0.0.1 with free ports."""
+    return make_config
+
+
+@pytest.fixture
+def start_server(
+    run_server: Callable[[InferenceServer], ServerThread],
+) -> Callable[..., ServerThread]:
+    """Start a server over a fake runtime (loaded, unless wait_loaded=False)."""
 
     def start(
         runtime: FakeRuntime,
@@ -172,15 +191,12 @@ def start_server() -> Iterator[StartServer]:
         server = create_server(
             config, loader=runtime.load, hooks=runtime.hooks(), registry=CollectorRegistry()
         )
-        thread = ServerThread(server)
-        started.append(thread)
+        thread = run_server(server)
         if wait_loaded:
             thread.call(server.wait_loaded())
         return thread
 
-    yield start
-    for thread in started:
-        thread.stop()
+    return start
 
 
 @pytest.fixture
