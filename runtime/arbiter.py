@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 PROC_LOCKS = Path("/proc/locks")
 CLAIM_ATTEMPTS = 5
+COMMAND_WIDTH = 100
 
 
 def place_groups(free: Sequence[int], sizes: Sequence[int]) -> list[tuple[int, ...]] | None:
@@ -79,6 +80,16 @@ def _first_run(ordered: Sequence[int], size: int) -> tuple[int, ...] | None:
         if window[-1] - window[0] == size - 1:
             return tuple(window)
     return None
+
+
+def _why_no_placement(node: int, free: int, total: int, sizes: Sequence[int]) -> str:
+    if total > node:
+        return f"the node has {node} cores"
+    if free == 0:
+        return f"all {node} cores of the node are held"
+    if free < total:
+        return f"only {free} of the node's {node} cores are free"
+    return f"the free cores hold no contiguous runs for groups of {','.join(map(str, sizes))}"
 
 
 @dataclass(frozen=True)
@@ -229,11 +240,7 @@ class CoreArbiter:
             free = [s.core for s in states if s.holder is None]
             groups = place_groups(free, sizes)
             if groups is None:
-                reason = (
-                    f"the node has {self.node_cores} cores"
-                    if total > self.node_cores
-                    else f"no free contiguous cores for groups of {','.join(map(str, sizes))}"
-                )
+                reason = _why_no_placement(self.node_cores, len(free), total, sizes)
                 raise ResourceExhaustedError(
                     reason=reason,
                     asked=total,
@@ -288,7 +295,7 @@ def iter_states_text(states: Sequence[CoreState]) -> Iterator[str]:
         if state.holder is None:
             yield f"core {state.core:>3}  free"
         else:
-            yield (
-                f"core {state.core:>3}  held by pid {state.holder.pid}  "
-                f"{state.holder.command or '(command unknown)'}"
-            )
+            command = state.holder.command or "(command unknown)"
+            if len(command) > COMMAND_WIDTH:
+                command = command[: COMMAND_WIDTH - 3] + "..."
+            yield f"core {state.core:>3}  held by pid {state.holder.pid}  {command}"

@@ -55,7 +55,10 @@ class ResourceExhaustedError(NeuronRuntimeError):
         self.free = tuple(free)
         self.holders = tuple(holders)
         self.group_sizes = group_sizes
-        asked_text = f"{asked} cores" if isinstance(asked, int) else f"cores {_cores_text(asked)}"
+        if isinstance(asked, int):
+            asked_text = f"{asked} core{'s' if asked != 1 else ''}"
+        else:
+            asked_text = f"cores {_cores_text(asked)}"
         held = "; ".join(h.describe() for h in holders) if holders else "none"
         super().__init__(
             f"{EXHAUSTED_PREFIX}: {reason}. Asked for {asked_text} "
