@@ -30,7 +30,12 @@ from typing import Any
 
 import numpy as np
 
-SMALL_RESNET: dict[str, Any] = {"image_size": 64, "width": 8, "blocks": (1, 1, 1, 1), "classes": 1000}
+SMALL_RESNET: dict[str, Any] = {
+    "image_size": 64,
+    "width": 8,
+    "blocks": (1, 1, 1, 1),
+    "classes": 1000,
+}
 
 
 def child(args: argparse.Namespace) -> int:
