@@ -183,3 +183,21 @@ def test_the_docs_list_every_flag_and_env_var() -> None:
         assert action.help is not None
         env_var = action.help.split("[env ", 1)[1].rstrip("]")
         assert f"| `{action.option_strings[0]}` | `{env_var}` |" in docs, action.option_strings
+
+
+def test_process_exits_with_the_kubelets_reason_when_refused(sock_dir: Path) -> None:
+    with KubeletEmulator(sock_dir, refuse="this node takes no Neuron plugins"):
+        result = _run_cli(
+            "--backend",
+            "simulated",
+            "--instance-type",
+            "inf1.xlarge",
+            "--device-plugin-dir",
+            str(sock_dir),
+            "--metrics-port",
+            "0",
+        )
+    assert result.returncode == 1, result.stderr
+    assert "refused to register" in result.stderr
+    assert "this node takes no Neuron plugins" in result.stderr
+    assert not any(p.is_socket() for p in sock_dir.iterdir())

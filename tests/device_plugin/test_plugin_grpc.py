@@ -11,6 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from neuron_device_plugin.api import deviceplugin_pb2 as pb
+from neuron_device_plugin.api.services import DevicePluginStub
 from neuron_device_plugin.kubelet_emulator import DeviceInfo, KubeletEmulator
 from neuron_device_plugin.metrics import PluginMetrics, serve_metrics
 from neuron_device_plugin.plugin import PluginConfig, PluginManager, socket_name
@@ -276,3 +278,39 @@ def test_metrics_and_probes_over_http(node: RunningNode) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _stub(plugin_dir: Path, resource: str) -> tuple[grpc.Channel, DevicePluginStub]:
+    channel = grpc.insecure_channel(f"unix://{plugin_dir / socket_name(resource)}")
+    return channel, DevicePluginStub(channel)
+
+
+def test_allocate_answers_every_container_of_a_pod(node: RunningNode) -> None:
+    node.kubelet.wait_for_registration(CORES)
+    channel, stub = _stub(node.plugin_dir, CORES)
+    with channel:
+        request = pb.AllocateRequest(
+            container_requests=[
+                pb.ContainerAllocateRequest(devices_ids=[core(0), core(1)]),
+                pb.ContainerAllocateRequest(devices_ids=[core(8)]),
+            ]
+        )
+        response = stub.allocate(request, timeout=5)
+        envs = [dict(c.envs) for c in response.container_responses]
+        assert envs == [{"NEURON_RT_VISIBLE_CORES": "0-1"}, {"NEURON_RT_VISIBLE_CORES": "8"}]
+        assert [d.host_path for d in response.container_responses[1].devices] == ["/dev/neuron2"]
+        # One bad container refuses the whole pod, and nothing is counted as allocated.
+        before = node.manager.metrics.allocations.labels(resource=CORES)._value.get()
+        bad = pb.AllocateRequest(
+            container_requests=[
+                pb.ContainerAllocateRequest(devices_ids=[core(2)]),
+                pb.ContainerAllocateRequest(devices_ids=["neuroncore-0999"]),
+            ]
+        )
+        err = _rpc_error(lambda: stub.allocate(bad, timeout=5))
+        assert isinstance(err, grpc.Call)
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert node.manager.metrics.allocations.labels(resource=CORES)._value.get() == before
+        assert stub.pre_start_container(pb.PreStartContainerRequest(), timeout=5) == (
+            pb.PreStartContainerResponse()
+        )
