@@ -316,8 +316,9 @@ def test_names_are_unique_per_kind_and_namespace(objects: list[Obj]) -> None:
         ([], ["http", "http"]),
         (["operator.replicas=0"], ["dns"]),
         (["tests.checkDevicePlugin=true"], ["http", "http", "http"]),
+        (["tests.checkServices=false", "tests.urls={http://127.0.0.1:1/healthz}"], ["http"]),
     ],
-    ids=["operator-running", "operator-out-of-cluster", "with-device-plugin"],
+    ids=["operator-running", "operator-out-of-cluster", "with-device-plugin", "urls-only"],
 )
 def test_helm_test_job_checks(render: Render, set_values: list[str], expected: list[str]) -> None:
     job = one(render(set_values=set_values), "Job", "test")
