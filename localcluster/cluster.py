@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
-from neuron_localcluster import binaries, clitools, layout, nodes, pki, processes
+from neuron_localcluster import binaries, clitools, layout, nodes, pki, podnet, processes
 from neuron_localcluster.kube import ApiException, api_client_for, body
 from neuron_localcluster.layout import Layout, Ports
 
@@ -377,4 +377,6 @@ def stop_cluster(state_dir: Path) -> list[str]:
     pid_dir = Layout(state_dir).pids
     if not pid_dir.is_dir():
         return []
-    return processes.stop_all(pid_dir, layout.COMPONENT_ORDER)
+    stopped = processes.stop_all(pid_dir, layout.COMPONENT_ORDER)
+    podnet.teardown_recorded(sorted((state_dir / "nodes").glob("*")))
+    return stopped

@@ -20,6 +20,7 @@ from neuron_localcluster.binaries import Binaries
 from neuron_localcluster.pki import (
     ADMIN,
     CONTROLLER_MANAGER,
+    FRONT_PROXY,
     KWOK,
     NODE_AGENT,
     SCHEDULER,
@@ -212,6 +213,15 @@ def apiserver_args(b: Binaries, lay: Layout, ports: Ports) -> list[str]:
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction,PodSecurity",
         "--allow-privileged=true",
+        # Request-header authentication for the aggregation layer (without it every component
+        # logs a missing client-CA bundle); the same CA signs the front-proxy client.
+        f"--requestheader-client-ca-file={pki.ca_cert}",
+        f"--requestheader-allowed-names={FRONT_PROXY.user}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.client_cert(FRONT_PROXY)}",
+        f"--proxy-client-key-file={pki.client_key(FRONT_PROXY)}",
         # The reconciler would publish 127.0.0.1 as the `kubernetes` Service's endpoint, which
         # endpoint validation rejects (loopback); nothing in this cluster dials that Service.
         "--endpoint-reconciler-type=none",

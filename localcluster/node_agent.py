@@ -20,6 +20,7 @@ restarts with a capped back-off for ``restartPolicy: Always``.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -41,6 +42,7 @@ from kubernetes import client as k8s
 from neuron_device_plugin.kubelet_emulator import KubeletEmulator, PluginClient
 from neuron_localcluster import nodes, pods
 from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
+from neuron_localcluster.podnet import PodNetwork, PodNetworkError
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ class NodeAgent:
         self.bin_dirs = bin_dirs or (Path(sys.executable).parent,)
         self.emulator = KubeletEmulator(self.plugin_dir)
         self.plugin: subprocess.Popen[bytes] | None = None
-        self.ips = pods.LoopbackPool()
+        self.net = PodNetwork(workdir)
         self.running: dict[str, RunningPod] = {}
         self.stopping = threading.Event()
         self._last_capacity: dict[str, str] | None = None
@@ -116,6 +118,7 @@ class NodeAgent:
 
     def start(self) -> None:
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
+        self.net.setup()
         self.emulator.start()
         argv = self.plugin_argv or [
             str(self._program("neuron-device-plugin")),
@@ -137,6 +140,13 @@ class NodeAgent:
         log.info("device plugin started (pid %s), log %s", self.plugin.pid, plugin_log)
         self.emulator.wait_for_registration(nodes.CORE_RESOURCE, timeout=60)
         log.info("device plugin registered %s", nodes.CORE_RESOURCE)
+        try:
+            self.emulator.wait_for_registration(nodes.DEVICE_RESOURCE, timeout=10)
+        except TimeoutError:
+            log.warning(
+                "device plugin did not register %s; the node offers cores only",
+                nodes.DEVICE_RESOURCE,
+            )
         self._register_node()
 
     def _program(self, name: str) -> Path:
@@ -151,9 +161,10 @@ class NodeAgent:
             try:
                 self.tick()
             except ApiException as exc:
-                log.warning("API error during tick: %s %s", exc.status, exc.reason)
-            except OSError as exc:
-                log.warning("I/O error during tick: %s", exc)
+                log.warning("API error during tick: %s %s %s", exc.status, exc.reason, exc.body)
+            except (OSError, RuntimeError, ValueError) as exc:
+                # The loop is the node's supervisor: one bad pod or hiccup must not end it.
+                log.warning("error during tick: %s", exc)
             self.stopping.wait(max(0.0, TICK_S - (time.monotonic() - started)))
 
     def shutdown(self) -> None:
@@ -168,6 +179,7 @@ class NodeAgent:
                 self.plugin.kill()
                 self.plugin.wait()
         self.emulator.stop()
+        self.net.teardown()
         shutil.rmtree(self.plugin_dir, ignore_errors=True)
         log.info("node agent for %s stopped", self.spec.name)
 
@@ -241,7 +253,10 @@ class NodeAgent:
         if now < self._next_lease:
             return
         self._next_lease = now + 10
-        stamp = pods.now_rfc3339().replace("Z", ".000000Z")
+        # A MicroTime: the client re-renders it with isoformat(), which drops a zero fraction
+        # that the apiserver then refuses; a non-zero microsecond keeps the fraction.
+        now_dt = dt.datetime.now(dt.UTC)
+        stamp = now_dt.replace(microsecond=now_dt.microsecond or 1).isoformat()
         lease = {
             "metadata": {"name": self.spec.name, "namespace": LEASE_NAMESPACE},
             "spec": {
@@ -306,7 +321,7 @@ class NodeAgent:
         meta, spec = pod["metadata"], pod["spec"]
         pod_dir = self.workdir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         pod_dir.mkdir(parents=True, exist_ok=True)
-        ip = self.ips.take()
+        ip = self.net.take()
         running = RunningPod(
             uid=meta["uid"],
             namespace=meta["namespace"],
@@ -332,7 +347,9 @@ class NodeAgent:
                     base=self._base_env(pod_dir),
                     mounts=mounts,
                 )
-                argv = pods.resolve_command(container, self.bin_dirs, os.environ.get("PATH"))
+                argv = self.net.wrap(
+                    pods.resolve_command(container, self.bin_dirs, os.environ.get("PATH"))
+                )
                 running.containers.append(
                     RunningContainer(
                         container=container,
@@ -349,7 +366,7 @@ class NodeAgent:
                 ip,
                 running.devices,
             )
-        except (pods.PodSpecError, TimeoutError, RuntimeError) as exc:
+        except (pods.PodSpecError, PodNetworkError, TimeoutError, RuntimeError) as exc:
             running.failed = str(exc)
             log.warning("pod %s/%s cannot run: %s", running.namespace, running.name, exc)
         self._supervise(running)
@@ -358,6 +375,9 @@ class NodeAgent:
         keep = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
         env = {k: os.environ[k] for k in keep if k in os.environ}
         env["HOME"] = str(pod_dir)
+        # The runtime simulates this node's cores; its arbiter's lock files are node-local.
+        env["NEURON_SIM_INSTANCE_TYPE"] = self.spec.instance_type
+        env["NEURON_SIM_STATE_DIR"] = str(self.workdir / "neuron-sim")
         env["PYTHONSAFEPATH"] = "1"
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -506,7 +526,7 @@ class NodeAgent:
                     rc.process.kill()
                     rc.process.wait()
                 rc.process = None
-        self.ips.give_back(pod.pod_ip)
+        self.net.give_back(pod.pod_ip)
         log.info(
             "stopped pod %s/%s, freed %s", pod.namespace, pod.name, pod.devices or "no devices"
         )

@@ -45,7 +45,9 @@ CONTROLLER_MANAGER = Identity("controller-manager", "system:kube-controller-mana
 SCHEDULER = Identity("scheduler", "system:kube-scheduler")
 KWOK = Identity("kwok", "neuron-groups:kwok", ("system:masters",))
 NODE_AGENT = Identity("node-agent", "neuron-groups:node-agent", ("system:masters",))
-CLIENT_IDENTITIES = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK, NODE_AGENT)
+# The apiserver's aggregation proxy presents this one to extension apiservers.
+FRONT_PROXY = Identity("front-proxy-client", "front-proxy-client")
+CLIENT_IDENTITIES = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK, NODE_AGENT, FRONT_PROXY)
 
 
 @dataclass(frozen=True)
