@@ -124,12 +124,12 @@ class GrpcFrontend:
             if exc.kind is ErrorKind.NOT_FOUND:
                 await context.abort(grpc.StatusCode.NOT_FOUND, exc.message)
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         def unary(
             method: Callable[[Req, Context], Awaitable[Resp]], request_type: type[Req]
-        ) -> grpc.RpcMethodHandler:
+        ) -> grpc.RpcMethodHandler[Any, Any]:
             return grpc.unary_unary_rpc_method_handler(
-                method,  # type: ignore[arg-type]
+                method,
                 request_deserializer=request_type.FromString,
                 response_serializer=lambda message: message.SerializeToString(),
             )

@@ -201,5 +201,7 @@ class InferenceService:
         self.metrics.failures.labels(self.metric_label(model), protocol, reason).inc()
 
 
-def _call(predictor: Callable[[Arrays], Mapping[str, npt.NDArray[Any]]], inputs: Arrays) -> Any:
+def _call(
+    predictor: Callable[[Arrays], Mapping[str, npt.NDArray[Any]]], inputs: Arrays
+) -> Mapping[str, npt.NDArray[Any]]:
     return predictor(inputs)

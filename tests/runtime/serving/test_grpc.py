@@ -124,7 +124,7 @@ def test_errors_have_precise_codes(
     with pytest.raises(grpc.RpcError) as info:
         client.infer(request_)
     assert info.value.code() == code
-    assert re.search(words, info.value.details())
+    assert re.search(words, info.value.details() or "")
     assert client.infer(raw_request()).outputs  # still serving
 
 
@@ -134,7 +134,7 @@ def test_raw_contents_must_match_inputs(client: Client) -> None:
     with pytest.raises(grpc.RpcError) as info:
         client.infer(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "2 entries for 1 inputs" in info.value.details()
+    assert "2 entries for 1 inputs" in (info.value.details() or "")
 
 
 def test_oversized_message_is_resource_exhausted(client: Client) -> None:

@@ -70,7 +70,7 @@ def test_generated_module_matches_the_proto(tmp_path: Path) -> None:
         f"runtime/serving/inference_pb2.py is stale against {PROTO.name}: run "
         "python -m neuron_runtime.serving.regenerate_proto"
     )
-    assert (tmp_path / "inference_pb2.pyi").exists()
+    assert (tmp_path / "neuron_runtime/serving/inference_pb2.pyi").exists()
 
 
 def test_field_numbers_and_methods_match_tritonclient() -> None:

@@ -1,0 +1,132 @@
+"""SIGTERM on a real ``neuron-runtime serve`` process with requests in flight.
+
+The process is started as a pod would run it (model list in ``NEURON_MODELS``, groups in
+``NEURONCORE_GROUP_SIZES``).  Requests are sent from threads; once the server's own metrics show
+some of them in flight, SIGTERM arrives.  Expected: readiness turns false at once, every request
+still gets its 200, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuron_runtime import compile_model
+
+pytestmark = pytest.mark.slow
+
+WIDTH = 384
+INPUT_DIM = 64
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _infer(port: int, body: bytes) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("POST", "/v2/models/mlp/infer", body=body)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def _in_flight(port: int) -> float:
+    _, text = _get(port, "/metrics")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.decode().splitlines()
+        if line.startswith("neuron_serving_in_flight{")
+    )
+
+
+def _wait(predicate: Callable[[], bool], what: str, limit_s: float = 60) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> None:
+    model = compile_model(
+        "mlp", 1, tmp_path / "mlp", input_dim=INPUT_DIM, width=WIDTH, depth=4, classes=10
+    )
+    port = _free_port()
+    env = dict(
+        os.environ,
+        PYTHONSAFEPATH="1",
+        NEURON_MODELS=f"mlp={model}",
+        NEURONCORE_GROUP_SIZES="1",
+        NEURON_SIM_CORES="1",
+        NEURON_SIM_CORE_MEMORY_MB="64",
+        NEURON_SIM_STATE_DIR=str(tmp_path / "state"),
+        NEURON_SERVE_HOST="127.0.0.1",
+        NEURON_HTTP_PORT=str(port),
+        NEURON_GRPC_PORT="0",
+        NEURON_SERVE_DRAIN_DELAY="1",
+        NEURON_SERVE_THREADS_PER_GROUP="2",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "neuron_runtime.serving", "--log-format", "json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait(lambda: _get(port, "/v2/health/ready")[0] == 200, "readiness")
+        batch = np.random.default_rng(0).standard_normal((2048, INPUT_DIM)).astype(np.float32)
+        body = json.dumps(
+            {"inputs": [{"name": "input", "shape": list(batch.shape), "datatype": "FP32",
+                         "data": batch.ravel().tolist()}]}
+        ).encode()  # fmt: skip
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(_infer, port, body) for _ in range(8)]
+            _wait(lambda: _in_flight(port) >= 1, "a request in flight")
+            process.send_signal(signal.SIGTERM)
+            # Still listening during the drain delay, but no longer ready.
+            _wait(lambda: _get(port, "/v2/health/ready")[0] == 400, "readiness to turn false", 5)
+            statuses = [f.result(timeout=120) for f in futures]
+        assert statuses == [200] * 8
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        _, err = process.communicate()
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    messages = [line["message"] for line in lines]
+    assert any(m.startswith("draining") for m in messages), err.decode()
+    assert messages[-1] == "stopped"
