@@ -124,7 +124,7 @@ class LocalCluster:
         path.chmod(0o600)
         return path
 
-    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str) -> T:
+    def wait_for(self, predicate: Callable[[], T | None], timeout: float, what: str) -> T:
         """Call ``predicate`` until it returns something truthy; raise naming ``what`` otherwise."""
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None

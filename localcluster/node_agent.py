@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -47,6 +48,7 @@ from neuron_localcluster.podnet import PodNetwork, PodNetworkError
 log = logging.getLogger(__name__)
 
 LEASE_NAMESPACE = "kube-node-lease"
+ALLOCATIONS_FILE = "allocations.json"
 LEASE_SECONDS = 40
 TICK_S = 1.0
 MAX_BACKOFF_S = 30.0
@@ -70,6 +72,7 @@ class RunningContainer:
 
 @dataclass
 class RunningPod:
+    host_network: bool
     uid: str
     namespace: str
     name: str
@@ -321,8 +324,12 @@ class NodeAgent:
         meta, spec = pod["metadata"], pod["spec"]
         pod_dir = self.workdir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         pod_dir.mkdir(parents=True, exist_ok=True)
-        ip = self.net.take()
+        # hostNetwork pods share the node's addresses, as on a real node: no pod network
+        # namespace, 127.0.0.1 as their IP, so they reach the node's loopback services.
+        host_network = bool(spec.get("hostNetwork"))
+        ip = "127.0.0.1" if host_network else self.net.take()
         running = RunningPod(
+            host_network=host_network,
             uid=meta["uid"],
             namespace=meta["namespace"],
             name=meta["name"],
@@ -347,9 +354,9 @@ class NodeAgent:
                     base=self._base_env(pod_dir),
                     mounts=mounts,
                 )
-                argv = self.net.wrap(
-                    pods.resolve_command(container, self.bin_dirs, os.environ.get("PATH"))
-                )
+                argv = pods.resolve_command(container, self.bin_dirs, os.environ.get("PATH"))
+                if not host_network:
+                    argv = self.net.wrap(argv)
                 running.containers.append(
                     RunningContainer(
                         container=container,
@@ -359,6 +366,7 @@ class NodeAgent:
                         check=pods.readiness_check(container),
                     )
                 )
+            self._write_allocations()
             log.info(
                 "admitted pod %s/%s on %s with devices %s",
                 running.namespace,
@@ -370,6 +378,32 @@ class NodeAgent:
             running.failed = str(exc)
             log.warning("pod %s/%s cannot run: %s", running.namespace, running.name, exc)
         self._supervise(running)
+
+    def _write_allocations(self) -> None:
+        """``allocations.json``: which devices and Allocate envs each running pod holds.
+
+        The kubelet keeps this in its checkpoint and serves it over the PodResources API; here a
+        file in the node's folder plays that part (``make demo`` prints its core map from it).
+        """
+        data = {
+            pod.uid: {
+                "namespace": pod.namespace,
+                "name": pod.name,
+                "podIP": pod.pod_ip,
+                "devices": pod.devices,
+                "envs": {
+                    k: v
+                    for rc in pod.containers
+                    for k, v in rc.env.items()
+                    if k.startswith(("NEURON", "AWS_NEURON"))
+                },
+            }
+            for pod in self.running.values()
+        }
+        path = self.workdir / ALLOCATIONS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, path)
 
     def _base_env(self, pod_dir: Path) -> dict[str, str]:
         keep = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -526,7 +560,9 @@ class NodeAgent:
                     rc.process.kill()
                     rc.process.wait()
                 rc.process = None
-        self.net.give_back(pod.pod_ip)
+        if not pod.host_network:
+            self.net.give_back(pod.pod_ip)
+        self._write_allocations()
         log.info(
             "stopped pod %s/%s, freed %s", pod.namespace, pod.name, pod.devices or "no devices"
         )

@@ -24,6 +24,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+# Popen objects of the processes this interpreter started, kept so they are not garbage-collected
+# while running (which warns) and so stop() can reap them.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 @dataclass(frozen=True)
 class Recorded:
     name: str
@@ -77,6 +82,7 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
         )
+    _CHILDREN[proc.pid] = proc
     rec = Recorded(name, proc.pid, start_ticks(proc.pid))
     (pid_dir / f"{name}.pid").write_text(json.dumps(rec.__dict__))
     log.info("started %s (pid %s), log %s", name, proc.pid, log_file)
@@ -138,6 +144,11 @@ def stop(rec: Recorded, *, grace: float = 10.0) -> None:
 
 def _reap(pid: int) -> None:
     """Collect the exit status if the process is our own child (avoids a zombie in tests)."""
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        if proc.poll() is not None:
+            del _CHILDREN[pid]
+        return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 
