@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 from neuron_runtime.serving.config import ConfigError, add_serve_arguments, config_from_args
@@ -43,7 +43,17 @@ def run_serve(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
         return 2
     configure_logging(config.log_format, config.log_level)
     server = server_for_runtime(config, environ)
-    return asyncio.run(run_until_signalled(server))
+    return run_event_loop(run_until_signalled(server))
+
+
+def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop (a faster event loop: less CPU per request) when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        log.info("uvloop not installed; using the standard asyncio event loop")
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -284,15 +284,15 @@ def encode_raw(array: npt.NDArray[Any]) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
-def json_data(array: npt.NDArray[Any]) -> list[Any]:
-    """Flat row-major JSON data for an output tensor."""
+def json_data(array: npt.NDArray[Any]) -> list[Any] | npt.NDArray[Any]:
+    """Flat row-major JSON data for an output tensor: strings, or a contiguous numeric array
+    (which orjson writes directly)."""
     if array.dtype.kind in "OSU":
         return [
             item.decode(errors="replace") if isinstance(item, bytes) else str(item)
             for item in array.ravel()
         ]
-    values: list[Any] = array.ravel().tolist()
-    return values
+    return np.ascontiguousarray(array.ravel(), dtype=array.dtype.newbyteorder("="))
 
 
 def check_complete(model: ModelSignature, names: Iterable[str]) -> None:

@@ -199,5 +199,5 @@ def test_raw_is_little_endian() -> None:
 
 
 def test_json_data_is_flat_row_major() -> None:
-    assert json_data(np.array([[1, 2], [3, 4]], dtype=np.int32)) == [1, 2, 3, 4]
+    assert list(json_data(np.array([[1, 2], [3, 4]], dtype=np.int32))) == [1, 2, 3, 4]
     assert json_data(np.array([b"a", b"\xff"], dtype=object)) == ["a", "\ufffd"]
