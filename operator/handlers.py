@@ -10,6 +10,7 @@ Handlers are short: they find the object and hand it to the ``Reconciler``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -22,8 +23,41 @@ from neuron_operator.pods import LABEL_MANAGED_BY, MANAGER
 DELETED = "DELETED"
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
-    """Register the watch handlers of one operator on ``registry``."""
+def connection_info(configuration: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials from a loaded ``kubernetes.client.Configuration``."""
+    header = configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or configuration.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, header or None)
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    load_configuration: Callable[[], Any],
+) -> None:
+    """Register the login and watch handlers of one operator on ``registry``.
+
+    ``load_configuration`` (re)loads the client configuration the reconciler uses, so kopf logs
+    in with the same identity (the ``--kubeconfig`` flag, else in-cluster), and again after a 401
+    when an in-cluster token has rotated.
+    """
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(load_configuration())
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     def workload_event(*, type: str | None, body: kopf.Body, **_: Any) -> None:

@@ -197,17 +197,21 @@ def run_command(args: argparse.Namespace) -> int:
         quiet=args.log_level == "warning",
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
     )
-    load_kube_config: Any = config.load_kube_config
-    load_incluster_config: Any = config.load_incluster_config
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
-        load_kube_config(config_file=args.kubeconfig)
-    else:
-        try:
-            load_incluster_config()
-        except config.ConfigException:
-            load_kube_config()
-    api_client = client.ApiClient()
+
+    def load_configuration() -> Any:
+        configuration = client.Configuration()
+        load_kube_config: Any = config.load_kube_config
+        load_incluster_config: Any = config.load_incluster_config
+        if args.kubeconfig:
+            load_kube_config(config_file=args.kubeconfig, client_configuration=configuration)
+        else:
+            try:
+                load_incluster_config(client_configuration=configuration)
+            except config.ConfigException:
+                load_kube_config(client_configuration=configuration)
+        return configuration
+
+    api_client = client.ApiClient(load_configuration())
     namespaces = args.namespaces or _namespaces(_env("NEURON_OPERATOR_NAMESPACES"))
     identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
     stop, wake = threading.Event(), threading.Event()
@@ -227,7 +231,7 @@ def run_command(args: argparse.Namespace) -> int:
         is_leader=elector.is_leader if elector else lambda: True,
     )
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, reconciler)
+    handlers.register(registry, reconciler, load_configuration)
     settings = kopf.OperatorSettings()
     settings.posting.enabled = False
     settings.scanning.disabled = True

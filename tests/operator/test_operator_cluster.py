@@ -1,0 +1,490 @@
+"""The operator against the real API server, controller-manager and scheduler of the local cluster.
+
+The operator runs out of cluster as ``neuron-operator run`` subprocesses, authenticated as the
+chart's operator ServiceAccount (a TokenRequest token), so the chart's RBAC is exercised too.
+Pods land on kwok nodes (kwok marks them Running and Ready); the test namespace enforces the
+``restricted`` Pod Security Standard, so every pod the operator builds must pass it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from neuron_localcluster.clitools import ensure_helm
+from neuron_operator import conditions as c
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "charts/neuron-groups/crds/neuronworkloads.neurongroups.dev.yaml"
+CHART = REPO / "charts/neuron-groups"
+SAMPLES = REPO / "deploy/samples"
+NS = "nwl-e2e"
+OPERATOR_NS = "nwl-operator-e2e"
+RELEASE = "nwl-e2e"
+KWOK_ONLY = {"neuron-groups.io/simulation": "kwok"}
+SELECTOR = "app.kubernetes.io/name=neuron-workload"
+TIMEOUT = 90.0
+
+
+@dataclass
+class Operators:
+    """The operator processes of this module, started and stopped by the fixture."""
+
+    cluster: Any
+    lease: str
+    kubeconfig: Path
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, identity: str) -> None:
+        argv = [
+            sys.executable, "-m", "neuron_operator.cli", "run",
+            "--kubeconfig", str(self.kubeconfig),
+            "--namespace", NS,
+            "--lease-name", self.lease, "--lease-namespace", OPERATOR_NS,
+            "--identity", identity,
+            "--lease-seconds", "6", "--renew-seconds", "2",
+            "--resync-seconds", "5",
+            "--metrics-port", "0",
+            "--log-format", "json",
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONSAFEPATH": "1"}
+        with (self.log_dir / f"{identity}.log").open("wb") as log:
+            self.processes[identity] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+            )
+
+    def stop(self, identity: str) -> None:
+        process = self.processes.pop(identity)
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:]
+            for p in sorted(self.log_dir.glob("*.log"))
+        )
+
+
+def kubectl_json(cluster: Any, *args: str) -> Any:
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+def apply(cluster: Any, document: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    result: subprocess.CompletedProcess[str] = cluster.kubectl(
+        "apply", "-f", "-", check=False, input=yaml.safe_dump(document)
+    )
+    return result
+
+
+def render_operator_rbac() -> list[dict[str, Any]]:
+    helm = ensure_helm()
+    rendered = subprocess.run(
+        [
+            str(helm), "template", RELEASE, str(CHART), "--namespace", OPERATOR_NS,
+            "--show-only", "templates/operator/rbac.yaml",
+            "--show-only", "templates/operator/serviceaccount.yaml",
+        ],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def chart_lease_name(documents: list[dict[str, Any]]) -> str:
+    """The Lease the chart's RBAC lets the operator update (its resourceNames)."""
+    for document in documents:
+        for rule in document.get("rules") or []:
+            if "leases" in rule.get("resources", []) and rule.get("resourceNames"):
+                return str(rule["resourceNames"][0])
+    raise AssertionError("the chart's operator RBAC grants no named Lease")
+
+
+@pytest.fixture(scope="module")
+def operators(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operators]:
+    cluster = local_cluster
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/neuronworkloads.neurongroups.dev",
+    )  # fmt: skip
+    # A namespace left by an earlier run may still be terminating: wait until it is gone.
+    cluster.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", "--timeout=90s")
+    restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
+    for name, labels in ((OPERATOR_NS, {}), (NS, restricted)):
+        namespace: dict[str, Any] = {"apiVersion": "v1", "kind": "Namespace"}
+        namespace["metadata"] = {"name": name, "labels": labels}
+        assert apply(cluster, namespace).returncode == 0
+    documents = render_operator_rbac()
+    account = next(d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount")
+    for document in documents:
+        result = apply(cluster, document)
+        assert result.returncode == 0, result.stderr
+    handle = Operators(
+        cluster=cluster,
+        lease=chart_lease_name(documents),
+        kubeconfig=cluster.impersonating_kubeconfig(OPERATOR_NS, account),
+        log_dir=tmp_path_factory.mktemp("operator-logs"),
+    )
+    handle.start("op-a")
+    try:
+        yield handle
+    finally:
+        for identity in list(handle.processes):
+            handle.stop(identity)
+        cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+
+
+def wait_for(operators: Operators, predicate: Callable[[], Any], what: str) -> Any:
+    try:
+        return operators.cluster.wait_for(predicate, TIMEOUT, what)
+    except Exception as error:
+        raise AssertionError(f"{error}\noperator logs:\n{operators.logs()}") from error
+
+
+def workload(file_name: str, name: str | None = None, **spec: Any) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((SAMPLES / file_name).read_text())
+    document["metadata"]["namespace"] = NS
+    if name is not None:
+        document["metadata"]["name"] = name
+    document["spec"]["nodeSelector"] = dict(KWOK_ONLY)
+    document["spec"].update(spec)
+    return document
+
+
+def pods_of(cluster: Any, name: str) -> list[dict[str, Any]]:
+    found = kubectl_json(
+        cluster, "get", "pods", "-n", NS, "-l", f"app.kubernetes.io/instance={name}"
+    )
+    return [p for p in found["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def get_nwl(cluster: Any, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = kubectl_json(cluster, "get", "nwl", name, "-n", NS)
+    return result
+
+
+def condition_of(body: dict[str, Any], type_: str) -> dict[str, Any]:
+    found = c.find((body.get("status") or {}).get("conditions"), type_)
+    return dict(found) if found else {}
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in pod["spec"]["containers"][0]["env"]}
+
+
+def delete_and_wait(operators: Operators, name: str) -> None:
+    operators.cluster.kubectl("delete", "nwl", name, "-n", NS, "--wait=true")
+    wait_for(operators, lambda: not pods_of(operators.cluster, name), f"pods of {name} to go (GC)")
+
+
+def ready_workload(operators: Operators, name: str, pods: int) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        body = get_nwl(operators.cluster, name)
+        ready = condition_of(body, c.READY).get("status") == c.TRUE
+        current = pods_of(operators.cluster, name)
+        return body if ready and len(current) == pods else None
+
+    result: dict[str, Any] = wait_for(operators, check, f"{name} Ready with {pods} pods")
+    return result
+
+
+SAMPLE_CASES = [
+    (
+        "01-resnet50-shared.yaml",
+        "resnet50-shared",
+        [(",".join(["1"] * 16), ",".join(["resnet50"] * 16), 16)],
+    ),
+    ("02-resnet50-process.yaml", "resnet50-process", [("1", "resnet50", 1)] * 16),
+    (
+        "03-two-models-context-switch.yaml",
+        "two-models-switch",
+        [("1", "resnet50,resnet50-v2", 1)] * 16,
+    ),
+    (
+        "04-four-models-shared.yaml",
+        "four-models",
+        [("2,4,6,4", "model-a,model-b,model-c,model-d", 16)],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("file_name", "name", "expected"), SAMPLE_CASES, ids=[s[0] for s in SAMPLE_CASES]
+)
+def test_sample_becomes_planned_pods_on_neuron_nodes(
+    operators: Operators, file_name: str, name: str, expected: list[tuple[str, str, int]]
+) -> None:
+    cluster = operators.cluster
+    result = apply(cluster, workload(file_name))
+    assert result.returncode == 0, result.stderr
+    body = ready_workload(operators, name, len(expected))
+    pods = sorted(
+        pods_of(cluster, name),
+        key=lambda p: int(p["metadata"]["labels"]["neurongroups.dev/pod-index"]),
+    )
+    seen = []
+    for pod in pods:
+        env = env_of(pod)
+        models = ",".join(pair.split("=")[0] for pair in env["NEURON_MODELS"].split(","))
+        resources = pod["spec"]["containers"][0]["resources"]
+        assert (
+            resources["requests"]["aws.amazon.com/neuroncore"]
+            == resources["limits"]["aws.amazon.com/neuroncore"]
+        )
+        seen.append(
+            (
+                env["NEURONCORE_GROUP_SIZES"],
+                models,
+                int(resources["limits"]["aws.amazon.com/neuroncore"]),
+            )
+        )
+        node = kubectl_json(cluster, "get", "node", pod["spec"]["nodeName"])
+        assert node["metadata"]["labels"]["node.kubernetes.io/instance-type"] == "inf1.6xlarge"
+        assert pod["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+    assert seen == expected
+    status = body["status"]
+    assert status["observedGeneration"] == body["metadata"]["generation"]
+    assert status["coresPerReplica"] == sum(e[2] for e in expected)
+    assert [p["groupSizes"] for p in status["plan"]] == [
+        [int(x) for x in e[0].split(",")] for e in expected
+    ]
+    service = kubectl_json(cluster, "get", "service", name, "-n", NS)
+    assert service["spec"]["selector"]["app.kubernetes.io/instance"] == name
+    delete_and_wait(operators, name)
+
+
+def test_sample_5_needs_an_inf1_xlarge_and_reports_unschedulable(operators: Operators) -> None:
+    cluster = operators.cluster
+    assert apply(cluster, workload("05-shared-group.yaml")).returncode == 0
+
+    def pending() -> dict[str, Any] | None:
+        body = get_nwl(cluster, "shared-group")
+        return body if condition_of(body, c.UNSCHEDULABLE).get("status") == c.TRUE else None
+
+    body = wait_for(operators, pending, "shared-group Unschedulable (no inf1.xlarge node)")
+    assert condition_of(body, c.UNSCHEDULABLE)["reason"] == c.REASON_POD_UNSCHEDULABLE
+    (pod,) = pods_of(cluster, "shared-group")
+    assert env_of(pod)["NEURONCORE_GROUP_SIZES"] == "4"
+    assert env_of(pod)["NEURON_MODELS"] == "model-a=/models/a,model-b=/models/b"
+    assert pod["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"] == "inf1.xlarge"
+    delete_and_wait(operators, "shared-group")
+
+
+def test_full_nodes_make_the_workload_unschedulable(operators: Operators) -> None:
+    cluster = operators.cluster
+    # 3 replicas of 16 one-core pods: 48 cores, more than the two kwok inf1.6xlarge nodes hold.
+    assert apply(cluster, workload("02-resnet50-process.yaml", replicas=3)).returncode == 0
+
+    def stuck() -> dict[str, Any] | None:
+        body = get_nwl(cluster, "resnet50-process")
+        cond = condition_of(body, c.UNSCHEDULABLE)
+        return body if cond.get("reason") == c.REASON_INSUFFICIENT_CORES else None
+
+    body = wait_for(operators, stuck, "Unschedulable for lack of neuroncores")
+    assert "aws.amazon.com/neuroncore" in condition_of(body, c.UNSCHEDULABLE)["message"]
+    assert condition_of(body, c.READY)["status"] == c.FALSE
+    events = kubectl_json(
+        cluster, "get", "events", "-n", NS,
+        "--field-selector", "involvedObject.name=resnet50-process",
+    )  # fmt: skip
+    assert {"CreatedPods", "Unschedulable"} <= {e["reason"] for e in events["items"]}
+    delete_and_wait(operators, "resnet50-process")
+
+
+def test_scale_subresource_scales_the_pods(operators: Operators) -> None:
+    cluster = operators.cluster
+    assert apply(cluster, workload("04-four-models-shared.yaml")).returncode == 0
+    ready_workload(operators, "four-models", 1)
+    cluster.kubectl("scale", "nwl/four-models", "-n", NS, "--replicas=2")
+    body = ready_workload(operators, "four-models", 2)
+    assert body["status"]["replicas"] == 2
+    scale = kubectl_json(cluster, "get", "nwl", "four-models", "-n", NS, "--subresource=scale")
+    assert scale["spec"]["replicas"] == 2
+    assert scale["status"]["replicas"] == 2
+    assert scale["status"]["selector"] == (
+        "app.kubernetes.io/name=neuron-workload,app.kubernetes.io/instance=four-models"
+    )
+    cluster.kubectl("scale", "nwl/four-models", "-n", NS, "--replicas=0")
+    wait_for(operators, lambda: not pods_of(cluster, "four-models"), "scale to zero")
+    delete_and_wait(operators, "four-models")
+
+
+def test_spec_change_rolls_every_pod(operators: Operators) -> None:
+    cluster = operators.cluster
+    assert apply(cluster, workload("02-resnet50-process.yaml")).returncode == 0
+    body = ready_workload(operators, "resnet50-process", 16)
+    old_hash = body["status"]["templateHash"]
+    cluster.kubectl(
+        "patch", "nwl", "resnet50-process", "-n", NS, "--type=merge",
+        "-p", json.dumps({"spec": {"image": "neuron-groups/runtime:0.2.0"}}),
+    )  # fmt: skip
+
+    def rolled() -> bool:
+        pods = pods_of(cluster, "resnet50-process")
+        hashes = {p["metadata"]["labels"]["neurongroups.dev/template-hash"] for p in pods}
+        images = {p["spec"]["containers"][0]["image"] for p in pods}
+        body = get_nwl(cluster, "resnet50-process")
+        done = condition_of(body, c.READY).get("status") == c.TRUE
+        return (
+            done
+            and len(pods) == 16
+            and old_hash not in hashes
+            and images == {"neuron-groups/runtime:0.2.0"}
+        )
+
+    wait_for(operators, rolled, "the roll to the new image")
+    delete_and_wait(operators, "resnet50-process")
+
+
+def test_hand_deleted_pod_comes_back_and_stray_pod_goes(operators: Operators) -> None:
+    cluster = operators.cluster
+    assert apply(cluster, workload("01-resnet50-shared.yaml")).returncode == 0
+    ready_workload(operators, "resnet50-shared", 1)
+    (pod,) = pods_of(cluster, "resnet50-shared")
+    name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+    cluster.kubectl("delete", "pod", name, "-n", NS, "--wait=true")
+
+    def recreated() -> bool:
+        pods = pods_of(cluster, "resnet50-shared")
+        return [p["metadata"]["name"] for p in pods] == [name] and pods[0]["metadata"]["uid"] != uid
+
+    wait_for(operators, recreated, "the deleted pod to be recreated")
+    # An owned pod the plan does not call for (as left by an older layout) is removed.
+    stray = json.loads(json.dumps(pod))
+    stray["metadata"] = {
+        "name": "resnet50-shared-stray-9-9",
+        "namespace": NS,
+        "labels": {**pod["metadata"]["labels"], "neurongroups.dev/replica": "9"},
+        "ownerReferences": pod["metadata"]["ownerReferences"],
+    }
+    stray["spec"].pop("nodeName", None)
+    stray.pop("status", None)
+    assert apply(cluster, stray).returncode == 0
+    wait_for(
+        operators,
+        lambda: [p["metadata"]["name"] for p in pods_of(cluster, "resnet50-shared")] == [name],
+        "the stray pod to be removed",
+    )
+    delete_and_wait(operators, "resnet50-shared")
+
+
+TWINS = [{"name": "a", "path": "/a", "cores": 1}, {"name": "a", "path": "/b", "cores": 1}]
+CEL_CASES = [
+    (
+        "too-large-model",
+        "06-invalid-too-large.yaml",
+        {},
+        "model big-model needs 6 NeuronCores but a node of type inf1.xlarge has 4",
+    ),
+    (
+        "both-node-fields",
+        "01-resnet50-shared.yaml",
+        {"nodeCores": 16},
+        "give exactly one of spec.instanceType",
+    ),
+    (
+        "reserved-env",
+        "01-resnet50-shared.yaml",
+        {"env": [{"name": "NEURON_MODELS", "value": "x"}]},
+        "set by the operator",
+    ),
+    (
+        "budget-below-model",
+        "04-four-models-shared.yaml",
+        {"cores": 4},
+        "model model-c needs 6 NeuronCores but spec.cores allows 4",
+    ),
+    (
+        "unknown-instance",
+        "01-resnet50-shared.yaml",
+        {"instanceType": "p4d.24xlarge"},
+        "Unsupported value",
+    ),
+    ("duplicate-model", "01-resnet50-shared.yaml", {"models": TWINS}, "Duplicate value"),
+]
+
+
+@pytest.mark.parametrize(
+    ("file_name", "spec", "message"), [x[1:] for x in CEL_CASES], ids=[x[0] for x in CEL_CASES]
+)
+def test_apiserver_refuses_bad_specs(
+    operators: Operators, file_name: str, spec: dict[str, Any], message: str
+) -> None:
+    document = workload(file_name, **spec)
+    document["metadata"]["name"] = "refused"
+    result = apply(operators.cluster, document)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_what_cel_cannot_see_is_reported_as_invalid_spec(operators: Operators) -> None:
+    cluster = operators.cluster
+    document = workload(
+        "01-resnet50-shared.yaml",
+        volumeMounts=[{"name": "missing", "mountPath": "/models"}],
+    )
+    document["metadata"]["name"] = "invalid-mount"
+    assert apply(cluster, document).returncode == 0
+
+    def flagged() -> dict[str, Any] | None:
+        body = get_nwl(cluster, "invalid-mount")
+        return body if condition_of(body, c.INVALID_SPEC).get("status") == c.TRUE else None
+
+    body = wait_for(operators, flagged, "InvalidSpec on status")
+    assert "'missing' names no volume" in condition_of(body, c.INVALID_SPEC)["message"]
+    assert pods_of(cluster, "invalid-mount") == []
+    # Fixing the spec clears the condition and creates the pod.
+    cluster.kubectl(
+        "patch", "nwl", "invalid-mount", "-n", NS, "--type=merge",
+        "-p", json.dumps({"spec": {"volumes": [{"name": "missing", "emptyDir": {}}]}}),
+    )  # fmt: skip
+    body = ready_workload(operators, "invalid-mount", 1)
+    assert condition_of(body, c.INVALID_SPEC)["status"] == c.FALSE
+    delete_and_wait(operators, "invalid-mount")
+
+
+def test_only_the_lease_holder_acts_and_a_standby_takes_over(operators: Operators) -> None:
+    cluster = operators.cluster
+    operators.start("op-b")
+
+    def holder() -> str | None:
+        lease = kubectl_json(cluster, "get", "lease", operators.lease, "-n", OPERATOR_NS)
+        value = lease["spec"].get("holderIdentity")
+        return str(value) if value else None
+
+    first = wait_for(operators, holder, "a lease holder")
+    assert first in ("op-a", "op-b")
+    assert apply(cluster, workload("01-resnet50-shared.yaml", name="ha-check")).returncode == 0
+    ready_workload(operators, "ha-check", 1)
+    events = kubectl_json(
+        cluster, "get", "events", "-n", NS,
+        "--field-selector", "involvedObject.name=ha-check,reason=CreatedPods",
+    )  # fmt: skip
+    assert {e["reportingInstance"] for e in events["items"]} == {first}
+    operators.stop(first)
+    standby = "op-b" if first == "op-a" else "op-a"
+    wait_for(operators, lambda: holder() == standby, f"{standby} to take the lease over")
+    (pod,) = pods_of(cluster, "ha-check")
+    cluster.kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=true")
+
+    def replaced() -> bool:
+        pods = pods_of(cluster, "ha-check")
+        return len(pods) == 1 and pods[0]["metadata"]["uid"] != pod["metadata"]["uid"]
+
+    wait_for(operators, replaced, "the standby to recreate the pod")
+    delete_and_wait(operators, "ha-check")
