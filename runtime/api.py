@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -95,9 +96,13 @@ class Predictor:
             )
         return np.ascontiguousarray(array)
 
-    def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
+    def submit(self, feeds: Mapping[str, Any]) -> Future[dict[str, np.ndarray[Any, Any]]]:
+        """Queue one request without blocking; the future holds the outputs or the error."""
         batch = self._batch(feeds)
-        return self._runtime._group(self.group).submit(self.name, batch).result()
+        return self._runtime._group(self.group).submit(self.name, batch)
+
+    def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        return self.submit(feeds).result()
 
 
 class NeuronRuntime:

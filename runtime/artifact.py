@@ -1,17 +1,20 @@
-"""Compiled model artifacts: a directory with ``manifest.json`` and ``weights.npz``.
+"""Compiled model artifacts: a directory with ``manifest.json`` and ``weights.bin``.
 
 The manifest says what the model is (architecture, sizes, seed), what it takes and returns
 (tensor names, shapes, dtypes), its layers, and how they were split into pipeline stages, one per
-NeuronCore it was compiled for.  ``weights.npz`` holds every parameter as ``<layer>.<param>``,
-and its SHA-256 is in the manifest, so a truncated or modified file is caught at load time with
-a message naming the file, not deep inside a worker as a shape error.
+NeuronCore it was compiled for.  ``weights.bin`` is every parameter as raw little-endian float32,
+in layer order, each array at a 64-byte aligned offset the manifest records (the safetensors
+idea).  Layer order makes each stage's weights one contiguous byte range, so swapping a stage
+into a core (a context switch) is a single read, the way a real runtime DMAs a model's weights
+from host memory; an archive format (.npz) would add parsing and CRC checks to every switch.
+The file's SHA-256 is in the manifest, so a truncated or modified file is caught at load time
+with a message naming the file, not deep inside a worker as a shape error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,8 @@ from neuron_runtime.partition import balance_stages
 
 FORMAT = "neuron-sim-model/v1"
 MANIFEST = "manifest.json"
-WEIGHTS = "weights.npz"
+WEIGHTS = "weights.bin"
+ALIGN = 64
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
@@ -56,6 +60,7 @@ class Artifact:
     stages: tuple[tuple[int, int], ...]
     weights_sha256: str
     weights_bytes: int
+    tensors: dict[str, tuple[int, int]]  # "layer.param" -> (offset, nbytes) in weights.bin
 
     @property
     def weights_path(self) -> Path:
@@ -99,7 +104,15 @@ def write_artifact(
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     weights_path = out / WEIGHTS
-    np.savez(weights_path, **model.weights)  # type: ignore[arg-type]
+    tensors: dict[str, list[int]] = {}
+    with weights_path.open("wb") as f:
+        for layer in model.layers:
+            for param in layer.params:
+                key = f"{layer.name}.{param}"
+                data = np.ascontiguousarray(model.weights[key], dtype="<f4").tobytes()
+                f.write(b"\0" * (-f.tell() % ALIGN))
+                tensors[key] = [f.tell(), len(data)]
+                f.write(data)
     size = {k: list(v) if isinstance(v, tuple) else v for k, v in model.size.items()}
     manifest = {
         "format": FORMAT,
@@ -120,6 +133,8 @@ def write_artifact(
             "file": WEIGHTS,
             "sha256": _sha256(weights_path),
             "bytes": weights_path.stat().st_size,
+            "dtype": "float32",
+            "tensors": tensors,
         },
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -179,6 +194,7 @@ def load_artifact(path: str | Path, *, verify: bool = True) -> Artifact:
         cores = int(data["cores"])
         weights_info: Mapping[str, Any] = data["weights"]
         sha, nbytes = str(weights_info["sha256"]), int(weights_info["bytes"])
+        tensors = {str(k): (int(v[0]), int(v[1])) for k, v in weights_info["tensors"].items()}
     except (KeyError, TypeError, ValueError) as exc:
         raise _fail(manifest_path, f"malformed layers/stages/weights entry ({exc!r})") from None
     _check_stages(manifest_path, stages, cores, len(layers))
@@ -195,7 +211,9 @@ def load_artifact(path: str | Path, *, verify: bool = True) -> Artifact:
         stages=stages,
         weights_sha256=sha,
         weights_bytes=nbytes,
+        tensors=tensors,
     )
+    _check_tensors(manifest_path, artifact)
     if verify:
         _verify_weights(artifact)
     return artifact
@@ -215,6 +233,34 @@ def _check_stages(
         raise _fail(manifest_path, f"stages cover {expected} layers but {layers} are listed")
 
 
+def _check_tensors(manifest_path: Path, artifact: Artifact) -> None:
+    """Every parameter has a byte range of the right size inside the file, stages contiguous."""
+    for layer in artifact.layers:
+        for param, shape in layer.params.items():
+            key = f"{layer.name}.{param}"
+            if key not in artifact.tensors:
+                raise _fail(manifest_path, f"incomplete: no tensor entry for {key}")
+            offset, nbytes = artifact.tensors[key]
+            needed = 4 * int(np.prod(shape))
+            if nbytes != needed or offset < 0:
+                raise _fail(
+                    manifest_path,
+                    f"tensor {key} has {nbytes} bytes at {offset}, but float32{list(shape)} "
+                    f"needs {needed}",
+                )
+            if offset + nbytes > artifact.weights_bytes:
+                raise _fail(manifest_path, f"tensor {key} ends past the end of {WEIGHTS}")
+
+
+def stage_byte_range(artifact: Artifact, stage: int) -> tuple[int, int]:
+    ranges = [
+        artifact.tensors[f"{layer.name}.{param}"]
+        for layer in artifact.stage_layers(stage)
+        for param in layer.params
+    ]
+    return min(o for o, _ in ranges), max(o + n for o, n in ranges)
+
+
 def _verify_weights(artifact: Artifact) -> None:
     path = artifact.weights_path
     if not path.is_file():
@@ -224,35 +270,26 @@ def _verify_weights(artifact: Artifact) -> None:
         raise _fail(path, f"incomplete: {size} bytes, the manifest says {artifact.weights_bytes}")
     if _sha256(path) != artifact.weights_sha256:
         raise _fail(path, "corrupt: its SHA-256 does not match the manifest")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = {n.removesuffix(".npy") for n in archive.namelist()}
-    except zipfile.BadZipFile as exc:
-        raise _fail(path, f"not a valid .npz archive ({exc})") from None
-    for layer in artifact.layers:
-        for param in layer.params:
-            if f"{layer.name}.{param}" not in names:
-                raise _fail(path, f"incomplete: no array for {layer.name}.{param}")
 
 
 def read_stage_weights(artifact: Artifact, stage: int) -> dict[str, dict[str, Array]]:
-    """The parameters of one stage's layers, checked against the manifest's shapes."""
+    """One stage's parameters, read with one read of its contiguous byte range."""
+    start, end = stage_byte_range(artifact, stage)
+    buffer = bytearray(end - start)
+    try:
+        with artifact.weights_path.open("rb") as f:
+            f.seek(start)
+            got = f.readinto(buffer)
+    except OSError as exc:
+        raise _fail(artifact.weights_path, f"cannot be read ({exc})") from None
+    if got != len(buffer):
+        raise _fail(artifact.weights_path, f"incomplete: stage {stage} ends past the file")
     out: dict[str, dict[str, Array]] = {}
-    with np.load(artifact.weights_path) as archive:
-        for layer in artifact.stage_layers(stage):
-            params: dict[str, Array] = {}
-            for param, shape in layer.params.items():
-                key = f"{layer.name}.{param}"
-                try:
-                    array = archive[key]
-                except (KeyError, ValueError, OSError) as exc:
-                    raise _fail(artifact.weights_path, f"cannot read {key} ({exc})") from None
-                if array.shape != shape or array.dtype != np.float32:
-                    raise _fail(
-                        artifact.weights_path,
-                        f"{key} is {array.dtype}{list(array.shape)}, the manifest says "
-                        f"float32{list(shape)}",
-                    )
-                params[param] = array
-            out[layer.name] = params
+    for layer in artifact.stage_layers(stage):
+        params: dict[str, Array] = {}
+        for param, shape in layer.params.items():
+            offset, nbytes = artifact.tensors[f"{layer.name}.{param}"]
+            flat = np.frombuffer(buffer, "<f4", nbytes // 4, offset - start)
+            params[param] = flat.reshape(shape).astype(np.float32, copy=False)
+        out[layer.name] = params
     return out

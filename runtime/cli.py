@@ -123,7 +123,7 @@ def add_compile_command(subparsers: Any) -> None:
         "compile",
         help="build a model directory from a built-in architecture, pipelined over N cores",
         description=(
-            "Build a model artifact (manifest.json + weights.npz) from a built-in architecture "
+            "Build a model artifact (manifest.json + weights.bin) from a built-in architecture "
             "with weights drawn from --seed, split into --cores pipeline stages balanced by "
             "FLOPs. Size knobs: mlp takes --input-dim --width --depth --classes; resnet takes "
             "--image-size --width --blocks --classes; resnet50 is ResNet-50's real shape."

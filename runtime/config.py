@@ -14,7 +14,7 @@ Defaults, documented in docs/runtime.md:
   TensorFlow-Neuron did), capped at the node's size;
 * state directory (the node-local arbiter's lock files): ``/tmp/neuron-sim-<uid>``;
 * core memory: 8 MiB per core (the order of an Inferentia core's on-chip memory);
-* scheduler: ``switch-aware`` with a streak bound of 16 requests.
+* scheduler: ``switch-aware`` with a streak bound of 32 requests.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ MAX_STREAK_ENV = "NEURON_SIM_MAX_STREAK"
 DEFAULT_NODE_CORES = 4
 DEFAULT_CORES_PER_DEVICE = 4
 DEFAULT_CORE_MEMORY_MB = 8.0
-DEFAULT_MAX_STREAK = 16
+DEFAULT_MAX_STREAK = 32
 SCHEDULERS = ("switch-aware", "fifo")
 
 # Every variable the runtime reads, with a one-line meaning: the CLI's --help prints this table.
@@ -57,7 +57,7 @@ ENVIRONMENT_HELP: tuple[tuple[str, str], ...] = (
     (STATE_DIR_ENV, "node-local arbiter state (lock files) (default /tmp/neuron-sim-<uid>)"),
     (CORE_MEMORY_ENV, "per-core memory for resident model weights, MiB (default 8)"),
     (SCHEDULER_ENV, "switch-aware (default) or fifo (switch per request when interleaved)"),
-    (MAX_STREAK_ENV, "switch-aware: most requests served in a row while others wait (16)"),
+    (MAX_STREAK_ENV, "switch-aware: most requests served in a row while others wait (32)"),
 )
 
 

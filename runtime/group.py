@@ -283,15 +283,14 @@ class Group:
                 choice = self.policy.choose(waiting, self.active, self.resident.keys())
                 if choice is None:
                     return
-                if choice != self.active or choice not in self.resident:
+                if choice not in self.resident:
                     if self._inflight:
-                        return  # drain: one model runs in a group at a time
-                    if choice not in self.resident:
-                        try:
-                            self._switch_to(choice)
-                        except ModelLoadError:
-                            continue  # its requests got the error; serve the others
-                    self.active = choice
+                        return  # drain before swapping weights: the pipeline must be empty
+                    try:
+                        self._switch_to(choice)
+                    except ModelLoadError:
+                        continue  # its requests got the error; serve the others
+                self.active = choice
                 request = self._queues[choice][0]
                 need = self._request_bytes(self.models[choice], request.batch.shape[0])
                 if need > self._slot_bytes:

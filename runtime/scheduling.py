@@ -69,7 +69,7 @@ class SwitchAwarePolicy:
 
     name = "switch-aware"
 
-    def __init__(self, max_streak: int = 16) -> None:
+    def __init__(self, max_streak: int = 32) -> None:
         if max_streak < 1:
             raise ValueError(f"max_streak must be at least 1, got {max_streak}")
         self.max_streak = max_streak

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from neuron_runtime.artifact import load_artifact, read_stage_weights
+from neuron_runtime.artifact import Artifact, load_artifact, read_stage_weights
 from neuron_runtime.layers import Array, LayerSpec, run_layer
 
 log = logging.getLogger("neuron_runtime.worker")
@@ -61,6 +61,7 @@ class Core:
         self.arena: mmap.mmap | None = None
         self.arena_size = 0
         self.models: dict[str, tuple[tuple[LayerSpec, ...], dict[str, dict[str, Array]]]] = {}
+        self.artifacts: dict[str, Artifact] = {}  # manifests read once, weights on every swap
 
     def view(self, size: int, offset: int, shape: tuple[int, ...]) -> Array:
         if self.arena is None or self.arena_size < size:
@@ -73,7 +74,8 @@ class Core:
 
     def load(self, key: str, path: str, stage: int) -> tuple[Any, ...]:
         started = time.perf_counter()
-        artifact = load_artifact(path, verify=False)
+        artifact = self.artifacts.get(path) or load_artifact(path, verify=False)
+        self.artifacts[path] = artifact
         weights = read_stage_weights(artifact, stage)
         self.models[key] = (artifact.stage_layers(stage), weights)
         nbytes = sum(a.nbytes for params in weights.values() for a in params.values())

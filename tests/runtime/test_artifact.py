@@ -1,12 +1,15 @@
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from neuron_runtime import ModelLoadError, compile_model
-from neuron_runtime.artifact import load_artifact, read_stage_weights
+from neuron_runtime.archs import build
+from neuron_runtime.artifact import load_artifact, read_stage_weights, stage_byte_range
 
 
 def test_compile_writes_a_loadable_pipelined_artifact(tmp_path: Path) -> None:
@@ -42,7 +45,7 @@ def test_resnet50_compiles_with_its_real_parameter_count(tmp_path: Path) -> None
     assert load_artifact(out).cores == 4
 
 
-def _break_manifest(path: Path, change: Callable[[dict[str, object]], object]) -> None:
+def _break_manifest(path: Path, change: Callable[[dict[str, Any]], object]) -> None:
     manifest = path / "manifest.json"
     data = json.loads(manifest.read_text())
     change(data)
@@ -67,10 +70,10 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], object], str, str]] = [
      "manifest.json", "do not cover"),
     ("cores-mismatch", lambda p: _break_manifest(p, lambda d: d.update(cores=3)),
      "manifest.json", "'cores' is 3"),
-    ("no-weights", lambda p: (p / "weights.npz").unlink(), "weights.npz", "missing"),
-    ("truncated", lambda p: (p / "weights.npz").write_bytes((p / "weights.npz").read_bytes()[:99]),
-     "weights.npz", "incomplete"),
-    ("flipped-byte", lambda p: _flip_byte(p / "weights.npz"), "weights.npz", "corrupt"),
+    ("no-weights", lambda p: (p / "weights.bin").unlink(), "weights.bin", "missing"),
+    ("truncated", lambda p: (p / "weights.bin").write_bytes((p / "weights.bin").read_bytes()[:99]),
+     "weights.bin", "incomplete"),
+    ("flipped-byte", lambda p: _flip_byte(p / "weights.bin"), "weights.bin", "corrupt"),
     ("not-a-dir", lambda p: None, "nowhere", "not a directory"),
 ]  # fmt: skip
 
@@ -93,19 +96,37 @@ def test_corrupt_or_incomplete_artifacts_name_the_file_and_problem(
     assert problem in message
 
 
-def test_missing_array_is_reported_even_when_checksum_is_updated(tmp_path: Path) -> None:
-    out = compile_model("mlp", 1, tmp_path / "m", width=8, depth=1, input_dim=4)
-    with np.load(out / "weights.npz") as archive:
-        arrays = {k: archive[k] for k in archive.files if k != "logits.b"}
-    np.savez(out / "weights.npz", **arrays)
-    import hashlib
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda t: t.pop("logits.b"), "no tensor entry for logits.b"),
+        (lambda t: t.update({"logits.b": [0, 4]}), "tensor logits.b has 4 bytes"),
+        (lambda t: t.update({"logits.b": [10**9, 8]}), "ends past the end"),
+    ],
+    ids=["missing-entry", "wrong-size", "past-the-end"],
+)
+def test_bad_tensor_table_is_reported(
+    tmp_path: Path, change: Callable[[dict[str, list[int]]], object], problem: str
+) -> None:
+    out = compile_model("mlp", 1, tmp_path / "m", width=8, depth=1, input_dim=4, classes=2)
 
-    data = (out / "weights.npz").read_bytes()
+    def edit(data: dict[str, Any]) -> None:
+        change(data["weights"]["tensors"])
 
-    def update(d: dict[str, object]) -> None:
-        d["weights"] = {"file": "weights.npz", "sha256": hashlib.sha256(data).hexdigest(),
-                        "bytes": len(data)}  # fmt: skip
-
-    _break_manifest(out, update)
-    with pytest.raises(ModelLoadError, match=r"weights\.npz.*no array for logits\.b"):
+    _break_manifest(out, edit)
+    with pytest.raises(ModelLoadError) as info:
         load_artifact(out)
+    assert "manifest.json" in str(info.value) and problem in str(info.value)
+
+
+def test_stage_weights_are_one_contiguous_range(tmp_path: Path) -> None:
+    out = compile_model("resnet", 3, tmp_path / "r", image_size=32, width=4, blocks=(1, 1, 1))
+    artifact = load_artifact(out)
+    ends = [stage_byte_range(artifact, s) for s in range(3)]
+    assert ends[0][0] == 0 and ends[-1][1] == artifact.weights_bytes
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ends))
+    built = build("resnet", 0, image_size=32, width=4, blocks=(1, 1, 1))
+    for stage in range(3):
+        for layer, params in read_stage_weights(artifact, stage).items():
+            for param, array in params.items():
+                np.testing.assert_array_equal(array, built.weights[f"{layer}.{param}"])

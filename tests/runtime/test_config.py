@@ -47,7 +47,7 @@ def test_defaults_are_documented_values() -> None:
     config = config_from_env({})
     assert config.state_dir == default_state_dir()
     assert config.core_memory_bytes == 8 * 1024 * 1024
-    assert (config.scheduler, config.max_streak) == ("switch-aware", 16)
+    assert (config.scheduler, config.max_streak) == ("switch-aware", 32)
     assert "default" in config.group_sizes_text
 
 

@@ -1,0 +1,98 @@
+"""Throughput of N NeuronCore Groups of 1 core against 1 group, for N up to the machine's cores.
+
+Each group's worker is a separate process (facts §9: threads stop scaling), so N groups should
+serve close to N times the requests of one.  Every N is measured in this same run against the
+N=1 baseline; the target is a scaling ratio of at least 0.9 x N on N physical cores.
+
+    python bench/bench_runtime_scaling.py [--max-groups N] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from neuron_runtime import NeuronRuntime, compile_model
+
+MODEL = {"input_dim": 512, "width": 512, "depth": 4, "classes": 10}
+CLIENTS_PER_GROUP = 2
+
+
+def measure(
+    groups: int, *, node_cores: int, model: Path, state: Path, seconds: float, batch: int
+) -> tuple[float, float]:
+    """(requests per second, mean busy fraction of the used cores) for ``groups`` 1-core groups."""
+    env = {
+        "NEURON_SIM_CORES": str(node_cores),
+        "NEURONCORE_GROUP_SIZES": f"{groups}x1",
+        "NEURON_SIM_STATE_DIR": str(state),
+    }
+    x = np.random.default_rng(0).standard_normal((batch, MODEL["input_dim"]), dtype=np.float32)
+    with NeuronRuntime.from_env(env) as runtime:
+        predictors = [runtime.load_model(model) for _ in range(groups)]
+        for predictor in predictors:  # warm up: first call maps the arena
+            predictor({"input": x})
+        before = runtime.stats()
+        stop = time.perf_counter() + seconds
+        counts = [0] * (groups * CLIENTS_PER_GROUP)
+
+        def client(slot: int) -> None:
+            predictor = predictors[slot % groups]
+            while time.perf_counter() < stop:
+                predictor({"input": x})
+                counts[slot] += 1
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(counts))]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        after = runtime.stats()
+    busy = [
+        after.core_busy_seconds[c] - before.core_busy_seconds[c] for c in after.core_busy_seconds
+    ]
+    return sum(counts) / elapsed, sum(busy) / (len(busy) * elapsed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-groups", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per N")
+    parser.add_argument("--batch", type=int, default=16, help="examples per request")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    powers = [n for n in (2, 4, 8, 16, 32, 64) if n < args.max_groups]
+    counts = sorted({1, *powers, args.max_groups})
+    with tempfile.TemporaryDirectory() as tmp:
+        model = compile_model("mlp", 1, Path(tmp) / "mlp", **MODEL)
+        print(
+            f"model: mlp {MODEL}, batch {args.batch}; {os.cpu_count()} CPUs; "
+            f"{CLIENTS_PER_GROUP} client threads per group; {args.seconds}s per point"
+        )
+        print(f"{'groups':>6} {'req/s':>10} {'scaling':>8} {'target':>7} {'per-N':>6} {'busy':>5}")
+        base = 0.0
+        for n in counts:
+            rate, busy = measure(
+                n,
+                node_cores=args.max_groups,
+                model=model,
+                state=Path(tmp) / "node",
+                seconds=args.seconds,
+                batch=args.batch,
+            )
+            base = base or rate
+            ratio = rate / base
+            line = f"{n:>6} {rate:>10.1f} {ratio:>7.2f}x {0.9 * n:>6.1f}x {ratio / n:>6.2f}"
+            print(f"{line} {busy:>5.2f}")
+
+
+if __name__ == "__main__":
+    main()
