@@ -194,7 +194,7 @@ def installed(local_cluster: LocalCluster) -> Iterator[dict[str, str]]:
         local_cluster.wait_for(
             lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), 60, "the operator's /healthz"
         )
-        yield {"port": str(port), "log": log.name}
+        yield {"port": str(port), "log": log.name, "base": base}
     finally:
         os.killpg(operator.pid, signal.SIGTERM)
         try:
@@ -258,6 +258,24 @@ def test_install_helm_test_and_scale_subresource(
     )
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     assert "Succeeded" in proc.stdout
+
+    # The check is real: pointed at a port where nothing listens, the same test fails.
+    host = installed["base"].rsplit(":", 1)[0]
+    _helm(
+        local_cluster,
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--reuse-values",
+        "--set",
+        f"tests.urls={{{host}:1/healthz}}",
+    )
+    failed = _helm(
+        local_cluster, "test", RELEASE, "--namespace", NAMESPACE, "--timeout", "120s", check=False
+    )
+    assert failed.returncode != 0, failed.stdout
 
     local_cluster.kubectl("apply", "-f", "-", input=json.dumps(WORKLOAD))
     local_cluster.wait_for(lambda: _pod_count(local_cluster) == 1, 90, "1 pod of scale-me")
