@@ -27,7 +27,7 @@ import numpy as np
 
 from neuron_runtime import NeuronRuntime, compile_model
 
-MODEL = {"input_dim": 512, "width": 512, "depth": 4, "classes": 10}
+MODEL: dict[str, Any] = {"input_dim": 512, "width": 512, "depth": 4, "classes": 10}
 
 
 def measure(

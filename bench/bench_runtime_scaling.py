@@ -15,12 +15,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from neuron_runtime import NeuronRuntime, compile_model
 
-MODEL = {"input_dim": 512, "width": 512, "depth": 4, "classes": 10}
+MODEL: dict[str, Any] = {"input_dim": 512, "width": 512, "depth": 4, "classes": 10}
 CLIENTS_PER_GROUP = 2
 
 

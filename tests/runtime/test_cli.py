@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -20,7 +21,8 @@ def test_help_documents_every_flag_and_env_var(
     text = capsys.readouterr().out
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command")
-    target = subparsers.choices[argv[0]] if argv else parser  # type: ignore[union-attr]
+    choices: dict[str, argparse.ArgumentParser] = dict(subparsers.choices or {})
+    target = choices[argv[0]] if argv else parser
     for action in target._actions:
         for flag in action.option_strings:
             assert flag in text
