@@ -330,7 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--kserve-python", help="interpreter with kserve installed (default: .venv-kserve)"
     )
-    return asyncio.run(main_async(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main_async(args))
+    return uvloop.run(main_async(args))  # the client costs less CPU, for both servers alike
 
 
 if __name__ == "__main__":

@@ -221,11 +221,30 @@ def decode_json_data(
         raise _count_error(tensor, shape, count, raw.size)
     try:
         with np.errstate(over="raise", invalid="raise"):
-            return raw.astype(dtype, copy=False).reshape(shape)
+            return _cast(raw, dtype).reshape(shape)
     except FloatingPointError as exc:
         raise bad_request(
             f"tensor '{tensor}': a value is out of range for {datatype_of(dtype)}"
         ) from exc
+
+
+# numpy lets go of the GIL for loops over more than 500 elements.  For a request-sized array that
+# costs more than the copy: the event-loop thread then queues to get the GIL back behind the
+# threads waiting on the runtime.  Small casts are done in slices that keep it.
+_GIL_SLICE = 500
+_SLICED_CAST_LIMIT = 16 * 1024
+
+
+def _cast(raw: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    if raw.dtype == dtype:
+        return raw
+    if raw.size > _SLICED_CAST_LIMIT:
+        return raw.astype(dtype)
+    source = raw.reshape(-1)
+    out = np.empty(source.size, dtype=dtype)
+    for start in range(0, source.size, _GIL_SLICE):
+        out[start : start + _GIL_SLICE] = source[start : start + _GIL_SLICE]
+    return out
 
 
 def _count_error(tensor: str, shape: Sequence[int], count: int, got: int) -> Exception:

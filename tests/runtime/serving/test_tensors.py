@@ -201,3 +201,13 @@ def test_raw_is_little_endian() -> None:
 def test_json_data_is_flat_row_major() -> None:
     assert list(json_data(np.array([[1, 2], [3, 4]], dtype=np.int32))) == [1, 2, 3, 4]
     assert json_data(np.array([b"a", b"\xff"], dtype=object)) == ["a", "\ufffd"]
+
+
+@pytest.mark.parametrize("size", [1, 499, 500, 501, 1500, 16 * 1024 + 1], ids=str)
+def test_sliced_cast_equals_astype(size: int) -> None:
+    from neuron_runtime.serving.tensors import _cast
+
+    raw = np.linspace(-3, 3, size)
+    cast = _cast(raw, np.dtype(np.float32))
+    assert cast.dtype == np.float32
+    np.testing.assert_array_equal(cast, raw.astype(np.float32))
