@@ -6,7 +6,9 @@ a setting that only one values file turns on is still checked.
 
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -342,3 +344,33 @@ def test_karpenter_nodepool_limits_to_neuron_families(render: Render) -> None:
     assert pool["spec"]["template"]["spec"]["taints"] == [
         {"key": "aws.amazon.com/neuron", "effect": "NoSchedule"}
     ]
+
+
+def _cli_args(objects: list[Obj]) -> list[tuple[str, list[str]]]:
+    return [
+        (c["command"][0], list(c.get("args", [])))
+        for owner, spec in pod_specs(objects)
+        if owner["kind"] != "Job"
+        for c in containers(spec)
+    ]
+
+
+def test_rendered_flags_are_accepted_by_the_real_clis(objects: list[Obj]) -> None:
+    """argparse validates each value and choice before it reaches --help, so `CLI ARGS --help`
+    exits 0 only if the program accepts every value the chart gives it; flag names are looked up
+    in the help text it prints."""
+    bin_dir = Path(sys.executable).parent
+    for program, args in _cli_args(objects):
+        proc = subprocess.run(
+            [str(bin_dir / program), *args, "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert proc.returncode == 0, f"{program} refuses {args}: {proc.stderr.strip()}"
+        # --help exits before argparse reports unknown flags, so look each one up in the help
+        offered = set(re.findall(r"--[a-z][a-z0-9-]*", proc.stdout))
+        for arg in args:
+            if arg.startswith("--"):
+                assert arg.split("=", 1)[0] in offered, f"{program} has no {arg.split('=')[0]}"
