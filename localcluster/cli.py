@@ -127,9 +127,9 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
         print(json.dumps({"running": cluster.running(), **cluster.status()}, indent=2))
         return 0 if cluster.running() else 1
     if args.command == "demo":
-        from neuron_localcluster import demo
+        from neuron_localcluster.demo import run as run_demo
 
-        return demo.run(state_dir, kwok_nodes=args.kwok_nodes, emulated_nodes=args.emulated_nodes)
+        return run_demo(state_dir, kwok_nodes=args.kwok_nodes, emulated_nodes=args.emulated_nodes)
     cluster = ensure_up(state_dir, args.kwok_nodes, args.emulated_nodes, recreate=args.recreate)
     for line in usage_lines(cluster):
         print(line)

@@ -89,16 +89,20 @@ class LocalCluster:
     def api_client(self) -> k8s.ApiClient:
         return api_client_for(self.kubeconfig)
 
-    def impersonating_kubeconfig(self, namespace: str, service_account: str) -> Path:
+    def impersonating_kubeconfig(
+        self, namespace: str, service_account: str, *, expiration_seconds: int = 3600
+    ) -> Path:
         """A kubeconfig that acts as ``system:serviceaccount:NAMESPACE:SA``.
 
-        It carries a TokenRequest token for the service account (valid one hour), not
+        It carries a TokenRequest token for the service account (one hour by default), not
         impersonation headers: kubectl, kubernetes-python and kopf all honour a bearer token, while
         only kubectl reads a kubeconfig's ``as:``.  The account must exist.
         """
         core = k8s.CoreV1Api(self.api_client())
         request = k8s.AuthenticationV1TokenRequest(
-            spec=k8s.V1TokenRequestSpec(audiences=[layout.SA_ISSUER], expiration_seconds=3600)
+            spec=k8s.V1TokenRequestSpec(
+                audiences=[layout.SA_ISSUER], expiration_seconds=expiration_seconds
+            )
         )
         try:
             answer = core.create_namespaced_service_account_token(

@@ -1,0 +1,395 @@
+"""``make demo``: the seed's scenarios as NeuronWorkloads on a real local control plane.
+
+Why this shape: it is the README's first command, so it must show the whole system at once on a
+fresh 2-core machine and leave something to poke at.  Steps: (1) build or reuse the binaries;
+(2) start the cluster: two kwok-simulated inf1.6xlarge nodes and one emulated inf1.6xlarge whose
+pods really run; (3) ``helm install`` the chart with its local-cluster values (no operator pod:
+the operator runs here as a local process with the chart's service account and RBAC); (4) apply
+the seed's three scenarios (deploy/samples 01-03: 16 copies in one process, 16 processes, 16
+processes with two models each; 48 cores, exactly the three nodes) and wait until every
+NeuronWorkload is Ready, printing progress; (5) print each node's cores with the pod and group
+holding each one, and one inference answered by a pod on the emulated node; (6) exit 0, leaving
+the cluster running.
+
+The models are small stand-ins compiled under the seed's names (a ResNet-shaped network at 32x32,
+not ResNet-50's real size) so that up to 32 serving processes fit a 2-core machine; the
+placement, group sizes and load order are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neuron_cores import parse_core_list, parse_group_sizes, split_into_groups
+from neuron_localcluster import clitools, processes
+from neuron_localcluster.cluster import ClusterError, LocalCluster
+from neuron_localcluster.node_agent import ALLOCATIONS_FILE
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "neuron-groups"
+CHART_VALUES = CHART / "ci" / "local-cluster-values.yaml"
+SAMPLES = REPO / "deploy" / "samples"
+SCENARIOS = (
+    "01-resnet50-shared.yaml",
+    "02-resnet50-process.yaml",
+    "03-two-models-context-switch.yaml",
+)
+RELEASE = "neuron-groups"
+RELEASE_NAMESPACE = "neuron-groups"
+DEMO_NAMESPACE = "demo"
+GROUPS_ANNOTATION = "neurongroups.dev/group-sizes"
+WORKLOAD_RESOURCE = "neuronworkloads.neurongroups.dev"
+# name -> (seed) of the stand-in models the scenarios load from /models/<name>
+MODELS = {"resnet50": 0, "resnet50-v2": 1}
+READY_TIMEOUT_S = float(os.environ.get("NEURON_GROUPS_DEMO_TIMEOUT", "900"))
+
+
+# ---- pure parts ----------------------------------------------------------------------------
+
+
+def with_models_volume(workload: dict[str, Any], models_dir: Path) -> dict[str, Any]:
+    """The workload with ``/models`` mounted from ``models_dir`` (a hostPath on this machine)."""
+    spec = dict(workload["spec"])
+    spec["volumes"] = [
+        *[v for v in spec.get("volumes") or [] if v.get("name") != "models"],
+        {"name": "models", "hostPath": {"path": str(models_dir), "type": "Directory"}},
+    ]
+    spec["volumeMounts"] = [
+        *[m for m in spec.get("volumeMounts") or [] if m.get("mountPath") != "/models"],
+        {"name": "models", "mountPath": "/models", "readOnly": True},
+    ]
+    return {**workload, "spec": spec}
+
+
+@dataclass(frozen=True)
+class Holder:
+    pod: str
+    group: int
+    simulated: bool
+
+
+def groups_of(visible: Sequence[int], group_sizes: str | None) -> list[tuple[int, ...]]:
+    sizes = parse_group_sizes(group_sizes) if group_sizes else (len(visible),)
+    return split_into_groups(list(visible), sizes)
+
+
+def assign(
+    holders: dict[int, Holder],
+    pod: str,
+    cores: Sequence[int],
+    sizes: str | None,
+    *,
+    simulated: bool,
+) -> None:
+    for index, group in enumerate(groups_of(cores, sizes)):
+        for core in group:
+            holders[core] = Holder(pod, index, simulated)
+
+
+def core_map_lines(node: str, kind: str, total: int, holders: Mapping[int, Holder]) -> list[str]:
+    lines = [f"{node} ({kind}, {total} NeuronCores)"]
+    for core in range(total):
+        holder = holders.get(core)
+        if holder is None:
+            lines.append(f"  core {core:2d}  free")
+        else:
+            mark = " *" if holder.simulated else ""
+            lines.append(f"  core {core:2d}  {holder.pod}  group {holder.group}{mark}")
+    return lines
+
+
+def progress_line(workloads: Sequence[dict[str, Any]]) -> str:
+    parts = []
+    for wl in workloads:
+        status = wl.get("status") or {}
+        parts.append(
+            f"{wl['metadata']['name']} {status.get('readyReplicas', 0)}/"
+            f"{wl['spec'].get('replicas', 1)} ready"
+        )
+    return "; ".join(parts)
+
+
+def all_ready(workloads: Sequence[dict[str, Any]]) -> bool:
+    def ready(wl: dict[str, Any]) -> bool:
+        conds = (wl.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+    return bool(workloads) and all(ready(wl) for wl in workloads)
+
+
+# ---- I/O -----------------------------------------------------------------------------------
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def _json(cluster: LocalCluster, *args: str) -> Any:
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+def compile_models(folder: Path) -> None:
+    runtime = Path(sys.executable).parent / "neuron-runtime"
+    for name, seed in MODELS.items():
+        out = folder / name
+        if (out / "manifest.json").exists():
+            continue
+        cmd = [
+            str(runtime),
+            "compile",
+            "--arch",
+            "resnet",
+            "--cores",
+            "1",
+            "--out",
+            str(out),
+            "--name",
+            name,
+            "--seed",
+            str(seed),
+            "--image-size",
+            "32",
+            "--width",
+            "8",
+            "--blocks",
+            "1",
+            "--classes",
+            "10",
+        ]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        say(f"compiled stand-in model {name} into {out}")
+
+
+def install_chart(cluster: LocalCluster) -> None:
+    helm = clitools.ensure_helm()
+    cmd = [
+        str(helm),
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--create-namespace",
+        "--kubeconfig",
+        str(cluster.kubeconfig),
+        "-f",
+        str(CHART_VALUES),
+        "--wait",
+        "--timeout",
+        "5m",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ClusterError(f"helm install failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    say(f"chart installed: release {RELEASE} in namespace {RELEASE_NAMESPACE}")
+
+
+def operator_account(cluster: LocalCluster) -> str:
+    accounts = _json(cluster, "serviceaccounts", "-n", RELEASE_NAMESPACE)["items"]
+    names = [a["metadata"]["name"] for a in accounts if "operator" in a["metadata"]["name"]]
+    if not names:
+        raise ClusterError(f"the chart created no operator service account in {RELEASE_NAMESPACE}")
+    return str(names[0])
+
+
+def start_operator(cluster: LocalCluster) -> None:
+    if any(name == "operator" and ok for name, ok in cluster.processes()):
+        say("operator already running")
+        return
+    account = operator_account(cluster)
+    kubeconfig = cluster.impersonating_kubeconfig(
+        RELEASE_NAMESPACE, account, expiration_seconds=7 * 24 * 3600
+    )
+    argv = [
+        str(Path(sys.executable).parent / "neuron-operator"),
+        "run",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--standalone",
+        "--metrics-port",
+        "0",
+        "--lease-namespace",
+        RELEASE_NAMESPACE,
+    ]
+    lay = cluster.layout
+    processes.spawn(
+        "operator",
+        argv,
+        pid_dir=lay.pids,
+        log_file=lay.logs / "operator.log",
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+    )
+    say(f"operator running locally as {RELEASE_NAMESPACE}/{account}")
+
+
+def apply_scenarios(cluster: LocalCluster, models_dir: Path) -> list[str]:
+    cluster.kubectl("create", "namespace", DEMO_NAMESPACE, check=False)
+    names = []
+    for index, file in enumerate(SCENARIOS):
+        workload = with_models_volume(yaml.safe_load((SAMPLES / file).read_text()), models_dir)
+        cluster.kubectl("-n", DEMO_NAMESPACE, "apply", "-f", "-", input=json.dumps(workload))
+        name = str(workload["metadata"]["name"])
+        names.append(name)
+        say(f"applied {file} as NeuronWorkload {DEMO_NAMESPACE}/{name}")
+        if index == 0:
+            # The whole-node pod goes first, so the 1-core pods cannot fragment every node.
+            _wait_scheduled(cluster, name)
+    return names
+
+
+def _wait_scheduled(cluster: LocalCluster, workload: str) -> None:
+    def scheduled() -> bool:
+        return _scheduled(cluster, workload)
+
+    cluster.wait_for(scheduled, 120, f"{workload}'s pods to be scheduled")
+
+
+def _scheduled(cluster: LocalCluster, workload: str) -> bool:
+    pods = _json(
+        cluster, "pods", "-n", DEMO_NAMESPACE, "-l", f"app.kubernetes.io/instance={workload}"
+    )["items"]
+    return bool(pods) and all(p["spec"].get("nodeName") for p in pods)
+
+
+def wait_ready(cluster: LocalCluster, names: Sequence[str], print_: Callable[[str], None]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last = ""
+    while True:
+        workloads = [_json(cluster, WORKLOAD_RESOURCE, n, "-n", DEMO_NAMESPACE) for n in names]
+        line = progress_line(workloads)
+        if line != last:
+            print_(line)
+            last = line
+        if all_ready(workloads):
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"NeuronWorkloads not Ready after {READY_TIMEOUT_S:.0f}s ({line}); see "
+                f"`kubectl -n {DEMO_NAMESPACE} describe neuronworkloads` and the logs in "
+                f"{cluster.layout.logs}"
+            )
+        time.sleep(3)
+
+
+def print_core_maps(cluster: LocalCluster) -> None:
+    pods = _json(cluster, "pods", "-n", DEMO_NAMESPACE)["items"]
+    nodes = _json(cluster, "nodes")["items"]
+    for node in nodes:
+        name = node["metadata"]["name"]
+        total = int(node["status"]["capacity"].get("aws.amazon.com/neuroncore", "0"))
+        holders: dict[int, Holder] = {}
+        on_node = sorted(
+            (p for p in pods if p["spec"].get("nodeName") == name),
+            key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]),
+        )
+        if name in cluster.emulated_nodes:
+            alloc = json.loads((cluster.layout.node_dir(name) / ALLOCATIONS_FILE).read_text())
+            for entry in alloc.values():
+                visible = entry["envs"].get("NEURON_RT_VISIBLE_CORES")
+                if visible:
+                    assign(
+                        holders,
+                        entry["name"],
+                        parse_core_list(visible),
+                        entry["envs"].get("NEURONCORE_GROUP_SIZES"),
+                        simulated=False,
+                    )
+            kind = "emulated: cores chosen by the device plugin"
+        else:
+            from neuron_device_plugin.policy import best_fit
+
+            for pod in on_node:
+                want = sum(
+                    int(
+                        c.get("resources", {}).get("limits", {}).get("aws.amazon.com/neuroncore", 0)
+                    )
+                    for c in pod["spec"]["containers"]
+                )
+                free = [c for c in range(total) if c not in holders]
+                if want and len(free) >= want:
+                    chosen = best_fit(free, [], want)
+                    sizes = pod["metadata"].get("annotations", {}).get(GROUPS_ANNOTATION)
+                    assign(holders, pod["metadata"]["name"], chosen, sizes, simulated=True)
+            kind = "kwok: * = where the plugin's best-fit policy would put them"
+        print("\n".join(core_map_lines(name, kind, total, holders)), flush=True)
+
+
+def one_inference(cluster: LocalCluster) -> None:
+    node = cluster.emulated_node
+    alloc = json.loads((cluster.layout.node_dir(node) / ALLOCATIONS_FILE).read_text())
+    entry = next(iter(sorted(alloc.values(), key=lambda e: e["name"])), None)
+    if entry is None:
+        raise ClusterError(f"no demo pod runs on the emulated node {node}")
+    model = next(iter(entry["envs"].get("NEURON_MODELS", "resnet50=").split(",")))
+    model = model.split("=", 1)[0]
+    base = f"http://{entry['podIP']}:8000/v2/models/{model}"
+    with urllib.request.urlopen(base, timeout=10) as resp:
+        meta = json.loads(resp.read())
+    tensor = meta["inputs"][0]
+    shape = [1 if d < 0 else d for d in tensor["shape"]]
+    count = 1
+    for dim in shape:
+        count *= dim
+    request = {
+        "inputs": [
+            {
+                "name": tensor["name"],
+                "shape": shape,
+                "datatype": tensor["datatype"],
+                "data": [0.5] * count,
+            }
+        ]
+    }
+    req = urllib.request.Request(
+        f"{base}/infer",
+        data=json.dumps(request).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    started = time.monotonic()
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        answer = json.loads(resp.read())
+    took = (time.monotonic() - started) * 1000
+    out = answer["outputs"][0]
+    data = out["data"]
+    best = max(range(len(data)), key=lambda i: data[i])
+    say(
+        f"inference: pod {entry['name']} ({entry['podIP']}, cores "
+        f"{entry['envs'].get('NEURON_RT_VISIBLE_CORES')}) model {model}: output {out['name']} "
+        f"shape {out['shape']}, argmax {best} ({data[best]:.4f}), {took:.0f} ms"
+    )
+
+
+def run(state_dir: Path, *, kwok_nodes: str, emulated_nodes: str) -> int:
+    from neuron_localcluster.cli import ensure_up, usage_lines
+
+    started = time.monotonic()
+    cluster = ensure_up(state_dir, kwok_nodes, emulated_nodes)
+    models_dir = cluster.state_dir / "models"
+    compile_models(models_dir)
+    install_chart(cluster)
+    start_operator(cluster)
+    names = apply_scenarios(cluster, models_dir)
+    say("waiting for the NeuronWorkloads to be Ready")
+    wait_ready(cluster, names, lambda line: print(f"    {line}", flush=True))
+    say(f"all scenarios Ready after {time.monotonic() - started:.0f}s; cores per node:")
+    print_core_maps(cluster)
+    one_inference(cluster)
+    for line in usage_lines(cluster):
+        print(line)
+    return 0
