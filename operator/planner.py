@@ -15,11 +15,13 @@ the arithmetic can be tested exhaustively.  Three decisions, in order:
 3. Pods.  ``Process``: one pod per group.  ``Shared``: groups are packed into pods no larger
    than a node, best-fit decreasing, which keeps the pod count low (no two pods could be merged:
    any-fit packing guarantees it) and usually at the lower bound ceil(cores / node cores).
-   Groups keep their plan order inside each pod.
+   Groups keep their plan order inside each pod, except that groups holding more models come
+   first (see ``runtime_order``).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,13 +134,19 @@ def plan_groups(copies: Sequence[ModelCopy], budget: int | None) -> list[Group]:
             left -= copy.cores
         else:
             extras.append(copy)
-    cursor = 0
+    # Groups are in non-increasing size order, so the groups a copy fits are a prefix, and it
+    # only grows (copies come largest first).  Each copy joins the least-loaded group it fits
+    # (earliest on ties), which keeps the counts even: the runtime places the k-th model loaded
+    # into group k mod n, so a process's groups must differ by at most one model.
+    heap: list[tuple[int, int]] = []
+    opened = 0
     for copy in extras:
-        # Groups are in non-increasing size order and group 0 fits every copy, so this ends.
-        while sizes[cursor] < copy.cores:
-            cursor = (cursor + 1) % len(sizes)
-        members[cursor].append(copy)
-        cursor = (cursor + 1) % len(sizes)
+        while opened < len(sizes) and sizes[opened] >= copy.cores:
+            heapq.heappush(heap, (len(members[opened]), opened))
+            opened += 1
+        _, index = heapq.heappop(heap)
+        members[index].append(copy)
+        heapq.heappush(heap, (len(members[index]), index))
     return [Group(size, tuple(ms)) for size, ms in zip(sizes, members, strict=True)]
 
 
@@ -179,6 +187,24 @@ def pack_groups(sizes: Sequence[int], node_cores: int) -> list[list[int]]:
     return packed
 
 
+def runtime_order(groups: Sequence[Group]) -> list[list[Group]]:
+    """Order one process's groups for the runtime's rule, splitting it when no order works.
+
+    The runtime puts the k-th model loaded into group k mod n, so the groups with one model more
+    than the others must come first, and no group may hold two more than another.  Groups are
+    sorted by model count (stable); a process whose counts differ by more than one is split into
+    processes of equal counts, each still within the node's cores.
+    """
+    ordered = sorted(groups, key=lambda g: -len(g.models))
+    counts = [len(g.models) for g in ordered]
+    if not ordered or counts[0] - counts[-1] <= 1:
+        return [ordered]
+    parts: dict[int, list[Group]] = {}
+    for group in ordered:
+        parts.setdefault(len(group.models), []).append(group)
+    return list(parts.values())
+
+
 def plan_layout(spec: WorkloadSpec) -> tuple[PodPlan, ...]:
     """The pods of one replica."""
     groups = plan_groups(expand_copies(spec), spec.cores)
@@ -186,8 +212,9 @@ def plan_layout(spec: WorkloadSpec) -> tuple[PodPlan, ...]:
         bins = [[i] for i in range(len(groups))]
     else:
         bins = pack_groups([g.size for g in groups], spec.node_cores)
+    processes = [part for b in bins for part in runtime_order([groups[i] for i in b])]
     return tuple(
-        PodPlan(replica=0, index=n, groups=tuple(groups[i] for i in b)) for n, b in enumerate(bins)
+        PodPlan(replica=0, index=n, groups=tuple(part)) for n, part in enumerate(processes)
     )
 
 

@@ -99,6 +99,16 @@ TABLE: list[tuple[str, WorkloadSpec, list[tuple[str, list[str], int]]]] = [
         [("4", ["big", "small"], 4)],
     ),
     (
+        "extras-go-to-the-least-loaded-group-that-fits",
+        spec_of(("big", 4, 2), ("small", 1, 4), cores=8),
+        [("4,4", ["big", "big", "small", "small", "small", "small"], 8)],
+    ),
+    (
+        "uneven-counts-split-into-processes-the-runtime-can-load",
+        spec_of(("a", 4, 3), ("b", 1, 1), cores=5),
+        [("4", ["a", "a", "a"], 4), ("1", ["b"], 1)],
+    ),
+    (
         "best-fit-decreasing-fills-nodes",
         spec_of(("a", 3, 4), ("b", 1, 4), nodeCores=4),
         [("3,1", ["a", "b"], 4)] * 4,
@@ -222,8 +232,17 @@ def test_properties_of_every_plan(spec: WorkloadSpec) -> None:
         sorted(m.name for m in p.load_order) == sorted(m.name for g in p.groups for m in g.models)
         for p in layout
     )
-    # Shared: no two pods could be merged into one (any-fit packing), so at most twice the bound.
-    if spec.isolation == "Shared":
+    # The runtime loads the k-th model of NEURON_MODELS into group k mod n: that must rebuild
+    # exactly the planned groups.
+    for pod in layout:
+        rebuilt: list[list[str]] = [[] for _ in pod.groups]
+        for k, model in enumerate(pod.load_order):
+            rebuilt[k % len(pod.groups)].append(model.name)
+        assert rebuilt == [[m.name for m in g.models] for g in pod.groups]
+    # Shared, one model per group: no two pods could be merged (any-fit packing), so the pod
+    # count is at most twice the lower bound.
+    one_each = all(len(g.models) == 1 for p in layout for g in p.groups)
+    if spec.isolation == "Shared" and one_each:
         cores = [p.cores for p in layout]
         assert all(
             cores[i] + cores[j] > spec.node_cores
@@ -231,7 +250,7 @@ def test_properties_of_every_plan(spec: WorkloadSpec) -> None:
             for j in range(i + 1, len(cores))
         )
         assert len(layout) <= max(1, 2 * result.lower_bound)
-    else:
+    elif spec.isolation == "Process":
         assert all(len(p.groups) == 1 for p in layout)
     assert len(result.pods) == len(layout) * spec.replicas
 
