@@ -46,5 +46,14 @@ bench: setup ## every benchmark under bench/, each printing ratios against a pee
 deploy-render: setup ## render deploy/*.yaml from charts/neuron-groups (tests check they are current)
 	$(PY) deploy/render.py
 
+cluster-up: setup ## start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok, emulated node); kubeconfig in .cluster/kubeconfig
+	$(VENV)/bin/neuron-localcluster up
+
+cluster-down: ## stop every process of the local control plane
+	@if [ -x $(VENV)/bin/neuron-localcluster ]; then $(VENV)/bin/neuron-localcluster down; fi
+
+demo: setup ## build/reuse the control plane, install the chart, run the seed's scenarios, print cores and an inference
+	$(VENV)/bin/neuron-localcluster demo
+
 clean:
 	rm -rf .typecheck .mypy_cache .ruff_cache .pytest_cache build
