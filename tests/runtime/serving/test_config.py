@@ -103,3 +103,12 @@ def test_help_documents_every_flag_and_its_env_var(capsys: pytest.CaptureFixture
     ]:
         assert flag in text
         assert env in text
+
+
+def test_neuron_runtime_command_has_serve() -> None:
+    from neuron_runtime.cli import build_parser as runtime_parser
+    from neuron_runtime.serving.cli import run_serve
+
+    args = runtime_parser().parse_args(["serve", "--model", "a=/m/a", "--grpc-port", "0"])
+    assert args.func is run_serve
+    assert config_from_args(args, {}).grpc_port is None

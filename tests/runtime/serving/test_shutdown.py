@@ -27,6 +27,18 @@ from neuron_runtime import compile_model
 
 pytestmark = pytest.mark.slow
 
+GRPC_CLIENT = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+client = grpcclient.InferenceServerClient(sys.argv[1])
+tensor = grpcclient.InferInput("input", [3, 64], "FP32")
+tensor.set_data_from_numpy(np.ones((3, 64), np.float32))
+result = client.infer("mlp", [tensor])
+json.dump({"ready": client.is_server_ready(), "shape": list(result.as_numpy("output").shape)},
+          sys.stdout)
+client.close()
+"""
 WIDTH = 384
 INPUT_DIM = 64
 
@@ -84,7 +96,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
     model = compile_model(
         "mlp", 1, tmp_path / "mlp", input_dim=INPUT_DIM, width=WIDTH, depth=4, classes=10
     )
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     env = dict(
         os.environ,
         PYTHONSAFEPATH="1",
@@ -95,18 +107,28 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
         NEURON_SIM_STATE_DIR=str(tmp_path / "state"),
         NEURON_SERVE_HOST="127.0.0.1",
         NEURON_HTTP_PORT=str(port),
-        NEURON_GRPC_PORT="0",
+        NEURON_GRPC_PORT=str(grpc_port),
         NEURON_SERVE_DRAIN_DELAY="1",
         NEURON_SERVE_THREADS_PER_GROUP="2",
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "neuron_runtime.serving", "--log-format", "json"],
+        [sys.executable, "-m", "neuron_runtime.cli", "serve", "--log-format", "json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
         _wait(lambda: _get(port, "/v2/health/ready")[0] == 200, "readiness")
+        # The production event loop (uvloop) serves gRPC too: one tritonclient round trip.
+        client = subprocess.run(
+            [sys.executable, "-c", GRPC_CLIENT, f"127.0.0.1:{grpc_port}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert client.returncode == 0, client.stderr
+        assert json.loads(client.stdout) == {"ready": True, "shape": [3, 10]}
         batch = np.random.default_rng(0).standard_normal((2048, INPUT_DIM)).astype(np.float32)
         body = json.dumps(
             {"inputs": [{"name": "input", "shape": list(batch.shape), "datatype": "FP32",
