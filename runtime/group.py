@@ -269,37 +269,48 @@ class Group:
         return msg
 
     def _fill(self) -> None:
+        """Dispatch while the policy has work and slots are free; swaps happen off the lock."""
         while True:
             with self._lock:
-                if self._controls:
-                    if self._inflight:
-                        return
-                    control = self._controls.popleft()
-                    self._load_control(control)
-                    continue
-                if not self._free_slots:
-                    return
-                waiting = [Waiting(k, q[0].rid, len(q)) for k, q in self._queues.items() if q]
-                choice = self.policy.choose(waiting, self.active, self.resident.keys())
-                if choice is None:
-                    return
-                if choice not in self.resident:
-                    if self._inflight:
-                        return  # drain before swapping weights: the pipeline must be empty
-                    try:
-                        self._switch_to(choice)
-                    except ModelLoadError:
-                        continue  # its requests got the error; serve the others
-                self.active = choice
-                request = self._queues[choice][0]
-                need = self._request_bytes(self.models[choice], request.batch.shape[0])
-                if need > self._slot_bytes:
-                    if self._inflight:
-                        return
-                    self._grow_arena(need)
-                self._queues[choice].popleft()
-                self.policy.dispatched(choice)
-                self._dispatch(request)
+                action = self._next_action()
+            if action is None:
+                return
+            kind, item = action
+            if kind == "control":
+                self._load_control(item)
+            elif kind == "switch":
+                self._switch_to(item)
+            elif kind == "grow":
+                self._grow_arena(item)
+            else:
+                self._dispatch(*item)
+
+    def _next_action(self) -> tuple[str, Any] | None:
+        """The dispatcher's next step, decided under the lock (no I/O here)."""
+        if self._controls:
+            return None if self._inflight else ("control", self._controls.popleft())
+        if not self._free_slots:
+            return None
+        waiting = [Waiting(k, q[0].rid, len(q)) for k, q in self._queues.items() if q]
+        choice = self.policy.choose(waiting, self.active, self.resident.keys())
+        if choice is None:
+            return None
+        if choice not in self.resident:
+            # Swapping weights needs an empty pipeline: wait for the in-flight requests.
+            return None if self._inflight else ("switch", choice)
+        self.active = choice
+        artifact = self.models[choice]
+        request = self._queues[choice][0]
+        need = self._request_bytes(artifact, request.batch.shape[0])
+        if need > self._slot_bytes:
+            return None if self._inflight else ("grow", need)
+        self._queues[choice].popleft()
+        self.policy.dispatched(choice)
+        slot = self._free_slots.pop()
+        boundaries = self._boundaries(artifact, slot, request.batch.shape[0])
+        out_offset, out_shape = boundaries[-1]
+        self._inflight[request.rid] = _InFlight(request, slot, out_offset, out_shape)
+        return "dispatch", (request, boundaries)
 
     def _load_control(self, control: _Control) -> None:
         try:
@@ -308,8 +319,9 @@ class Group:
             control.future.set_exception(RuntimeClosedError(str(exc)))
             raise
         except ModelLoadError as exc:
-            self.models.pop(control.model, None)
-            self._queues.pop(control.model, None)
+            with self._lock:
+                self.models.pop(control.model, None)
+                self._queues.pop(control.model, None)
             control.future.set_exception(exc)
             return
         self.counters.loads += 1
@@ -322,10 +334,13 @@ class Group:
         try:
             self._make_resident(model)
         except ModelLoadError as exc:
-            for request in self._queues.pop(model, deque()):
+            # Fail what is queued for this model; later requests will try the swap again.
+            with self._lock:
+                failed = list(self._queues[model])
+                self._queues[model].clear()
+            for request in failed:
                 request.future.set_exception(exc)
-            self.models.pop(model, None)
-            raise
+            return
         self.counters.switches += 1
         self.counters.switch_seconds += time.perf_counter() - started
         log.debug("group %s switched to %s", self.index, model)
@@ -370,23 +385,23 @@ class Group:
         assert self._arena is not None
         return np.frombuffer(self._arena, np.float32, int(np.prod(shape)), offset).reshape(shape)
 
-    def _dispatch(self, request: _Request) -> None:
-        artifact = self.models[request.model]
-        slot = self._free_slots.pop()
+    def _boundaries(
+        self, artifact: Artifact, slot: int, batch: int
+    ) -> list[tuple[int, tuple[int, ...]]]:
+        """(offset, shape) of the input, every stage boundary and the output, in one slot."""
         offset = slot * self._slot_bytes
         boundaries = []
         for b in range(artifact.cores + 1):
-            shape = (request.batch.shape[0], *artifact.boundary_shape(b))
+            shape = (batch, *artifact.boundary_shape(b))
             boundaries.append((offset, shape))
             offset += _round_up(4 * int(np.prod(shape)))
+        return boundaries
+
+    def _dispatch(self, request: _Request, boundaries: list[tuple[int, tuple[int, ...]]]) -> None:
         np.copyto(self._view(*boundaries[0]), request.batch)
-        out_offset, out_shape = boundaries[-1]
-        self._inflight[request.rid] = _InFlight(request, slot, out_offset, out_shape)
-        self._send(
-            self._workers[0],
-            (proto.RUN, request.rid, request.model, 0, artifact.cores - 1, self._arena_size,
-             boundaries, [])
-        )  # fmt: skip
+        last = len(boundaries) - 2
+        message = (proto.RUN, request.rid, request.model, 0, last, self._arena_size, boundaries, [])
+        self._send(self._workers[0], message)
 
     def _on_message(self, msg: tuple[Any, ...]) -> None:
         tag = msg[0]

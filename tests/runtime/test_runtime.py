@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from neuron_runtime import (
     InvalidInputError,
     ModelDoesNotFitError,
+    ModelLoadError,
     NeuronRuntime,
     RuntimeClosedError,
 )
@@ -149,6 +151,22 @@ def test_models_sharing_a_group_context_switch(
     assert group.resident_model == "a"
     np.testing.assert_array_equal(out_a, again)
     assert not np.array_equal(out_a, out_b)  # different seeds, different weights
+
+
+def test_a_failed_swap_fails_that_models_requests_only(
+    runtime_factory: Factory, model_dir: ModelDir, tmp_path: Path
+) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="1", NEURON_SIM_CORE_MEMORY_MB="0")
+    doomed = tmp_path / "doomed"
+    shutil.copytree(model_dir("mlp", 1), doomed)
+    good = runtime.load_model(model_dir("mlp", 1))
+    bad = runtime.load_model(doomed)  # verified now, swapped in on its first request
+    (doomed / "weights.bin").unlink()
+    x = np.ones((1, 16), np.float32)
+    for _ in range(2):  # the second call tries the swap again and fails the same way
+        with pytest.raises(ModelLoadError, match=r"weights\.bin"):
+            bad({"input": x})
+        assert good({"input": x})["output"].shape == (1, 5)
 
 
 def test_models_that_fit_in_core_memory_do_not_switch(
