@@ -302,6 +302,12 @@ def test_install_helm_test_and_scale_subresource(
     local_cluster.kubectl("scale", "-n", WORKLOAD_NS, "nwl/scale-me", "--replicas=1")
     local_cluster.wait_for(lambda: _pod_count(local_cluster) == 1, 90, "1 pod after scale-down")
 
+    # it did all that with exactly the chart's RBAC, and was never refused anything
+    log = Path(installed["log"]).read_text()
+    assert "created pods" in log
+    assert "Forbidden" not in log
+    assert "forbidden" not in log
+
 
 def test_examples_pass_server_side_dry_run(local_cluster: LocalCluster) -> None:
     _apply_crds(local_cluster)
