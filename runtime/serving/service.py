@@ -148,6 +148,10 @@ class InferenceService:
     def model(self, name: str, version: str | None = None) -> ServedModel:
         served = self._models.get(name)
         if served is None:
+            if name in self.expected_names and self.load_error is not None:
+                raise InferenceError(
+                    ErrorKind.UNAVAILABLE, f"loading the models failed: {self.load_error}"
+                )
             if name in self.expected_names:
                 raise InferenceError(
                     ErrorKind.UNAVAILABLE, f"model '{name}' is still loading; retry shortly"

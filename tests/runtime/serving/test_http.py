@@ -252,6 +252,19 @@ def test_readiness_waits_for_every_model(start_server: Any, make_runtime: Any) -
     assert request(port, "GET", "/v2/models/b/ready")[0] == 200
 
 
+def test_a_failed_load_is_reported(start_server: Any, make_runtime: Any) -> None:
+    runtime = make_runtime(fail_load="b")
+    server = start_server(runtime, models=[("a", "/a"), ("b", "/m/b")], wait_loaded=False)
+    with pytest.raises(ValueError, match="cannot load /m/b"):
+        server.call(server.server.wait_loaded())
+    port = server.server.http_port
+    assert request(port, "GET", "/v2/health/live")[0] == 400
+    assert request(port, "GET", "/v2/health/ready")[0] == 400
+    status, _, body = request(port, "POST", "/v2/models/a/infer", infer_body())
+    assert status == 503
+    assert "loading the models failed: ValueError: cannot load /m/b" in json.loads(body)["error"]
+
+
 def test_copies_spread_over_their_groups(start_server: Any, make_runtime: Any) -> None:
     gate = threading.Event()
     runtime = make_runtime(group_count=2, gate=gate)
