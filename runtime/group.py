@@ -400,7 +400,17 @@ class Group:
     def _dispatch(self, request: _Request, boundaries: list[tuple[int, tuple[int, ...]]]) -> None:
         np.copyto(self._view(*boundaries[0]), request.batch)
         last = len(boundaries) - 2
-        message = (proto.RUN, request.rid, request.model, 0, last, self._arena_size, boundaries, [])
+        timings: list[tuple[int, float]] = []
+        message = (
+            proto.RUN,
+            request.rid,
+            request.model,
+            0,
+            last,
+            self._arena_size,
+            boundaries,
+            timings,
+        )
         self._send(self._workers[0], message)
 
     def _on_message(self, msg: tuple[Any, ...]) -> None:
