@@ -174,14 +174,19 @@ class NodeAgent:
         self.stopping.set()
         for pod in list(self.running.values()):
             self._stop_pod(pod)
-        if self.plugin is not None and self.plugin.poll() is None:
-            self.plugin.terminate()
+        # Close the kubelet side first: the plugin's ListAndWatch streams end, so it exits at once.
+        self.emulator.stop()
+        if self.plugin is not None:
+            if self.plugin.poll() is None:
+                self.plugin.terminate()
             try:
                 self.plugin.wait(10)
             except subprocess.TimeoutExpired:
+                log.warning(
+                    "device plugin (pid %s) ignored SIGTERM for 10s; killing it", self.plugin.pid
+                )
                 self.plugin.kill()
                 self.plugin.wait()
-        self.emulator.stop()
         self.net.teardown()
         shutil.rmtree(self.plugin_dir, ignore_errors=True)
         log.info("node agent for %s stopped", self.spec.name)
@@ -483,7 +488,11 @@ class NodeAgent:
                 )
             rc.started_at = pods.now_rfc3339()
             log.info(
-                "started %s for %s/%s (pid %s)", rc.argv[0], pod.namespace, pod.name, rc.process.pid
+                "started %s for %s/%s (pid %s)",
+                " ".join(rc.argv),
+                pod.namespace,
+                pod.name,
+                rc.process.pid,
             )
         if rc.process is not None and now >= rc.next_probe:
             rc.next_probe = now + rc.check.period_s
