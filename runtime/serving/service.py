@@ -118,7 +118,7 @@ class InferenceService:
                 predictor.group,
                 time.monotonic() - started,
             )
-        models = {name: ServedModel(name, group, self.load) for name, group in copies.items()}
+        models = {name: ServedModel(name, found, self.load) for name, found in copies.items()}
         for model in models.values():
             for index in model.groups:
                 if index not in self._executors:
