@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from neuron_localcluster import binaries, layout
+from neuron_localcluster import binaries, layout, podnet
 from neuron_localcluster.cluster import (
     DEFAULT_EMULATED_NODES,
     DEFAULT_KWOK_NODES,
@@ -42,9 +42,25 @@ def usage_lines(cluster: LocalCluster) -> list[str]:
     ]
 
 
+ENV_HELP = f"""environment variables:
+  {layout.STATE_ENV:<30} state folder (same as --state-dir)
+  {KWOK_NODES_ENV:<30} kwok nodes (same as --kwok-nodes)
+  {EMULATED_NODES_ENV:<30} emulated nodes (same as --emulated-nodes)
+  {LOG_LEVEL_ENV:<30} logging level (same as --log-level)
+  {binaries.ASSETS_ENV:<30} folder of prebuilt binaries to use instead of building them
+  {binaries.CACHE_ENV:<30} cache root; binaries go to <it>/neuron-groups/bin/<name>-<version>/
+  {binaries.GO_ENV:<30} the go binary to build with (default: go on PATH)
+  {binaries.MODULE_ENV:<30} folder of the Go module (default: <repo>/hack/cluster)
+  {podnet.MODE_ENV:<30} auto|netns|loopback: how emulated pods get addresses
+  NEURON_GROUPS_DEMO_TIMEOUT     seconds `demo` waits for the workloads to be Ready (900)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuron-localcluster",
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "A real local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,"
             " kube-scheduler built from Go modules in hack/cluster), kwok-simulated Neuron nodes"

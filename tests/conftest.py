@@ -25,12 +25,15 @@ from pathlib import Path
 
 import pytest
 
-from neuron_localcluster import LocalCluster, ensure_binaries
+from neuron_localcluster import BinaryError, LocalCluster, ensure_binaries
 from neuron_localcluster.cluster import ClusterError
 
 REUSE_ENV = "NEURON_GROUPS_TEST_CLUSTER_DIR"
 TEST_KWOK_NODES = "2xinf1.6xlarge"
 TEST_EMULATED_NODES = "inf1.6xlarge"
+
+
+_BUILD_ERROR: list[str] = []
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -39,7 +42,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line("local cluster: building or reusing control-plane binaries")
-        ensure_binaries()
+        try:
+            ensure_binaries()
+        except BinaryError as exc:
+            # Only the cluster tests fail on this (through the fixture), with the reason.
+            _BUILD_ERROR.append(str(exc))
+            return
         if reporter is not None:
             took = time.monotonic() - started
             reporter.write_line(f"local cluster: binaries ready in {took:.0f}s")
@@ -61,14 +69,14 @@ def local_cluster() -> Iterator[LocalCluster]:
     """A running local cluster: ``.kubeconfig``, ``.server``, ``.kubectl(...)``, ``.api_client()``,
     ``.impersonating_kubeconfig(ns, sa)``, ``.emulated_node``, ``.kwok_nodes``, ``.wait_for(...)``.
     """
+    if _BUILD_ERROR:
+        pytest.fail(f"control-plane binaries could not be built: {_BUILD_ERROR[0]}")
     reused = _reusable()
     if reused is not None:
         yield reused
         return
     state = Path(tempfile.mkdtemp(prefix="ngc-"))
-    cluster = LocalCluster.up(
-        state, kwok_nodes=TEST_KWOK_NODES, emulated_nodes=TEST_EMULATED_NODES
-    )
+    cluster = LocalCluster.up(state, kwok_nodes=TEST_KWOK_NODES, emulated_nodes=TEST_EMULATED_NODES)
     try:
         yield cluster
     finally:

@@ -1,0 +1,82 @@
+"""The neuron-localcluster command: help, bad input, and commands that need no cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from neuron_localcluster import cli
+from neuron_localcluster.cluster import ClusterError, LocalCluster
+
+
+@pytest.mark.parametrize(
+    "needle",
+    [
+        "NEURON_GROUPS_CLUSTER_DIR",
+        "NEURON_GROUPS_KWOK_NODES",
+        "NEURON_GROUPS_EMULATED_NODES",
+        "KUBEBUILDER_ASSETS",
+        "XDG_CACHE_HOME",
+        "NEURON_GROUPS_POD_NETWORK",
+        "--state-dir",
+    ],
+)
+def test_help_documents_flags_and_env(capsys: pytest.CaptureFixture[str], needle: str) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--help"])
+    assert done.value.code == 0
+    assert needle in capsys.readouterr().out
+
+
+def test_up_help_documents_node_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["up", "--help"])
+    out = capsys.readouterr().out
+    assert "--kwok-nodes" in out and "--emulated-nodes" in out and "--recreate" in out
+
+
+def test_down_without_a_cluster_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--state-dir", str(tmp_path), "down"]) == 0
+    assert "nothing" in capsys.readouterr().out
+
+
+def test_status_without_a_cluster_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--state-dir", str(tmp_path), "status"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["running"] is False
+    assert "cluster-up" in report["reason"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--kwok-nodes", "0xinf1.6xlarge", "COUNTxINSTANCE_TYPE"),
+        ("--emulated-nodes", "m5.large", "not a known Neuron instance type"),
+    ],
+    ids=["bad-count", "unknown-type"],
+)
+def test_bad_node_list_fails_before_starting_anything(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, flag: str, value: str, message: str
+) -> None:
+    assert cli.main(["--state-dir", str(tmp_path / "s"), "up", flag, value]) == 1
+    assert message in caplog.text
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_folder_that_is_not_a_cluster_is_never_wiped(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    from neuron_localcluster.cluster import _wipe
+
+    with pytest.raises(ClusterError, match="refusing to wipe"):
+        _wipe(tmp_path)
+    assert precious.read_text() == "keep me"
+
+
+def test_attach_names_the_missing_state(tmp_path: Path) -> None:
+    with pytest.raises(ClusterError, match="make cluster-up"):
+        LocalCluster.attach(tmp_path)
