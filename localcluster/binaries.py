@@ -143,6 +143,10 @@ def build_env(env: Mapping[str, str]) -> dict[str, str]:
     flags = out.get("GOFLAGS", "").split()
     if not any(flag.startswith("-mod=") for flag in flags):
         flags.append("-mod=mod")
+    # The module sits inside the project's git checkout; stamping VCS data would make the build
+    # depend on git working there (ownership checks in CI clones), for nothing we use.
+    if not any(flag.startswith("-buildvcs") for flag in flags):
+        flags.append("-buildvcs=false")
     out["GOFLAGS"] = " ".join(flags)
     return out
 

@@ -81,9 +81,9 @@ def test_build_command_is_one_invocation_for_all_components(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("env", "goflags"),
     [
-        ({}, "-mod=mod"),
-        ({"GOFLAGS": "-v"}, "-v -mod=mod"),
-        ({"GOFLAGS": "-mod=vendor"}, "-mod=vendor"),
+        ({}, "-mod=mod -buildvcs=false"),
+        ({"GOFLAGS": "-v"}, "-v -mod=mod -buildvcs=false"),
+        ({"GOFLAGS": "-mod=vendor -buildvcs=true"}, "-mod=vendor -buildvcs=true"),
     ],
     ids=["empty", "keeps-other-flags", "respects-explicit-mod"],
 )
