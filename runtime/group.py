@@ -198,7 +198,14 @@ class Group:
                     "--position", str(position), "--ctrl", str(child_sock.fileno()),
                     "--prev", str(prev), "--next", str(nxt), "--arena", str(self._arena_fd),
                 ]  # fmt: skip
-                process = subprocess.Popen(command, pass_fds=fds, env=env)
+                # stdout and stdin are the user's, not the workers'; stderr carries their logs.
+                process = subprocess.Popen(
+                    command,
+                    pass_fds=fds,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                )
                 child_sock.close()
                 ctrl = Connection(parent_sock.detach())
                 self._workers.append(_Worker(position, core, process, ctrl))

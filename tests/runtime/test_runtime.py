@@ -205,6 +205,20 @@ def test_switch_aware_scheduler_switches_less_than_fifo(
     assert aware_switches < fifo_switches
 
 
+def test_each_core_is_its_own_single_threaded_worker_process(
+    runtime_factory: Factory, model_dir: ModelDir
+) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="2,1")
+    runtime.load_model(model_dir("mlp", 2))
+    runtime.load_model(model_dir("mlp", 1))
+    pids = runtime.worker_pids()
+    assert len(set(pids)) == 3 and os.getpid() not in pids
+    for pid in pids:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"OPENBLAS_NUM_THREADS=1" in environ
+        assert b"OMP_NUM_THREADS=1" in environ
+
+
 def test_close_stops_workers_and_releases_cores(
     runtime_factory: Factory, model_dir: ModelDir, node_env: dict[str, str]
 ) -> None:
