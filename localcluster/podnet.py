@@ -16,12 +16,14 @@ endpoints (a warning says so).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import ipaddress
 import logging
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +35,7 @@ MODE_ENV = "NEURON_GROUPS_POD_NETWORK"
 MODES = ("auto", "netns", "loopback")
 POD_RANGE = ipaddress.ip_network("198.18.0.0/16")
 FIRST_HOST, LAST_HOST = 10, 250
+LOCK_FILE = Path(tempfile.gettempdir()) / "neuron-groups-podnet.lock"
 
 
 class PodNetworkError(RuntimeError):
@@ -111,18 +114,21 @@ class PodNetwork:
             self._fallback("not root or no `ip` command")
             return
         self.teardown()  # a namespace left by a killed agent with the same workdir
-        free = [k for k in range(1, 255) if k not in used_subnets()]
-        if not free:
-            self._fallback("no free 198.18.K.0/24 subnet")
-            return
-        subnet = subnet_of(free[0])
-        try:
-            for cmd in setup_commands(self.netns, self.veth, subnet):
-                _ip(cmd)
-        except PodNetworkError as exc:
-            self.teardown()
-            self._fallback(str(exc))
-            return
+        # Agents of clusters starting side by side must not pick the same subnet.
+        with LOCK_FILE.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            free = [k for k in range(1, 255) if k not in used_subnets()]
+            if not free:
+                self._fallback("no free 198.18.K.0/24 subnet")
+                return
+            subnet = subnet_of(free[0])
+            try:
+                for cmd in setup_commands(self.netns, self.veth, subnet):
+                    _ip(cmd)
+            except PodNetworkError as exc:
+                self.teardown()
+                self._fallback(str(exc))
+                return
         self.subnet = subnet
         prefix = f"198.18.{int(subnet.network_address.packed[2])}."
         self.pool = LoopbackPool(FIRST_HOST, LAST_HOST, prefix=prefix)
