@@ -130,7 +130,7 @@ class Group:
                 self._controls.append(_Control(key, future))
             else:
                 future.set_result(None)
-        self._wake()
+            self._wake_locked()
         return future
 
     def submit(self, key: str, batch: np.ndarray[Any, Any]) -> Future[dict[str, Any]]:
@@ -139,7 +139,7 @@ class Group:
         with self._lock:
             self._check_open()
             self._queues[key].append(request)
-        self._wake()
+            self._wake_locked()
         return future
 
     def queue_depth(self) -> int:
@@ -150,12 +150,14 @@ class Group:
         with self._lock:
             self._closing = True
             thread = self._thread
-        self._wake()
+            self._wake_locked()
         if thread is not None:
             thread.join()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._lock:  # writers wake under the lock, so no write can hit a reused fd
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._workers]
@@ -166,9 +168,10 @@ class Group:
         if self._closing:
             raise RuntimeClosedError(f"NeuronCore Group {self.index} is closed")
 
-    def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"!")
+    def _wake_locked(self) -> None:
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError):  # full: the dispatcher is awake anyway
+                os.write(self._wake_w, b"!")
 
     def _fits_without_eviction(self, artifact: Artifact) -> bool:
         used = sum(self.resident.values()) + sum(
