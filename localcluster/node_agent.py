@@ -68,6 +68,7 @@ class RunningContainer:
     last_exit: int | None = None
     next_start: float = 0.0
     next_probe: float = 0.0
+    restart_pending: bool = False
 
 
 @dataclass
@@ -78,7 +79,7 @@ class RunningPod:
     name: str
     pod_ip: str
     started_at: str
-    restart_always: bool
+    restart_policy: str
     containers: list[RunningContainer] = field(default_factory=list)
     devices: dict[str, list[str]] = field(default_factory=dict)
     last_status: dict[str, Any] | None = None
@@ -340,7 +341,7 @@ class NodeAgent:
             name=meta["name"],
             pod_ip=ip,
             started_at=pods.now_rfc3339(),
-            restart_always=spec.get("restartPolicy", "Always") == "Always",
+            restart_policy=str(spec.get("restartPolicy") or "Always"),
         )
         self.running[running.uid] = running
         try:
@@ -469,14 +470,16 @@ class NodeAgent:
             rc.process = None
             rc.started_at = None
             rc.ready = False
-            if pod.restart_always or rc.last_exit != 0:
+            rc.restart_pending = pods.should_restart(pod.restart_policy, rc.last_exit)
+            if rc.restart_pending:
                 rc.restarts += 1
                 rc.next_start = now + min(MAX_BACKOFF_S, 2.0**rc.restarts)
         if (
             rc.process is None
             and now >= rc.next_start
-            and (rc.last_exit is None or pod.restart_always)
+            and (rc.last_exit is None or rc.restart_pending)
         ):
+            rc.restart_pending = False
             with rc.log_path.open("ab") as out:
                 rc.process = subprocess.Popen(
                     rc.argv,
@@ -530,13 +533,13 @@ class NodeAgent:
                     pid=rc.process.pid if rc.process else None,
                     exit_code=rc.last_exit,
                     waiting_reason="CrashLoopBackOff"
-                    if rc.process is None and rc.restarts
+                    if rc.process is None and rc.restart_pending
                     else None,
                 )
                 for rc in pod.containers
             ]
             all_ready = all(rc.ready for rc in pod.containers) and bool(pod.containers)
-            done = all(rc.process is None and not pod.restart_always for rc in pod.containers)
+            done = all(rc.process is None and not rc.restart_pending for rc in pod.containers)
             exits = [rc.last_exit for rc in pod.containers]
             phase = "Running"
             if done and all(code is not None for code in exits):

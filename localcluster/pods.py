@@ -190,6 +190,15 @@ def readiness_check(container: Mapping[str, Any]) -> ReadinessCheck:
     )
 
 
+def should_restart(policy: str, exit_code: int) -> bool:
+    """Whether a container that exited is started again, by the pod's ``restartPolicy``."""
+    if policy == "Always":
+        return True
+    if policy == "OnFailure":
+        return exit_code != 0
+    return False
+
+
 def container_status(
     container: Mapping[str, Any],
     *,

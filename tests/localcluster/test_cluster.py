@@ -305,3 +305,38 @@ def test_emulated_node_serves_inference_behind_its_service(
         return not Path(f"/proc/{pid}").exists()
 
     local_cluster.wait_for(process_gone, 60, "the pod's process to stop after deletion")
+
+
+@pytest.mark.parametrize(
+    ("host_network", "script", "phase"),
+    [
+        (True, "import os; assert os.environ['NEURON_SERVE_HOST'] == '127.0.0.1'", "Succeeded"),
+        (
+            False,
+            "import os; assert os.environ['NEURON_SERVE_HOST'].startswith('198.18.')",
+            "Succeeded",
+        ),
+        (False, "raise SystemExit(3)", "Failed"),
+    ],
+    ids=["host-network-uses-node-address", "pod-network-address", "exit-code-fails-pod"],
+)
+def test_run_to_completion_pods_report_their_outcome(
+    local_cluster: LocalCluster, namespace: str, host_network: bool, script: str, phase: str
+) -> None:
+    pod = _pod(
+        "once",
+        node_kind="emulated",
+        container={"name": "c", "image": "python", "command": ["python", "-c", script]},
+    )
+    pod["spec"]["restartPolicy"] = "Never"
+    pod["spec"]["hostNetwork"] = host_network
+    _core(local_cluster).create_namespaced_pod(namespace, body(pod))
+
+    def finished() -> Any:
+        got = _json(local_cluster, "pod", "once", "-n", namespace)
+        return got if got["status"].get("phase") in ("Succeeded", "Failed") else None
+
+    got = local_cluster.wait_for(finished, 60, "the run-to-completion pod to finish")
+    assert got["status"]["phase"] == phase
+    state = got["status"]["containerStatuses"][0]["state"]
+    assert state["terminated"]["exitCode"] == (0 if phase == "Succeeded" else 3)

@@ -177,3 +177,19 @@ def test_loopback_pool_hands_out_distinct_addresses_and_reuses_last() -> None:
     assert pool.take() == "127.0.0.10"
     with pytest.raises(pods.PodSpecError, match="no loopback address"):
         pool.take()
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "restart"),
+    [
+        ("Always", 0, True),
+        ("Always", 1, True),
+        ("OnFailure", 0, False),
+        ("OnFailure", 2, True),
+        ("Never", 0, False),
+        ("Never", 3, False),
+    ],
+    ids=["always-ok", "always-fail", "onfailure-ok", "onfailure-fail", "never-ok", "never-fail"],
+)
+def test_should_restart(policy: str, code: int, restart: bool) -> None:
+    assert pods.should_restart(policy, code) is restart
