@@ -12,6 +12,7 @@ process can attach to a running cluster or stop it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -289,7 +290,7 @@ class LocalCluster:
                 self._spawn(f"node-agent-{spec.name}", argv, env)
         for spec in specs:
             self.wait_for(
-                lambda name=spec.name: _node_ready(core, name),  # type: ignore[misc]
+                functools.partial(_node_ready, core, spec.name),
                 120,
                 f"node {spec.name} to be Ready (log: {self._node_log(spec)})",
             )
