@@ -149,6 +149,20 @@ def operators(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> I
         cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
 
 
+@pytest.fixture(autouse=True)
+def clean_namespace(operators: Operators) -> Iterator[None]:
+    """Every test starts with no NeuronWorkload left by another, even one that failed."""
+    yield
+    operators.cluster.kubectl("delete", "nwl", "--all", "-n", NS, "--wait=true", check=False)
+    wait_for(
+        operators,
+        lambda: (
+            not kubectl_json(operators.cluster, "get", "pods", "-n", NS, "-l", SELECTOR)["items"]
+        ),
+        "the test's pods to be garbage-collected",
+    )
+
+
 def wait_for(operators: Operators, predicate: Callable[[], Any], what: str) -> Any:
     try:
         return operators.cluster.wait_for(predicate, TIMEOUT, what)
@@ -195,7 +209,10 @@ def delete_and_wait(operators: Operators, name: str) -> None:
 def ready_workload(operators: Operators, name: str, pods: int) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         body = get_nwl(operators.cluster, name)
-        ready = condition_of(body, c.READY).get("status") == c.TRUE
+        current = (body.get("status") or {}).get("observedGeneration") == body["metadata"][
+            "generation"
+        ]
+        ready = current and condition_of(body, c.READY).get("status") == c.TRUE
         current = pods_of(operators.cluster, name)
         return body if ready and len(current) == pods else None
 
