@@ -23,6 +23,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from neuron_operator import metrics
 
@@ -149,6 +150,9 @@ class LeaseElector:
         except ApiException as error:
             # 409: another replica won the compare-and-swap; anything else: try again later.
             log.info("lease %s/%s not taken: %s", self.namespace, self.name, error.reason)
+            held = False
+        except (HTTPError, OSError) as error:
+            log.warning("lease %s/%s unreachable: %s", self.namespace, self.name, error)
             held = False
         if held and not was:
             log.info("became leader (lease %s/%s) as %s", self.namespace, self.name, self.identity)

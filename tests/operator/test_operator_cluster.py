@@ -374,7 +374,7 @@ def test_hand_deleted_pod_comes_back_and_stray_pod_goes(operators: Operators) ->
     ready_workload(operators, "resnet50-shared", 1)
     (pod,) = pods_of(cluster, "resnet50-shared")
     name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
-    cluster.kubectl("delete", "pod", name, "-n", NS, "--wait=true")
+    cluster.kubectl("delete", "pod", name, "-n", NS, "--wait=false")
 
     def recreated() -> bool:
         pods = pods_of(cluster, "resnet50-shared")
@@ -497,7 +497,7 @@ def test_only_the_lease_holder_acts_and_a_standby_takes_over(operators: Operator
     standby = "op-b" if first == "op-a" else "op-a"
     wait_for(operators, lambda: holder() == standby, f"{standby} to take the lease over")
     (pod,) = pods_of(cluster, "ha-check")
-    cluster.kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=true")
+    cluster.kubectl("delete", "pod", pod["metadata"]["name"], "-n", NS, "--wait=false")
 
     def replaced() -> bool:
         pods = pods_of(cluster, "ha-check")
