@@ -43,18 +43,6 @@ MAX_PODS = 2000
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
-# The pod settings users may give; they are passed through to the pods as Kubernetes objects.
-POD_SETTING_FIELDS = (
-    "resources",
-    "env",
-    "volumes",
-    "volumeMounts",
-    "nodeSelector",
-    "tolerations",
-    "serviceAccountName",
-    "imagePullSecrets",
-)
-
 
 class InvalidSpecError(ValueError):
     """A spec the operator cannot plan; ``problems`` lists every problem found, one line each."""

@@ -41,7 +41,6 @@ EVENT_DELETED = "DeletedPods"
 EVENT_SERVICE = "CreatedService"
 EVENT_INVALID = "InvalidSpec"
 EVENT_UNSCHEDULABLE = "Unschedulable"
-EVENT_FAILED = "ReconcileFailed"
 
 
 def condition(
