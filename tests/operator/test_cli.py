@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from neuron_operator.cli import build_parser, main, plan_command
+from neuron_operator.runner import DEFAULTS
 
 SAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "samples"
 
@@ -66,3 +67,45 @@ def test_help_documents_every_flag_and_env(capsys: pytest.CaptureFixture[str]) -
     text = capsys.readouterr().out
     assert "--output" in text
     assert "NEURON_OPERATOR_PLAN_OUTPUT" in text
+
+
+def test_run_help_documents_every_flag_with_its_env(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for env in [
+        *DEFAULTS,
+        "KUBECONFIG",
+        "NEURON_OPERATOR_LEASE_NAMESPACE",
+        "NEURON_OPERATOR_IDENTITY",
+    ]:
+        assert env in text
+    for flag in ("--namespace", "--lease-name", "--metrics-port", "--log-format", "--standalone"):
+        assert flag in text
+
+
+RUN_FLAG_CASES = [
+    (
+        "defaults",
+        [],
+        {"leader_election": True, "lease_name": "neuron-operator", "metrics_port": 8080},
+    ),
+    ("standalone", ["--standalone"], {"leader_election": False}),
+    ("peering-alias", ["--peering", "x"], {"lease_name": "x"}),
+    ("explicit-false", ["--leader-election", "false"], {"leader_election": False}),
+    ("namespaces", ["--namespace", "a", "--namespace", "b"], {"namespaces": ["a", "b"]}),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"), [c[1:] for c in RUN_FLAG_CASES], ids=[c[0] for c in RUN_FLAG_CASES]
+)
+def test_run_flags(argv: list[str], expected: dict[str, object]) -> None:
+    args = build_parser().parse_args(["run", *argv])
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
+def test_run_refuses_a_bad_boolean(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--leader-election", "maybe"])
+    assert "'maybe' is not a boolean" in capsys.readouterr().err
