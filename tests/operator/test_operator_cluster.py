@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -505,3 +507,86 @@ def test_only_the_lease_holder_acts_and_a_standby_takes_over(operators: Operator
 
     wait_for(operators, replaced, "the standby to recreate the pod")
     delete_and_wait(operators, "ha-check")
+
+
+@pytest.fixture(scope="module")
+def mlp_model() -> Iterator[Path]:
+    """A compiled 1-core model outside /tmp: the pods mount an emptyDir on /tmp, and the emulated
+    node honours that mount, so a model under /tmp would be hidden from the runtime."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    (cache / "neuron-groups").mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="operator-test-models-", dir=cache / "neuron-groups"))
+    runtime = Path(sys.executable).parent / "neuron-runtime"
+    try:
+        subprocess.run(
+            [
+                str(runtime),
+                "compile",
+                "--arch",
+                "mlp",
+                "--cores",
+                "1",
+                "--out",
+                str(folder / "mlp"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        yield folder / "mlp"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_workload_on_the_emulated_node_serves_through_its_service(
+    operators: Operators, mlp_model: Path
+) -> None:
+    """End to end: operator -> scheduler -> device plugin -> runtime processes -> Service."""
+    import numpy as np
+    import tritonclient.http as triton_http
+
+    cluster = operators.cluster
+    document = workload(
+        "01-resnet50-shared.yaml",
+        name="mlp-served",
+        models=[{"name": "mlp", "path": str(mlp_model), "cores": 1, "copies": 2}],
+        nodeSelector={"neuron-groups.io/simulation": "emulated"},
+        env=[{"name": "NEURON_GRPC_PORT", "value": "0"}],
+    )
+    assert apply(cluster, document).returncode == 0
+    body = ready_workload(operators, "mlp-served", 1)
+    assert body["status"]["plan"] == [
+        {"pod": 0, "cores": 2, "groupSizes": [1, 1], "models": ["mlp", "mlp"]}
+    ]
+    (pod,) = pods_of(cluster, "mlp-served")
+    assert pod["spec"]["nodeName"] == cluster.emulated_node
+    assert env_of(pod)["NEURON_MODELS"] == f"mlp={mlp_model},mlp={mlp_model}"
+
+    def ready_endpoint() -> tuple[str, int] | None:
+        slices = kubectl_json(
+            cluster,
+            "get",
+            "endpointslices",
+            "-n",
+            NS,
+            "-l",
+            "kubernetes.io/service-name=mlp-served",
+        )["items"]
+        for eps in slices:
+            ports = {p["name"]: p["port"] for p in eps.get("ports") or []}
+            for ep in eps.get("endpoints") or []:
+                if (ep.get("conditions") or {}).get("ready") and "http" in ports:
+                    return str(ep["addresses"][0]), int(ports["http"])
+        return None
+
+    address, port = wait_for(operators, ready_endpoint, "a ready endpoint of the Service")
+    assert address == pod["status"]["podIP"]
+    client = triton_http.InferenceServerClient(url=f"{address}:{port}")
+    try:
+        batch = np.ones((2, 64), dtype=np.float32)
+        tensor = triton_http.InferInput("input", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        result = client.infer("mlp", [tensor]).as_numpy("output")
+    finally:
+        client.close()
+    assert result is not None and result.shape == (2, 10)
+    assert np.isfinite(result).all()
