@@ -40,6 +40,7 @@ T = TypeVar("T")
 DEFAULT_KWOK_NODES = "2xinf1.6xlarge"
 DEFAULT_EMULATED_NODES = "inf1.6xlarge"
 KWOK_STAGES = Path(__file__).with_name("kwok-stages.yaml")
+KUBECTL_TIMEOUT_S = 120.0
 
 
 class ClusterError(RuntimeError):
@@ -74,13 +75,38 @@ class LocalCluster:
         return self.emulated_nodes[0]
 
     def kubectl(
-        self, *args: str, check: bool = True, input: str | None = None
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = KUBECTL_TIMEOUT_S,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the real kubectl against this cluster (``--kubeconfig`` set), capturing output."""
+        """Run the real kubectl against this cluster (``--kubeconfig`` set), capturing output.
+
+        A call that has not finished after ``timeout`` seconds is killed and raises
+        :class:`ClusterError` (which :meth:`wait_for` treats as "not yet", so a stalled call
+        inside a wait is retried rather than eating the whole test's time).
+        """
         if self.kubectl_path is None:
             self.kubectl_path = clitools.ensure_kubectl()
         cmd = [str(self.kubectl_path), f"--kubeconfig={self.kubeconfig}", *args]
-        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, check=False)
+        try:
+            proc = subprocess.run(
+                cmd,
+                input=input,
+                stdin=subprocess.DEVNULL if input is None else None,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            log.warning("kubectl %s did not finish in %.0fs; killed", " ".join(args), timeout)
+            raise ClusterError(
+                f"kubectl {' '.join(args)} did not finish in {timeout:.0f}s (killed); pass "
+                "timeout= for longer waits, and see the kube-apiserver log in "
+                f"{self.layout.logs}"
+            ) from exc
         if check and proc.returncode != 0:
             raise ClusterError(
                 f"kubectl {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()}"

@@ -9,6 +9,7 @@ import pytest
 
 from neuron_localcluster import cli
 from neuron_localcluster.cluster import ClusterError, LocalCluster
+from neuron_localcluster.layout import Ports
 
 
 @pytest.mark.parametrize(
@@ -80,3 +81,39 @@ def test_a_folder_that_is_not_a_cluster_is_never_wiped(tmp_path: Path) -> None:
 def test_attach_names_the_missing_state(tmp_path: Path) -> None:
     with pytest.raises(ClusterError, match="make cluster-up"):
         LocalCluster.attach(tmp_path)
+
+
+def _cluster_with_fake_kubectl(tmp_path: Path, script: str) -> LocalCluster:
+    fake = tmp_path / "kubectl"
+    fake.write_text(f"#!/bin/sh\n{script}\n")
+    fake.chmod(0o755)
+    ports = Ports(1, 2, 3, 4, 5, 6)
+    return LocalCluster(tmp_path, "https://127.0.0.1:1", ports, kubectl_path=fake)
+
+
+def test_stalled_kubectl_is_killed_and_named(tmp_path: Path) -> None:
+    cluster = _cluster_with_fake_kubectl(tmp_path, "exec sleep 30")
+    with pytest.raises(ClusterError, match=r"kubectl get nodes did not finish in 1s"):
+        cluster.kubectl("get", "nodes", timeout=1.0)
+
+
+def test_kubectl_failure_carries_stderr(tmp_path: Path) -> None:
+    cluster = _cluster_with_fake_kubectl(tmp_path, 'echo "no such thing" >&2; exit 4')
+    with pytest.raises(ClusterError, match=r"exit 4.*no such thing"):
+        cluster.kubectl("get", "thing")
+    assert cluster.kubectl("get", "thing", check=False).returncode == 4
+
+
+def test_wait_for_retries_cluster_errors_then_names_what_it_waited_for(tmp_path: Path) -> None:
+    cluster = _cluster_with_fake_kubectl(tmp_path, "exit 0")
+    calls: list[int] = []
+
+    def flaky() -> str | None:
+        calls.append(1)
+        if len(calls) < 2:
+            raise ClusterError("stalled")
+        return "done" if len(calls) >= 3 else None
+
+    assert cluster.wait_for(flaky, 10, "flaky thing") == "done"
+    with pytest.raises(TimeoutError, match="never-true thing"):
+        cluster.wait_for(lambda: None, 0.1, "never-true thing")
