@@ -52,6 +52,7 @@ ALLOCATIONS_FILE = "allocations.json"
 LEASE_SECONDS = 40
 TICK_S = 1.0
 MAX_BACKOFF_S = 30.0
+POD_GRACE_S = 10.0
 
 
 @dataclass
@@ -173,8 +174,7 @@ class NodeAgent:
 
     def shutdown(self) -> None:
         self.stopping.set()
-        for pod in list(self.running.values()):
-            self._stop_pod(pod)
+        self._stop_pods(list(self.running.values()), grace=5.0)
         # Close the kubelet side first: the plugin's ListAndWatch streams end, so it exits at once.
         self.emulator.stop()
         if self.plugin is not None:
@@ -560,18 +560,29 @@ class NodeAgent:
             if exc.status != 404:
                 raise
 
-    def _stop_pod(self, pod: RunningPod) -> None:
-        for rc in pod.containers:
-            if rc.process is not None and rc.process.poll() is None:
-                rc.process.terminate()
-        for rc in pod.containers:
-            if rc.process is not None:
+    def _stop_pod(self, pod: RunningPod, *, grace: float = POD_GRACE_S) -> None:
+        self._stop_pods([pod], grace=grace)
+
+    def _stop_pods(self, stopping: list[RunningPod], *, grace: float = POD_GRACE_S) -> None:
+        """SIGTERM every container of ``stopping`` at once, then SIGKILL what outlives ``grace``."""
+        for pod in stopping:
+            for rc in pod.containers:
+                if rc.process is not None and rc.process.poll() is None:
+                    rc.process.terminate()
+        deadline = time.monotonic() + grace
+        for pod in stopping:
+            for rc in pod.containers:
+                if rc.process is None:
+                    continue
                 try:
-                    rc.process.wait(10)
+                    rc.process.wait(max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     rc.process.kill()
                     rc.process.wait()
                 rc.process = None
+            self._release(pod)
+
+    def _release(self, pod: RunningPod) -> None:
         if not pod.host_network:
             self.net.give_back(pod.pod_ip)
         self._write_allocations()
