@@ -275,7 +275,7 @@ class LocalCluster:
     def _start_control_plane(self, bins: binaries.Binaries, say: Callable[[str], None]) -> None:
         lay, ports = self.layout, self.ports
         self._spawn("etcd", layout.etcd_args(bins, lay, ports))
-        self._await_health("etcd", f"http://127.0.0.1:{ports.etcd_client}/health", 60)
+        self._await_health("etcd", f"{layout.etcd_url(ports)}/health", 60, client=True)
         self._spawn("kube-apiserver", layout.apiserver_args(bins, lay, ports))
         self._await_health("kube-apiserver", f"{self.server}/readyz", 120, client=True)
         say("kube-apiserver ready")

@@ -20,6 +20,7 @@ from neuron_localcluster.binaries import Binaries
 from neuron_localcluster.pki import (
     ADMIN,
     CONTROLLER_MANAGER,
+    ETCD_CLIENT,
     FRONT_PROXY,
     KWOK,
     NODE_AGENT,
@@ -173,8 +174,13 @@ def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
+def etcd_url(ports: Ports) -> str:
+    return f"https://127.0.0.1:{ports.etcd_client}"
+
+
 def etcd_args(b: Binaries, lay: Layout, ports: Ports) -> list[str]:
-    client = f"http://127.0.0.1:{ports.etcd_client}"
+    client = etcd_url(ports)
+    keys = lay.pki
     peer = f"http://127.0.0.1:{ports.etcd_peer}"
     return [
         str(b.etcd),
@@ -185,6 +191,11 @@ def etcd_args(b: Binaries, lay: Layout, ports: Ports) -> list[str]:
         f"--listen-peer-urls={peer}",
         f"--initial-advertise-peer-urls={peer}",
         f"--initial-cluster=local={peer}",
+        # Clients (the apiserver) must present a certificate from the cluster's CA.
+        f"--cert-file={keys.etcd_cert}",
+        f"--key-file={keys.etcd_key}",
+        f"--trusted-ca-file={keys.ca_cert}",
+        "--client-cert-auth=true",
         "--initial-cluster-state=new",
         "--listen-metrics-urls=",
         "--log-level=warn",
@@ -198,7 +209,10 @@ def apiserver_args(b: Binaries, lay: Layout, ports: Ports) -> list[str]:
     pki = lay.pki
     return [
         str(b.kube_apiserver),
-        f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
+        f"--etcd-servers={etcd_url(ports)}",
+        f"--etcd-cafile={pki.ca_cert}",
+        f"--etcd-certfile={pki.client_cert(ETCD_CLIENT)}",
+        f"--etcd-keyfile={pki.client_key(ETCD_CLIENT)}",
         "--bind-address=127.0.0.1",
         "--advertise-address=127.0.0.1",
         f"--secure-port={ports.apiserver}",

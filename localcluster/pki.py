@@ -1,10 +1,12 @@
 """Certificates and keys for a loopback-only control plane, generated fresh for every cluster.
 
 Why generate rather than ship: a committed key would be a secret in git, and every cluster should
-have its own trust root.  One CA signs the apiserver's serving certificate and one client
-certificate per identity (admin, controller-manager, scheduler, kwok, the emulated node's agent),
-so audit logs and RBAC see distinct users; the service-account key pair lets the apiserver issue
-tokens and the controller-manager mint credentials per controller
+have its own trust root.  One CA signs the apiserver's and etcd's serving certificates (etcd
+takes only clients with a certificate from it, so no other local user can read the cluster's data)
+and one client certificate per identity (admin, controller-manager, scheduler, kwok, the emulated
+node's agent, the apiserver towards etcd), so audit logs and RBAC see distinct users; the
+service-account key pair lets the apiserver issue tokens and the controller-manager mint
+credentials per controller
 (``--use-service-account-credentials``).  EC P-256 keys keep generation to milliseconds.
 """
 
@@ -47,7 +49,17 @@ KWOK = Identity("kwok", "neuron-groups:kwok", ("system:masters",))
 NODE_AGENT = Identity("node-agent", "neuron-groups:node-agent", ("system:masters",))
 # The apiserver's aggregation proxy presents this one to extension apiservers.
 FRONT_PROXY = Identity("front-proxy-client", "front-proxy-client")
-CLIENT_IDENTITIES = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK, NODE_AGENT, FRONT_PROXY)
+# The apiserver's identity towards etcd (etcd checks only that the CA signed it).
+ETCD_CLIENT = Identity("apiserver-etcd-client", "kube-apiserver-etcd-client")
+CLIENT_IDENTITIES = (
+    ADMIN,
+    CONTROLLER_MANAGER,
+    SCHEDULER,
+    KWOK,
+    NODE_AGENT,
+    FRONT_PROXY,
+    ETCD_CLIENT,
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,14 @@ class Pki:
     @property
     def serving_key(self) -> Path:
         return self.folder / "apiserver.key"
+
+    @property
+    def etcd_cert(self) -> Path:
+        return self.folder / "etcd.crt"
+
+    @property
+    def etcd_key(self) -> Path:
+        return self.folder / "etcd.key"
 
     @property
     def sa_key(self) -> Path:
@@ -166,6 +186,21 @@ def generate(folder: Path, extra_ips: tuple[str, ...] = ()) -> Pki:
     )
     _write_key(pki.serving_key, serving_key)
     _write_cert(pki.serving_cert, serving)
+
+    etcd_key = _key()
+    etcd = (
+        _builder(_name("etcd"), ca_name, etcd_key.public_key())
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_key(pki.etcd_key, etcd_key)
+    _write_cert(pki.etcd_cert, etcd)
 
     for who in CLIENT_IDENTITIES:
         key = _key()

@@ -68,7 +68,16 @@ def test_apiserver_enables_rbac_podsecurity_and_token_signing(tmp_path: Path) ->
     assert any(a.startswith("--enable-admission-plugins=") and "PodSecurity" in a for a in args)
     assert f"--service-account-signing-key-file={lay.pki.sa_key}" in args
     assert "--bind-address=127.0.0.1" in args
-    assert "--etcd-servers=http://127.0.0.1:2" in args
+    assert "--etcd-servers=https://127.0.0.1:2" in args
+    assert f"--etcd-certfile={lay.pki.client_cert(pki.ETCD_CLIENT)}" in args
+
+
+def test_etcd_serves_tls_to_certified_clients_only(tmp_path: Path) -> None:
+    bins, lay, ports = _setup(tmp_path)
+    args = layout.etcd_args(bins, lay, ports)
+    assert "--client-cert-auth=true" in args
+    assert f"--trusted-ca-file={lay.pki.ca_cert}" in args
+    assert "--listen-client-urls=https://127.0.0.1:2" in args
 
 
 def test_controller_manager_signs_per_controller_credentials(tmp_path: Path) -> None:
