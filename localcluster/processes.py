@@ -139,13 +139,20 @@ def stop(rec: Recorded, *, grace: float = 10.0) -> None:
         while time.monotonic() < deadline and _group_members(rec.pid):
             _reap(rec.pid)
             time.sleep(0.05)
-    _reap(rec.pid)
+    _reap(rec.pid, block=True)
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status if the process is our own child (avoids a zombie in tests)."""
+def _reap(pid: int, *, block: bool = False) -> None:
+    """Collect the exit status if the process is our own child (avoids a zombie in tests).
+
+    ``block``: wait (briefly) for it.  A multi-threaded program's leader shows as a zombie while
+    its other threads still exit, and cannot be reaped until they have.
+    """
     proc = _CHILDREN.get(pid)
     if proc is not None:
+        if block:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
         if proc.poll() is not None:
             del _CHILDREN[pid]
         return
