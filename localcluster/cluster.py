@@ -33,6 +33,7 @@ from kubernetes import client as k8s
 from neuron_localcluster import binaries, clitools, layout, nodes, pki, podnet, processes
 from neuron_localcluster.kube import ApiException, api_client_for, body
 from neuron_localcluster.layout import Layout, Ports
+from neuron_localcluster.node_agent import plugin_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -409,5 +410,8 @@ def stop_cluster(state_dir: Path) -> list[str]:
     if not pid_dir.is_dir():
         return []
     stopped = processes.stop_all(pid_dir, layout.COMPONENT_ORDER)
-    podnet.teardown_recorded(sorted((state_dir / "nodes").glob("*")))
+    node_dirs = sorted((state_dir / "nodes").glob("*"))
+    podnet.teardown_recorded(node_dirs)
+    for node_dir in node_dirs:  # sockets of an agent that was killed before it cleaned up
+        shutil.rmtree(plugin_dir_for(node_dir), ignore_errors=True)
     return stopped
