@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from neuron_cores.logs import LOG_FORMATS, configure_logging
 from neuron_device_plugin.ids import CORE_RESOURCE, DEFAULT_PLUGIN_DIR, DEVICE_RESOURCE
-from neuron_device_plugin.logs import LOG_FORMATS, configure_logging
 from neuron_device_plugin.metrics import PluginMetrics, serve_metrics
 from neuron_device_plugin.plugin import PluginConfig, PluginManager, RegistrationRefusedError
 from neuron_device_plugin.policy import DEFAULT_POLICY, POLICIES
@@ -225,7 +225,7 @@ def build_backend(args: argparse.Namespace) -> Backend:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(log_format=args.log_format, level=args.log_level)
     try:
         config = PluginConfig(
             plugin_dir=Path(args.device_plugin_dir),

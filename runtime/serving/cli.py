@@ -14,8 +14,8 @@ import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
+from neuron_cores.logs import configure_logging
 from neuron_runtime.serving.config import ConfigError, add_serve_arguments, config_from_args
-from neuron_runtime.serving.logs import configure_logging
 from neuron_runtime.serving.server import run_until_signalled, server_for_runtime
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def run_serve(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
     except ConfigError as exc:
         print(f"neuron-runtime serve: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_format, config.log_level)
+    configure_logging(log_format=config.log_format, level=config.log_level)
     server = server_for_runtime(config, environ)
     return run_event_loop(run_until_signalled(server))
 

@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from neuron_cores.logs import LOG_FORMATS
+
 MODELS_ENV = "NEURON_MODELS"
 HTTP_PORT_ENV = "NEURON_HTTP_PORT"
 GRPC_PORT_ENV = "NEURON_GRPC_PORT"
@@ -27,7 +29,6 @@ THREADS_ENV = "NEURON_SERVE_THREADS_PER_GROUP"
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
-LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # Model names travel in URLs (/v2/models/{name}) and metric labels: keep them plain.

@@ -172,7 +172,7 @@ def test_process_registers_then_stops_on_sigterm_removing_its_sockets(sock_dir: 
                 process.kill()
                 process.communicate()
     assert process.returncode == 0, stderr
-    assert '"msg": "received SIGTERM; shutting down"' in stderr
+    assert '"message": "received SIGTERM; shutting down"' in stderr
     for resource in ("aws.amazon.com/neuroncore", "aws.amazon.com/neuron"):
         assert not (sock_dir / socket_name(resource)).exists()
 
