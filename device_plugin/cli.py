@@ -123,8 +123,16 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     add(
         "--dev-root",
         "NEURON_DP_DEV_ROOT",
-        "sysfs backend: where the neuronN device nodes are",
+        "sysfs backend: where the neuronN device nodes are, as this process sees them",
         DEFAULT_DEV_ROOT,
+    )
+    add(
+        "--host-dev-root",
+        "NEURON_DP_HOST_DEV_ROOT",
+        "sysfs backend: where the kubelet (the host) finds the same device nodes; the DeviceSpecs "
+        "handed to containers use it. Defaults to --dev-root; set /dev when the host's /dev is "
+        "mounted elsewhere in the plugin's container",
+        None,
     )
     add(
         "--error-counters",
@@ -218,6 +226,7 @@ def build_backend(args: argparse.Namespace) -> Backend:
     return SysfsBackend(
         sysfs_root=Path(args.sysfs_root),
         dev_root=Path(args.dev_root),
+        host_dev_root=Path(args.host_dev_root) if args.host_dev_root else None,
         error_counters=counters,
         recovery_s=args.recovery_seconds,
     )

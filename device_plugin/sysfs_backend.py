@@ -59,12 +59,16 @@ class SysfsBackend:
         *,
         sysfs_root: Path = Path(DEFAULT_SYSFS_ROOT),
         dev_root: Path = Path(DEFAULT_DEV_ROOT),
+        host_dev_root: Path | None = None,
         error_counters: Sequence[str] = DEFAULT_ERROR_COUNTERS,
         recovery_s: float = DEFAULT_RECOVERY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sysfs_root = sysfs_root
         self.dev_root = dev_root
+        # Where the kubelet (the host) finds the same nodes: differs from dev_root when the
+        # plugin runs in a container that mounts the host's /dev elsewhere, e.g. /host/dev.
+        self.host_dev_root = dev_root if host_dev_root is None else host_dev_root
         self.error_counters = tuple(error_counters)
         self.clock = clock
         self._counters = CounterHealth(recovery_s)
@@ -103,7 +107,7 @@ class SysfsBackend:
                 NeuronDevice(
                     index=index,
                     cores=tuple(range(next_core, next_core + count)),
-                    host_path=str(self.dev_root / f"neuron{index}"),
+                    host_path=str(self.host_dev_root / f"neuron{index}"),
                     numa_node=self._read_int(path / "numa_node", required=False),
                 )
             )
@@ -141,7 +145,7 @@ class SysfsBackend:
         now = self.clock()
         unhealthy: set[int] = set()
         for device in topology.devices:
-            if not Path(device.host_path).exists():
+            if not (self.dev_root / f"neuron{device.index}").exists():
                 unhealthy.update(device.cores)
             device_dir = self.sysfs_root / f"neuron{device.index}"
             for local, core in enumerate(device.cores):

@@ -191,3 +191,17 @@ def test_counter_health(readings: list[tuple[float, int]], healthy: list[bool]) 
     tracker = CounterHealth(recovery_s=10)
     got = [tracker.observe(0, {"hw_error": total}, now) for now, total in readings]
     assert got == healthy
+
+
+def test_sysfs_reports_host_paths_but_checks_health_where_it_sees_the_nodes(
+    fake_sysfs: FakeSysfs, tmp_path: Path
+) -> None:
+    # In the chart the host's /dev is mounted at /host/dev: health is read there, while the
+    # DeviceSpecs handed to the kubelet must name the host's own /dev/neuronN.
+    sysfs, dev = fake_sysfs(2, 2)
+    backend = SysfsBackend(sysfs_root=sysfs, dev_root=dev, host_dev_root=Path("/dev"))
+    topology = backend.discover()
+    assert [d.host_path for d in topology.devices] == ["/dev/neuron0", "/dev/neuron1"]
+    assert backend.unhealthy_cores(topology) == frozenset()
+    (dev / "neuron1").unlink()
+    assert backend.unhealthy_cores(topology) == frozenset({2, 3})
