@@ -28,16 +28,7 @@ import yaml
 from neuron_localcluster import LocalCluster
 from neuron_localcluster.clitools import ensure_helm
 
-pytestmark = [
-    pytest.mark.cluster,
-    # neuron_localcluster.processes.spawn drops the Popen objects of the control-plane processes it
-    # starts (it tracks them by pid file), so their garbage collection warns "subprocess N is
-    # still running"; that belongs to the cluster fixture, not to what these tests check.
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <function Popen.__del__"
-        ":pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "neuron-groups"
