@@ -514,6 +514,8 @@ def mlp_model() -> Iterator[Path]:
     """A compiled 1-core model outside /tmp: the pods mount an emptyDir on /tmp, and the emulated
     node honours that mount, so a model under /tmp would be hidden from the runtime."""
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    if cache.resolve().is_relative_to("/tmp"):  # an XDG_CACHE_HOME under /tmp would hide it too
+        cache = Path.home() / ".cache"
     (cache / "neuron-groups").mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="operator-test-models-", dir=cache / "neuron-groups"))
     runtime = Path(sys.executable).parent / "neuron-runtime"
