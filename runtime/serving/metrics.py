@@ -15,33 +15,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from neuron_runtime.api import GroupStats, RuntimeStats
+
 UNKNOWN_MODEL = "(unknown)"
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class GroupStats:
-    index: int
-    cores: tuple[int, ...]
-    resident_model: str | None
-    switches: int
-    switch_seconds: float
-    queue_depth: int
-    requests: int
-
-
-@dataclass(frozen=True)
-class RuntimeSnapshot:
-    groups: tuple[GroupStats, ...]
-    core_busy_seconds: Mapping[int, float]
 
 
 def busy_fractions(
@@ -59,7 +43,7 @@ def busy_fractions(
 class RuntimeCollector(Collector):
     """Reads the runtime's statistics on every scrape."""
 
-    def __init__(self, read: Callable[[], RuntimeSnapshot | None]) -> None:
+    def __init__(self, read: Callable[[], RuntimeStats | None]) -> None:
         self._read = read
         self._last_time = time.monotonic()
         self._last_busy: Mapping[int, float] = {}

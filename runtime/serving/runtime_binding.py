@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from neuron_runtime.serving.metrics import GroupStats, RuntimeSnapshot
 from neuron_runtime.serving.server import RuntimeHooks
 from neuron_runtime.serving.service import ModelLoader, PredictorLike
 
@@ -27,7 +26,6 @@ def bind_runtime(env: Mapping[str, str] | None) -> tuple[ModelLoader, RuntimeHoo
         InvalidInputError,
         NeuronRuntime,
         ResourceExhaustedError,
-        RuntimeStats,
     )
 
     runtime = NeuronRuntime.from_env(env)
@@ -37,26 +35,8 @@ def bind_runtime(env: Mapping[str, str] | None) -> tuple[ModelLoader, RuntimeHoo
         copies[name] += 1
         return runtime.load_model(path, copy_name(name, copies[name]))
 
-    def stats() -> RuntimeSnapshot:
-        raw: RuntimeStats = runtime.stats()
-        return RuntimeSnapshot(
-            groups=tuple(
-                GroupStats(
-                    index=g.index,
-                    cores=tuple(g.cores),
-                    resident_model=g.resident_model,
-                    switches=g.switches,
-                    switch_seconds=g.switch_seconds,
-                    queue_depth=g.queue_depth,
-                    requests=g.requests,
-                )
-                for g in raw.groups
-            ),
-            core_busy_seconds=dict(raw.core_busy_seconds),
-        )
-
     hooks = RuntimeHooks(
-        stats=stats,
+        stats=runtime.stats,
         close=runtime.close,
         resource_exhausted=(ResourceExhaustedError,),
         invalid_input=(InvalidInputError,),

@@ -26,10 +26,11 @@ import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from neuron_runtime.api import RuntimeStats
 from neuron_runtime.serving.config import ServeConfig
 from neuron_runtime.serving.grpc_frontend import GrpcFrontend, build_grpc_server
 from neuron_runtime.serving.http_frontend import RestFrontend, server_version
-from neuron_runtime.serving.metrics import RuntimeCollector, RuntimeSnapshot, ServingMetrics
+from neuron_runtime.serving.metrics import RuntimeCollector, ServingMetrics
 from neuron_runtime.serving.service import InferenceService, ModelLoader
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 class RuntimeHooks:
     """What the server needs from a runtime besides loading models."""
 
-    stats: Callable[[], RuntimeSnapshot | None] | None = None
+    stats: Callable[[], RuntimeStats | None] | None = None
     close: Callable[[], None] | None = None
     resource_exhausted: tuple[type[BaseException], ...] = ()
     # Raised by a predictor for inputs it refuses (the server validates first; this is the net).

@@ -19,8 +19,8 @@ import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry
 
+from neuron_runtime.api import GroupStats, RuntimeStats
 from neuron_runtime.serving import InferenceServer, ModelEntry, ServeConfig, create_server
-from neuron_runtime.serving.metrics import GroupStats, RuntimeSnapshot
 from neuron_runtime.serving.server import RuntimeHooks
 
 
@@ -91,8 +91,8 @@ class FakeRuntime:
         self.predictors.append(predictor)
         return predictor
 
-    def stats(self) -> RuntimeSnapshot:
-        groups = tuple(
+    def stats(self) -> RuntimeStats:
+        groups = [
             GroupStats(
                 index=g,
                 cores=(g,),
@@ -103,8 +103,8 @@ class FakeRuntime:
                 requests=sum(p.calls for p in self.predictors if p.group == g),
             )
             for g in range(self.group_count)
-        )
-        return RuntimeSnapshot(groups, {g: 0.25 * g for g in range(self.group_count)})
+        ]
+        return RuntimeStats(groups, {g: 0.25 * g for g in range(self.group_count)})
 
     def close(self) -> None:
         self.closed = True

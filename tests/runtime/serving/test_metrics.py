@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from neuron_runtime.serving.metrics import (
-    GroupStats,
-    RuntimeCollector,
-    RuntimeSnapshot,
-    busy_fractions,
-)
+from neuron_runtime.api import GroupStats, RuntimeStats
+from neuron_runtime.serving.metrics import RuntimeCollector, busy_fractions
 
 
 @pytest.mark.parametrize(
@@ -34,11 +30,11 @@ def test_busy_fractions(
 
 
 def test_collector_exports_group_and_core_figures() -> None:
-    snapshot = RuntimeSnapshot(
-        groups=(
+    snapshot = RuntimeStats(
+        groups=[
             GroupStats(0, (0, 1), "resnet", 4, 0.75, 2, 10),
             GroupStats(1, (2,), None, 0, 0.0, 0, 0),
-        ),
+        ],
         core_busy_seconds={0: 1.0, 1: 2.0, 2: 0.0},
     )
     registry = CollectorRegistry()
