@@ -12,7 +12,6 @@ usable binary found there is taken instead of building it.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
@@ -20,14 +19,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from neuron_localcluster.cache import cache_root, locked
+
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "XDG_CACHE_HOME"
 ASSETS_ENV = "KUBEBUILDER_ASSETS"
 MODULE_ENV = "NEURON_GROUPS_CLUSTER_MODULE"
 GO_ENV = "NEURON_GROUPS_GO"
@@ -151,11 +150,6 @@ def build_env(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def cache_root(env: Mapping[str, str]) -> Path:
-    base = env.get(CACHE_ENV) or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return Path(base) / "neuron-groups" / "bin"
-
-
 def cached_path(root: Path, component: str, version: str) -> Path:
     return root / f"{component}-{version}" / component
 
@@ -199,17 +193,6 @@ def from_assets(env: Mapping[str, str]) -> dict[str, Path]:
     return found
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _find_go(env: Mapping[str, str]) -> str:
     go = env.get(GO_ENV) or shutil.which("go", path=env.get("PATH"))
     if not go:
@@ -234,7 +217,7 @@ def ensure_binaries(env: Mapping[str, str] | None = None) -> Binaries:
             paths[name] = cached_path(root, name, version)
     missing = [name for name in COMPONENTS if name not in paths]
     if missing:
-        with _locked(root / ".build.lock"):
+        with locked(root / ".build.lock"):
             missing = [
                 n for n in missing if not os.access(cached_path(root, n, versions[n]), os.X_OK)
             ]

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from neuron_localcluster import binaries, layout, podnet
+from neuron_localcluster import binaries, cache, layout, podnet
 from neuron_localcluster.cluster import (
     DEFAULT_EMULATED_NODES,
     DEFAULT_KWOK_NODES,
@@ -48,7 +48,7 @@ ENV_HELP = f"""environment variables:
   {EMULATED_NODES_ENV:<30} emulated nodes (same as --emulated-nodes)
   {LOG_LEVEL_ENV:<30} logging level (same as --log-level)
   {binaries.ASSETS_ENV:<30} folder of prebuilt binaries to use instead of building them
-  {binaries.CACHE_ENV:<30} cache root; binaries go to <it>/neuron-groups/bin/<name>-<version>/
+  {cache.CACHE_ENV:<30} cache root; binaries go to <it>/neuron-groups/bin/<name>-<version>/
   {binaries.GO_ENV:<30} the go binary to build with (default: go on PATH)
   {binaries.MODULE_ENV:<30} folder of the Go module (default: <repo>/hack/cluster)
   {podnet.MODE_ENV:<30} auto|netns|loopback: how emulated pods get addresses
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
             "A real local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,"
             " kube-scheduler built from Go modules in hack/cluster), kwok-simulated Neuron nodes"
             " and emulated Neuron nodes running pods as local processes. Binaries are cached under "
-            f"${binaries.CACHE_ENV}/neuron-groups/bin; {binaries.ASSETS_ENV} is honoured."
+            f"${cache.CACHE_ENV}/neuron-groups/bin; {binaries.ASSETS_ENV} is honoured."
         ),
     )
     parser.add_argument(

