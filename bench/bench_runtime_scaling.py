@@ -6,7 +6,7 @@ spent computing (the rest is waiting on the parent's dispatch or on a CPU held b
 else).  Every N is measured in this same run against the
 N=1 baseline; the target is a scaling ratio of at least 0.9 x N on N physical cores.
 
-    python bench/bench_runtime_scaling.py [--max-groups N] [--seconds S]
+    python bench/bench_runtime_scaling.py [--max-groups N] [--seconds S] [--batch 64,512]
 """
 
 from __future__ import annotations
@@ -69,39 +69,57 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-groups", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per point")
-    parser.add_argument("--batch", type=int, default=64, help="examples per request")
+    parser.add_argument(
+        "--batch",
+        default="64,512",
+        help="comma list of examples per request; each is its own table. Small batches show the "
+        "cost of dispatch, which on a machine with as many cores as groups competes with the "
+        "workers for CPU; large ones show the compute scaling",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each N keeps its best")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     powers = [n for n in (2, 4, 8, 16, 32, 64) if n < args.max_groups]
     counts = sorted({1, *powers, args.max_groups})
+    batches = [int(b) for b in args.batch.split(",") if b.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         model = compile_model("mlp", 1, Path(tmp) / "mlp", **MODEL)
-        print(
-            f"model: mlp {MODEL}, batch {args.batch}; {os.cpu_count()} CPUs; "
-            f"{CLIENTS_PER_GROUP} client threads per group; best of {args.rounds} x {args.seconds}s"
-        )
-        # Rounds interleave the group counts so that load from other processes on the machine
-        # falls on all of them alike; each count reports its best round.
-        best: dict[int, tuple[float, float]] = {}
-        for _ in range(args.rounds):
-            for n in counts:
-                result = measure(
-                    n,
-                    node_cores=args.max_groups,
-                    model=model,
-                    state=Path(tmp) / "node",
-                    seconds=args.seconds,
-                    batch=args.batch,
-                )
-                best[n] = max(best.get(n, result), result)
-        print(f"{'groups':>6} {'req/s':>10} {'scaling':>8} {'target':>7} {'per-N':>6} {'busy':>5}")
-        base = best[1][0]
+        for batch in batches:
+            print(
+                f"\nmodel: mlp {MODEL}, batch {batch}; {os.cpu_count()} CPUs; "
+                f"{CLIENTS_PER_GROUP} client threads per group; best of {args.rounds} x "
+                f"{args.seconds}s"
+            )
+            report(measure_all(counts, args, model=model, state=Path(tmp) / "node", batch=batch))
+
+
+def measure_all(
+    counts: list[int], args: argparse.Namespace, *, model: Path, state: Path, batch: int
+) -> dict[int, tuple[float, float]]:
+    """Best (req/s, busy) of each group count; rounds interleave the counts so that load from
+    other processes on the machine falls on all of them alike."""
+    best: dict[int, tuple[float, float]] = {}
+    for _ in range(args.rounds):
         for n in counts:
-            rate, busy = best[n]
-            ratio = rate / base
-            line = f"{n:>6} {rate:>10.1f} {ratio:>7.2f}x {0.9 * n:>6.1f}x {ratio / n:>6.2f}"
-            print(f"{line} {busy:>5.2f}")
+            result = measure(
+                n,
+                node_cores=args.max_groups,
+                model=model,
+                state=state,
+                seconds=args.seconds,
+                batch=batch,
+            )
+            best[n] = max(best.get(n, result), result)
+    return best
+
+
+def report(best: dict[int, tuple[float, float]]) -> None:
+    print(f"{'groups':>6} {'req/s':>10} {'scaling':>8} {'target':>7} {'per-N':>6} {'busy':>5}")
+    base = best[1][0]
+    for n, (rate, busy) in sorted(best.items()):
+        ratio = rate / base
+        line = f"{n:>6} {rate:>10.1f} {ratio:>7.2f}x {0.9 * n:>6.1f}x {ratio / n:>6.2f}"
+        print(f"{line} {busy:>5.2f}")
 
 
 if __name__ == "__main__":
