@@ -238,9 +238,9 @@ def _check_env(env: Sequence[Mapping[str, Any]], problems: _Problems) -> None:
 def _check_mounts(
     mounts: Sequence[Mapping[str, Any]], volumes: Sequence[Mapping[str, Any]], problems: _Problems
 ) -> None:
-    names = {v.get("name") for v in volumes}
+    names = [v.get("name") for v in volumes]
     for index, mount in enumerate(mounts):
-        if mount.get("name") not in names:
+        if not isinstance(mount.get("name"), str) or mount.get("name") not in names:
             problems.add(
                 f"volumeMounts[{index}].name",
                 mount.get("name"),
@@ -365,8 +365,15 @@ def check_name(name: str) -> None:
         )
 
 
-def workload_from_object(obj: Mapping[str, Any], *, default_namespace: str = "default") -> Workload:
+def workload_from_object(obj: object, *, default_namespace: str = "default") -> Workload:
     """A ``Workload`` from a NeuronWorkload object (as read from YAML or from the API server)."""
+    if not isinstance(obj, Mapping):
+        raise InvalidSpecError(
+            [
+                f"{obj!r} is not a NeuronWorkload object; give a mapping with apiVersion: "
+                f"{API_VERSION}, kind: {KIND}, metadata and spec"
+            ]
+        )
     if obj.get("apiVersion") != API_VERSION or obj.get("kind") != KIND:
         raise InvalidSpecError(
             [
@@ -375,6 +382,10 @@ def workload_from_object(obj: Mapping[str, Any], *, default_namespace: str = "de
             ]
         )
     meta = obj.get("metadata") or {}
+    if not isinstance(meta, Mapping):
+        raise InvalidSpecError(
+            [f"metadata: {meta!r} is not an object; give metadata.name (and namespace)"]
+        )
     name = str(meta.get("name", ""))
     check_name(name)
     return Workload(

@@ -97,6 +97,11 @@ BAD = [
         raw_spec(volumeMounts=[{"name": "models", "mountPath": "/models"}]),
         ["spec.volumeMounts[0].name: 'models' names no volume"],
     ),
+    (
+        "mount-name-not-string",
+        raw_spec(volumes=[{"name": ["v"]}], volumeMounts=[{"name": {}, "mountPath": "/m"}]),
+        ["spec.volumeMounts[0].name: {} names no volume"],
+    ),
     ("env-not-list", raw_spec(env={"A": "1"}), ["spec.env", "list of objects"]),
     ("node-selector-not-strings", raw_spec(nodeSelector={"a": 1}), ["spec.nodeSelector"]),
 ]
@@ -135,3 +140,20 @@ def test_workload_from_object_checks_kind_and_reads_identity() -> None:
     assert (workload.name, workload.namespace, workload.uid) == ("w", "ns", "u-1")
     with pytest.raises(InvalidSpecError, match="is not a NeuronWorkload"):
         workload_from_object({**obj, "kind": "Deployment"})
+
+
+@pytest.mark.parametrize(
+    ("obj", "fragment"),
+    [
+        (["a"], "is not a NeuronWorkload object"),
+        ("hello", "is not a NeuronWorkload object"),
+        (
+            {"apiVersion": "neurongroups.dev/v1alpha1", "kind": "NeuronWorkload", "metadata": "x"},
+            "metadata: 'x' is not an object",
+        ),
+    ],
+    ids=["list", "string", "metadata-string"],
+)
+def test_workload_from_object_refuses_non_objects(obj: Any, fragment: str) -> None:
+    with pytest.raises(InvalidSpecError, match=fragment):
+        workload_from_object(obj)
