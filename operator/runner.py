@@ -140,8 +140,7 @@ def add_run_command(commands: Any) -> None:
         type=int,
         default=int(_env("NEURON_OPERATOR_METRICS_PORT")),
         help="port of the HTTP endpoint serving /metrics (Prometheus) and /healthz; 0 disables "
-        "it"
-        "[NEURON_OPERATOR_METRICS_PORT, default 8080]",
+        "it [NEURON_OPERATOR_METRICS_PORT, default 8080]",
     )
     add(
         "--metrics-address",
