@@ -11,10 +11,12 @@ import asyncio
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 from neuron_cores.logs import configure_logging
+from neuron_runtime.config import ENVIRONMENT_HELP
 from neuron_runtime.serving.config import ConfigError, add_serve_arguments, config_from_args
 from neuron_runtime.serving.server import run_until_signalled, server_for_runtime
 
@@ -28,8 +30,20 @@ DESCRIPTION = (
 )
 
 
+def _runtime_env_epilog() -> str:
+    """The runtime's own variables: ``serve`` builds its NeuronRuntime from them."""
+    lines = ["environment variables read by the runtime the models load into:"]
+    lines += [f"  {name:<27} {meaning}" for name, meaning in ENVIRONMENT_HELP]
+    return "\n".join(lines)
+
+
 def build_parser(prog: str = "neuron-runtime serve") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=textwrap.fill(DESCRIPTION, 79),
+        epilog=_runtime_env_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_serve_arguments(parser)
     return parser
 
@@ -65,7 +79,9 @@ def add_serve_command(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve models over the Open Inference Protocol (REST and gRPC)",
-        description=DESCRIPTION,
+        description=textwrap.fill(DESCRIPTION, 79),
+        epilog=_runtime_env_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_serve_arguments(parser)
     parser.set_defaults(func=run_serve)

@@ -11,7 +11,9 @@ from neuron_runtime.cli import build_parser, main
 from neuron_runtime.config import ENVIRONMENT_HELP
 
 
-@pytest.mark.parametrize("argv", [[], ["cores"], ["compile"]], ids=["top", "cores", "compile"])
+@pytest.mark.parametrize(
+    "argv", [[], ["cores"], ["compile"], ["serve"]], ids=["top", "cores", "compile", "serve"]
+)
 def test_help_documents_every_flag_and_env_var(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
