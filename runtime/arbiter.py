@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from neuron_cores import contiguous_runs, split_into_groups
 from neuron_runtime.errors import CoreHolder, ResourceExhaustedError
 
 log = logging.getLogger(__name__)
@@ -46,40 +47,24 @@ def place_groups(free: Sequence[int], sizes: Sequence[int]) -> list[tuple[int, .
     """Pick cores for groups of ``sizes`` among ``free`` cores, each group a contiguous run.
 
     Prefers one contiguous window for the whole layout (lowest first, like a device's cores),
-    else places each group first-fit in the free runs; None when no placement exists.
+    else places each group first-fit in the free runs; None when no placement exists.  The runs
+    and the carving are the shared ``neuron_cores`` arithmetic.
     """
-    ordered = sorted(set(free))
     total = sum(sizes)
-    for start in range(len(ordered) - total + 1):
-        window = ordered[start : start + total]
-        if window[-1] - window[0] == total - 1:
-            return _carve(window, sizes)
-    remaining = ordered
+    runs = contiguous_runs(free)
+    for first, last in runs:
+        if last - first + 1 >= total:
+            return split_into_groups(range(first, first + total), sizes)
     groups: list[tuple[int, ...]] = []
     for size in sizes:
-        run = _first_run(remaining, size)
-        if run is None:
+        for index, (first, last) in enumerate(runs):
+            if last - first + 1 >= size:
+                groups.append(tuple(range(first, first + size)))
+                runs[index] = (first + size, last)
+                break
+        else:
             return None
-        groups.append(run)
-        remaining = [c for c in remaining if c not in run]
     return groups
-
-
-def _carve(cores: Sequence[int], sizes: Sequence[int]) -> list[tuple[int, ...]]:
-    out: list[tuple[int, ...]] = []
-    start = 0
-    for size in sizes:
-        out.append(tuple(cores[start : start + size]))
-        start += size
-    return out
-
-
-def _first_run(ordered: Sequence[int], size: int) -> tuple[int, ...] | None:
-    for start in range(len(ordered) - size + 1):
-        window = ordered[start : start + size]
-        if window[-1] - window[0] == size - 1:
-            return tuple(window)
-    return None
 
 
 def _why_no_placement(node: int, free: int, total: int, sizes: Sequence[int]) -> str:
