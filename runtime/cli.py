@@ -42,7 +42,7 @@ def _cores(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.state_dir:
         env[STATE_DIR_ENV] = args.state_dir
-    if args.node_cores:
+    if args.node_cores is not None:
         env[SIM_CORES_ENV] = str(args.node_cores)
         env.pop(SIM_INSTANCE_TYPE_ENV, None)
     if args.instance_type:
@@ -164,6 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except (NeuronRuntimeError, ValueError) as exc:
         print(f"neuron-runtime {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A path the command cannot use (compile --out in a missing or read-only place, say).
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(
+            f"neuron-runtime {args.command}: error: cannot use{where}: {exc.strerror or exc}; "
+            "pick a path this user can write",
+            file=sys.stderr,
+        )
         return 2
     return code
 

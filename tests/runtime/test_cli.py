@@ -67,9 +67,13 @@ def test_compile_writes_an_artifact(tmp_path: Path, capsys: pytest.CaptureFixtur
         (["compile", "--arch", "resnet50", "--cores", "1", "--width", "8"], "fixed shape"),
         (["compile", "--arch", "mlp", "--cores", "0"], "positive count"),
         (["cores", "--instance-type", "inf9.big"], "'inf9.big'"),
+        (["cores", "--node-cores", "0"], "NEURON_SIM_CORES='0' is not valid"),
     ],
-    ids=["too-many-cores", "wrong-knob", "resnet50-fixed", "zero-cores", "bad-instance-type"],
-)
+    ids=[
+        "too-many-cores", "wrong-knob", "resnet50-fixed", "zero-cores", "bad-instance-type",
+        "zero-node-cores",
+    ],
+)  # fmt: skip
 def test_bad_input_is_a_clear_error(
     argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -79,6 +83,19 @@ def test_bad_input_is_a_clear_error(
     err = capsys.readouterr().err
     assert f"neuron-runtime {argv[0]}: error:" in err
     assert message in err
+
+
+def test_unwritable_output_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "m"
+    assert main(["compile", "--arch", "mlp", "--cores", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "neuron-runtime compile: error: cannot use" in err
+    assert str(out) in err
+    assert "Traceback" not in err
 
 
 def test_bad_blocks_value_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
