@@ -18,7 +18,7 @@ from typing import Any
 from neuron_cores.logs import configure_logging
 from neuron_runtime.config import ENVIRONMENT_HELP
 from neuron_runtime.serving.config import ConfigError, add_serve_arguments, config_from_args
-from neuron_runtime.serving.server import run_until_signalled, server_for_runtime
+from neuron_runtime.serving.server import ListenError, run_until_signalled, server_for_runtime
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,11 @@ def run_serve(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
         return 2
     configure_logging(log_format=config.log_format, level=config.log_level)
     server = server_for_runtime(config, environ)
-    return run_event_loop(run_until_signalled(server))
+    try:
+        return run_event_loop(run_until_signalled(server))
+    except ListenError as exc:
+        print(f"neuron-runtime serve: {exc}", file=sys.stderr)
+        return 2
 
 
 def run_event_loop(main: Coroutine[Any, Any, int]) -> int:

@@ -27,7 +27,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from neuron_runtime.api import RuntimeStats
-from neuron_runtime.serving.config import ServeConfig
+from neuron_runtime.serving.config import GRPC_PORT_ENV, HTTP_PORT_ENV, ServeConfig
 from neuron_runtime.serving.grpc_frontend import GrpcFrontend, build_grpc_server
 from neuron_runtime.serving.http_frontend import RestFrontend, server_version
 from neuron_runtime.serving.metrics import RuntimeCollector, ServingMetrics
@@ -45,6 +45,17 @@ class RuntimeHooks:
     resource_exhausted: tuple[type[BaseException], ...] = ()
     # Raised by a predictor for inputs it refuses (the server validates first; this is the net).
     invalid_input: tuple[type[BaseException], ...] = ()
+
+
+class ListenError(Exception):
+    """A port the server cannot listen on; the message names the address and what to do."""
+
+
+def _listen_error(what: str, address: str, flag: str, env: str, problem: str) -> ListenError:
+    return ListenError(
+        f"cannot listen for {what} on {address}: {problem}; pick another port with {flag} "
+        f"({env}) or stop the process that holds it"
+    )
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:
@@ -81,7 +92,12 @@ class InferenceServer:
     async def start(self) -> None:
         """Bind both ports, then load the models in the background."""
         config = self.config
-        sock = _listen_socket(config.host, config.http_port)
+        try:
+            sock = _listen_socket(config.host, config.http_port)
+        except OSError as exc:
+            address = _grpc_address(config.host, config.http_port)
+            problem = exc.strerror or str(exc)
+            raise _listen_error("REST", address, "--http-port", HTTP_PORT_ENV, problem) from exc
         self.http_port = sock.getsockname()[1]
         self._runner = web.AppRunner(
             self._rest.build_app(),
@@ -95,7 +111,11 @@ class InferenceServer:
                 self._grpc_frontend, max_message_bytes=config.max_body_bytes
             )
             address = _grpc_address(config.host, config.grpc_port)
-            self.grpc_port = self._grpc.add_insecure_port(address)
+            try:
+                self.grpc_port = self._grpc.add_insecure_port(address)
+            except RuntimeError as exc:  # grpc's way of saying the bind failed
+                problem = "the address is in use or not available"
+                raise _listen_error("gRPC", address, "--grpc-port", GRPC_PORT_ENV, problem) from exc
             await self._grpc.start()
         log.info(
             "listening on %s: http %s, grpc %s",
@@ -119,6 +139,16 @@ class InferenceServer:
         if self._load_task is None:
             raise RuntimeError("start() the server first")
         await asyncio.shield(self._load_task)
+
+    async def abort(self) -> None:
+        """Undo a ``start`` that failed part way: close what it opened, then the runtime."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._grpc is not None:
+            await self._grpc.stop(0)
+        await asyncio.to_thread(self.service.close)
+        if self._hooks.close is not None:
+            await asyncio.to_thread(self._hooks.close)
 
     async def shutdown(self) -> None:
         self.service.start_draining()
@@ -176,7 +206,13 @@ async def run_until_signalled(server: InferenceServer) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.abort()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        raise
     stopped = asyncio.create_task(stop.wait())
     loaded = asyncio.create_task(server.wait_loaded())
     await asyncio.wait({stopped, loaded}, return_when=asyncio.FIRST_COMPLETED)

@@ -152,3 +152,33 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
     messages = [line["message"] for line in lines]
     assert any(m.startswith("draining") for m in messages), err.decode()
     assert messages[-1] == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("busy", "flag"), [("http", "--http-port"), ("grpc", "--grpc-port")], ids=["http", "grpc"]
+)
+def test_a_busy_port_is_a_clear_error_naming_it(tmp_path: Path, busy: str, flag: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        ports = {"http": _free_port(), "grpc": _free_port(), busy: taken}
+        env = dict(
+            os.environ,
+            PYTHONSAFEPATH="1",
+            NEURON_SIM_CORES="1",
+            NEURONCORE_GROUP_SIZES="1",
+            NEURON_SIM_STATE_DIR=str(tmp_path / "state"),
+        )
+        argv = [sys.executable, "-m", "neuron_runtime.cli", "serve", "--model",
+                f"m={tmp_path / 'missing'}", "--host", "127.0.0.1",
+                "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"])]  # fmt: skip
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen for {'REST' if busy == 'http' else 'gRPC'} on 127.0.0.1:{taken}" in (
+        done.stderr
+    )
+    assert flag in done.stderr
+    assert "Traceback" not in done.stderr
