@@ -70,9 +70,6 @@ class Artifact:
         start, end = self.stages[stage]
         return self.layers[start:end]
 
-    def stage_bytes(self, stage: int) -> int:
-        return sum(4 * layer.param_count for layer in self.stage_layers(stage))
-
     def boundary_shape(self, boundary: int) -> tuple[int, ...]:
         """Per-example shape of the tensor entering stage ``boundary`` (== cores: the output)."""
         if boundary == 0:

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -474,10 +473,6 @@ class Group:
         if self._arena_fd >= 0:
             os.close(self._arena_fd)
             self._arena_fd = -1
-
-    def iter_waiting(self) -> Iterator[tuple[str, int]]:
-        with self._lock:
-            yield from ((k, len(q)) for k, q in self._queues.items())
 
 
 class _WorkerGoneError(Exception):
