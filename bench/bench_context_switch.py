@@ -9,7 +9,7 @@ switch-aware scheduler serves queued requests of the resident model first (bound
 the naive FIFO scheduler switches whenever consecutive requests differ.  Both are reported as
 throughput relative to one model alone, measured in the same run; target: switch-aware >= 0.9.
 
-    python bench/bench_context_switch.py [--requests R] [--threads T]
+    python bench/bench_context_switch.py [--requests R] [--window W] [--batch B] [--repeat N]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--requests", type=int, default=600, help="requests per measurement")
     parser.add_argument("--window", type=int, default=64, help="most requests outstanding")
     parser.add_argument("--batch", type=int, default=16, help="examples per request")
     parser.add_argument("--repeat", type=int, default=5, help="rounds; each case keeps its best")

@@ -67,7 +67,9 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-groups", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--max-groups", type=int, default=os.cpu_count() or 1, help="largest N (default: CPUs)"
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per point")
     parser.add_argument(
         "--batch",

@@ -373,9 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent client loops")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server, alternating")
     parser.add_argument("--batch", type=int, default=8, help="rows per request")
-    parser.add_argument("--input-dim", type=int, default=64)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--input-dim", type=int, default=64, help="model input features")
+    parser.add_argument("--width", type=int, default=256, help="model hidden width")
+    parser.add_argument("--depth", type=int, default=4, help="model hidden layers")
     parser.add_argument(
         "--kserve-python", help="interpreter with kserve installed (default: .venv-kserve)"
     )
