@@ -194,7 +194,11 @@ class NeuronRuntime:
                 raise ValueError(f"a model named {name!r} is already loaded; pick another name")
             predictor = Predictor(self, name, artifact, index)
             self._predictors.append(predictor)
-            future = self._groups[index].add_model(name, artifact)
+            try:
+                future = self._groups[index].add_model(name, artifact)
+            except BaseException:
+                self._predictors.remove(predictor)  # no ghost predictor shifting later loads
+                raise
         try:
             future.result()
         except BaseException:

@@ -247,6 +247,9 @@ def test_a_dead_worker_fails_calls_clearly(runtime_factory: Factory, model_dir: 
         for _ in range(1000):  # the first call may be in flight when the death is noticed
             victim({"input": x})
     assert survivor({"input": x})["output"].shape == (1, 5)
+    with pytest.raises(RuntimeClosedError, match="exited unexpectedly"):
+        runtime.load_model(model_dir("mlp", 1))  # the third load goes to the broken group 0
+    assert runtime.predictors == [victim, survivor]
 
 
 def test_workers_exit_when_their_process_is_killed(
