@@ -435,6 +435,12 @@ CEL_CASES = [
         "Unsupported value",
     ),
     ("duplicate-model", "01-resnet50-shared.yaml", {"models": TWINS}, "Duplicate value"),
+    (
+        "mount-without-volume",
+        "01-resnet50-shared.yaml",
+        {"volumeMounts": [{"name": "missing", "mountPath": "/models"}]},
+        "volumeMounts name missing names no volume in spec.volumes",
+    ),
 ]
 
 
@@ -453,28 +459,27 @@ def test_apiserver_refuses_bad_specs(
 
 def test_what_cel_cannot_see_is_reported_as_invalid_spec(operators: Operators) -> None:
     cluster = operators.cluster
-    document = workload(
-        "01-resnet50-shared.yaml",
-        volumeMounts=[{"name": "missing", "mountPath": "/models"}],
-    )
-    document["metadata"]["name"] = "invalid-mount"
+    # Too many pods is a property of the plan, which CEL cannot compute: 16 pods per replica
+    # (Process) x 200 replicas is more than the operator creates for one NeuronWorkload.
+    document = workload("01-resnet50-shared.yaml", isolation="Process", replicas=200)
+    document["metadata"]["name"] = "invalid-plan"
     assert apply(cluster, document).returncode == 0
 
     def flagged() -> dict[str, Any] | None:
-        body = get_nwl(cluster, "invalid-mount")
+        body = get_nwl(cluster, "invalid-plan")
         return body if condition_of(body, c.INVALID_SPEC).get("status") == c.TRUE else None
 
     body = wait_for(operators, flagged, "InvalidSpec on status")
-    assert "'missing' names no volume" in condition_of(body, c.INVALID_SPEC)["message"]
-    assert pods_of(cluster, "invalid-mount") == []
+    assert "the plan needs 3200 pods" in condition_of(body, c.INVALID_SPEC)["message"]
+    assert pods_of(cluster, "invalid-plan") == []
     # Fixing the spec clears the condition and creates the pod.
     cluster.kubectl(
-        "patch", "nwl", "invalid-mount", "-n", NS, "--type=merge",
-        "-p", json.dumps({"spec": {"volumes": [{"name": "missing", "emptyDir": {}}]}}),
+        "patch", "nwl", "invalid-plan", "-n", NS, "--type=merge",
+        "-p", json.dumps({"spec": {"isolation": "Shared", "replicas": 1}}),
     )  # fmt: skip
-    body = ready_workload(operators, "invalid-mount", 1)
+    body = ready_workload(operators, "invalid-plan", 1)
     assert condition_of(body, c.INVALID_SPEC)["status"] == c.FALSE
-    delete_and_wait(operators, "invalid-mount")
+    delete_and_wait(operators, "invalid-plan")
 
 
 def test_only_the_lease_holder_acts_and_a_standby_takes_over(operators: Operators) -> None:
