@@ -30,11 +30,14 @@ from neuron_runtime.serving.cli import add_serve_command
 
 log = logging.getLogger(__name__)
 
+LOG_LEVEL_ENV = "NEURON_RT_LOG_LEVEL"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 def _env_epilog() -> str:
     lines = ["environment variables read by the runtime:"]
     lines += [f"  {name:<27} {meaning}" for name, meaning in ENVIRONMENT_HELP]
-    lines.append(f"  {'NEURON_RT_LOG_LEVEL':<27} log level (default WARNING)")
+    lines.append(f"  {LOG_LEVEL_ENV:<27} log level (default WARNING)")
     return "\n".join(lines)
 
 
@@ -158,7 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("NEURON_RT_LOG_LEVEL", "WARNING").upper())
+    level = os.environ.get(LOG_LEVEL_ENV, "").strip() or "WARNING"
+    if level.upper() not in LOG_LEVELS:
+        print(
+            f"neuron-runtime: error: {LOG_LEVEL_ENV}={level!r} is not a log level; "
+            f"use one of {', '.join(LOG_LEVELS)} (any case) or unset it",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(level=level.upper())
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -85,6 +85,16 @@ def test_bad_input_is_a_clear_error(
     assert message in err
 
 
+def test_bad_log_level_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NEURON_RT_LOG_LEVEL", "loud")
+    assert main(["cores", "--node-cores", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "NEURON_RT_LOG_LEVEL='loud' is not a log level" in err
+    assert "DEBUG, INFO, WARNING, ERROR, CRITICAL" in err
+
+
 def test_unwritable_output_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
