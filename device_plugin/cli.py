@@ -75,6 +75,14 @@ class _Flags:
         )
 
 
+def port(text: str) -> int:
+    """A TCP port number, 0 to 65535 (0 turns the server off)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"port {value} is outside 0-65535")
+    return value
+
+
 def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
     env = dict(os.environ if environ is None else environ)
     parser = argparse.ArgumentParser(
@@ -185,9 +193,9 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     add(
         "--metrics-port",
         "NEURON_DP_METRICS_PORT",
-        "Prometheus metrics port; 0 disables",
+        "Prometheus metrics port (0-65535); 0 disables",
         9465,
-        kind=int,
+        kind=port,
     )
     add(
         "--metrics-address",
@@ -257,13 +265,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     http = None
     if args.metrics_port:
-        http = serve_metrics(
-            metrics.registry,
-            args.metrics_address,
-            args.metrics_port,
-            live=manager.liveness,
-            ready=manager.readiness,
-        )
+        try:
+            http = serve_metrics(
+                metrics.registry,
+                args.metrics_address,
+                args.metrics_port,
+                live=manager.liveness,
+                ready=manager.readiness,
+            )
+        except OSError as err:
+            manager.stop()
+            print(
+                f"neuron-device-plugin: cannot serve metrics on {args.metrics_address}:"
+                f"{args.metrics_port}: {err}; choose a free --metrics-port (0 disables it)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
         log.info("metrics and probes on %s:%d", args.metrics_address, args.metrics_port)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,13 +68,40 @@ def test_flags_and_env_vars(
     [
         ({"NEURON_DP_METRICS_PORT": "ninety"}, "NEURON_DP_METRICS_PORT='ninety'"),
         ({"NEURON_DP_BACKEND": "gpu"}, "choose one of: sysfs, simulated"),
+        ({"NEURON_DP_METRICS_PORT": "70000"}, "NEURON_DP_METRICS_PORT='70000'"),
     ],
-    ids=["not-an-int", "not-a-choice"],
+    ids=["not-an-int", "not-a-choice", "port-out-of-range"],
 )
 def test_bad_env_values_name_the_variable(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SystemExit) as err:
         build_parser(environ=environ)
     assert message in str(err.value.code)
+
+
+@pytest.mark.parametrize("value", ["70000", "-1"], ids=["too-high", "negative"])
+def test_a_port_out_of_range_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as err:
+        build_parser(environ={}).parse_args(["--metrics-port", value])
+    assert err.value.code == 2
+    assert f"argument --metrics-port: invalid port value: '{value}'" in capsys.readouterr().err
+
+
+def test_a_busy_metrics_port_fails_clearly_and_removes_the_sockets(sock_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        result = _run_cli(
+            "--device-plugin-dir", str(sock_dir),
+            "--backend", "simulated", "--instance-type", "inf1.xlarge",
+            "--metrics-address", "127.0.0.1", "--metrics-port", port,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(sock_dir.iterdir()) == []
 
 
 def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
