@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import socket
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,11 @@ DEFAULTS = {
 }
 
 
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning")
+EXIT_USAGE = 2
+
+
 def _env(name: str) -> str:
     return os.environ.get(name, DEFAULTS.get(name, ""))
 
@@ -48,6 +54,31 @@ def _default_lease_namespace() -> str:
         with open(mounted, encoding="utf-8") as handle:
             return handle.read().strip()
     return os.environ.get("POD_NAMESPACE", "default")
+
+
+def _number(kind: type[int] | type[float], low: float, high: float | None = None) -> Any:
+    """An argparse ``type`` for a number in [low, high]; argparse names the flag on error.
+
+    Defaults are passed as the env var's *string*, so argparse runs them through this too and a
+    bad environment value is refused as clearly as a bad flag, instead of a traceback.
+    """
+    bounds = f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number; give a whole number {bounds}"
+                if kind is int
+                else f"{text!r} is not a number; give a number {bounds}"
+            ) from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; give a number {bounds}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _flag_bool(text: str) -> bool:
@@ -87,7 +118,7 @@ def add_run_command(commands: Any) -> None:
     add(
         "--leader-election",
         type=_flag_bool,
-        default=_flag_bool(_env("NEURON_OPERATOR_LEADER_ELECTION")),
+        default=_env("NEURON_OPERATOR_LEADER_ELECTION"),
         help="take a Lease so only one replica acts (false only for a single local process) "
         "[NEURON_OPERATOR_LEADER_ELECTION, default true]",
     )
@@ -117,28 +148,28 @@ def add_run_command(commands: Any) -> None:
     )
     add(
         "--lease-seconds",
-        type=int,
-        default=int(_env("NEURON_OPERATOR_LEASE_SECONDS")),
+        type=_number(int, 1),
+        default=_env("NEURON_OPERATOR_LEASE_SECONDS"),
         help="how long a Lease lasts without renewal [NEURON_OPERATOR_LEASE_SECONDS, default 15]",
     )
     add(
         "--renew-seconds",
-        type=float,
-        default=float(_env("NEURON_OPERATOR_RENEW_SECONDS")),
+        type=_number(float, 0.1),
+        default=_env("NEURON_OPERATOR_RENEW_SECONDS"),
         help="how often the leader renews, and standbys retry "
         "[NEURON_OPERATOR_RENEW_SECONDS, default 5]",
     )
     add(
         "--resync-seconds",
-        type=float,
-        default=float(_env("NEURON_OPERATOR_RESYNC_SECONDS")),
+        type=_number(float, 1),
+        default=_env("NEURON_OPERATOR_RESYNC_SECONDS"),
         help="period of the full level-based resync of every NeuronWorkload "
         "[NEURON_OPERATOR_RESYNC_SECONDS, default 30]",
     )
     add(
         "--metrics-port",
-        type=int,
-        default=int(_env("NEURON_OPERATOR_METRICS_PORT")),
+        type=_number(int, 0, 65535),
+        default=_env("NEURON_OPERATOR_METRICS_PORT"),
         help="port of the HTTP endpoint serving /metrics (Prometheus) and /healthz; 0 disables "
         "it [NEURON_OPERATOR_METRICS_PORT, default 8080]",
     )
@@ -150,13 +181,13 @@ def add_run_command(commands: Any) -> None:
     )
     add(
         "--log-format",
-        choices=("text", "json"),
+        choices=LOG_FORMATS,
         default=_env("NEURON_OPERATOR_LOG_FORMAT"),
         help="log line format [NEURON_OPERATOR_LOG_FORMAT, default text]",
     )
     add(
         "--log-level",
-        choices=("debug", "info", "warning"),
+        choices=LOG_LEVELS,
         default=_env("NEURON_OPERATOR_LOG_LEVEL"),
         help="log level [NEURON_OPERATOR_LOG_LEVEL, default info]",
     )
@@ -182,7 +213,30 @@ def _resync_loop(
             log.exception("resync failed")
 
 
+def check_run_args(args: argparse.Namespace) -> list[str]:
+    """What argparse cannot see: env-supplied choices (argparse never checks a default against
+    ``choices``) and the renew interval against the lease."""
+    problems = []
+    for value, allowed, env in (
+        (args.log_format, LOG_FORMATS, "NEURON_OPERATOR_LOG_FORMAT"),
+        (args.log_level, LOG_LEVELS, "NEURON_OPERATOR_LOG_LEVEL"),
+    ):
+        if value not in allowed:
+            problems.append(f"{env}={value!r} is not one of {', '.join(allowed)}; fix or unset it")
+    if args.leader_election and args.renew_seconds >= args.lease_seconds:
+        problems.append(
+            f"--renew-seconds {args.renew_seconds:g} must be shorter than --lease-seconds "
+            f"{args.lease_seconds}; the leader must renew before its Lease runs out"
+        )
+    return problems
+
+
 def run_command(args: argparse.Namespace) -> int:
+    problems = check_run_args(args)
+    if problems:
+        for problem in problems:
+            print(f"neuron-operator run: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     import kopf
     from kubernetes import client, config
 
@@ -190,12 +244,6 @@ def run_command(args: argparse.Namespace) -> int:
     from neuron_operator.httpserver import create_server
     from neuron_operator.kube import Kube
     from neuron_operator.leader import LeaseElector
-
-    kopf.configure(
-        verbose=args.log_level == "debug",
-        quiet=args.log_level == "warning",
-        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
-    )
 
     def load_configuration() -> Any:
         configuration = client.Configuration()
@@ -210,7 +258,21 @@ def run_command(args: argparse.Namespace) -> int:
                 load_kube_config(client_configuration=configuration)
         return configuration
 
-    api_client = client.ApiClient(load_configuration())
+    try:
+        api_client = client.ApiClient(load_configuration())
+    except (config.ConfigException, OSError) as error:
+        where = args.kubeconfig or "in-cluster config, then ~/.kube/config"
+        print(
+            f"neuron-operator run: cannot load a Kubernetes client configuration from {where}: "
+            f"{error}; pass --kubeconfig (or KUBECONFIG) naming a valid kubeconfig file",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    kopf.configure(
+        verbose=args.log_level == "debug",
+        quiet=args.log_level == "warning",
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+    )
     namespaces = args.namespaces or _namespaces(_env("NEURON_OPERATOR_NAMESPACES"))
     identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
     stop, wake = threading.Event(), threading.Event()
@@ -251,9 +313,19 @@ def run_command(args: argparse.Namespace) -> int:
         thread.start()
     server = None
     if args.metrics_port:
-        server = create_server(
-            args.metrics_address, args.metrics_port, lambda: all(t.is_alive() for t in threads)
-        )
+        try:
+            server = create_server(
+                args.metrics_address, args.metrics_port, lambda: all(t.is_alive() for t in threads)
+            )
+        except OSError as error:
+            stop.set()
+            wake.set()
+            print(
+                f"neuron-operator run: cannot serve metrics on {args.metrics_address}:"
+                f"{args.metrics_port}: {error}; choose a free --metrics-port (0 disables it)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
         log.info("metrics and health on %s:%d", args.metrics_address, args.metrics_port)
     log.info("neuron-operator %s starting; namespaces: %s", identity, namespaces or "all")

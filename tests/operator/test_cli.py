@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from neuron_operator.cli import build_parser, main, plan_command
-from neuron_operator.runner import DEFAULTS
+from neuron_operator.runner import DEFAULTS, check_run_args
 
 SAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "samples"
 
@@ -109,3 +109,86 @@ def test_run_refuses_a_bad_boolean(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--leader-election", "maybe"])
     assert "'maybe' is not a boolean" in capsys.readouterr().err
+
+
+BAD_RUN_VALUES = [
+    ("port-text-env", {"NEURON_OPERATOR_METRICS_PORT": "x"}, [], "--metrics-port: 'x' is not a"),
+    (
+        "port-range",
+        {},
+        ["--metrics-port", "70000"],
+        "'70000' is out of range; give a number from 0",
+    ),
+    ("lease-zero-env", {"NEURON_OPERATOR_LEASE_SECONDS": "0"}, [], "--lease-seconds: '0' is out"),
+    ("resync-text", {}, ["--resync-seconds", "soon"], "--resync-seconds: 'soon' is not a"),
+    (
+        "boolean-env",
+        {"NEURON_OPERATOR_LEADER_ELECTION": "maybe"},
+        [],
+        "--leader-election: 'maybe' is not a boolean",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("environ", "argv", "message"),
+    [c[1:] for c in BAD_RUN_VALUES],
+    ids=[c[0] for c in BAD_RUN_VALUES],
+)
+def test_run_refuses_bad_numbers_from_flags_and_env(
+    environ: dict[str, str],
+    argv: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["run", *argv])
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+RUN_ARG_PROBLEMS = [
+    ("log-format-env", {"NEURON_OPERATOR_LOG_FORMAT": "xml"}, [], "LOG_FORMAT='xml' is not one"),
+    ("log-level-env", {"NEURON_OPERATOR_LOG_LEVEL": "loud"}, [], "LOG_LEVEL='loud' is not one"),
+    (
+        "renew-not-shorter",
+        {},
+        ["--lease-seconds", "5", "--renew-seconds", "5"],
+        "--renew-seconds 5 must be shorter than --lease-seconds 5",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("environ", "argv", "message"),
+    [c[1:] for c in RUN_ARG_PROBLEMS],
+    ids=[c[0] for c in RUN_ARG_PROBLEMS],
+)
+def test_run_refuses_what_argparse_cannot_see(
+    environ: dict[str, str],
+    argv: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert any(message in p for p in check_run_args(build_parser().parse_args(["run", *argv])))
+    assert main(["run", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_defaults_pass_the_checks() -> None:
+    assert check_run_args(build_parser().parse_args(["run"])) == []
+
+
+def test_run_with_an_unreadable_kubeconfig_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing-kubeconfig"
+    assert main(["run", "--standalone", "--metrics-port", "0", "--kubeconfig", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot load a Kubernetes client configuration from {missing}" in err
