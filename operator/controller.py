@@ -21,7 +21,7 @@ from typing import Any
 from neuron_operator import conditions as c
 from neuron_operator import metrics
 from neuron_operator.api import InvalidSpecError, workload_from_object
-from neuron_operator.kube import Kube, controller_uid, now_rfc3339
+from neuron_operator.kube import Kube, PodRefusedError, controller_uid, now_rfc3339
 from neuron_operator.planner import plan
 from neuron_operator.pods import build_pod, build_service, selector_string, template_hash
 from neuron_operator.reconcile import (
@@ -118,17 +118,7 @@ class Reconciler:
             workload = workload_from_object(body)
             result = plan(workload.spec)
         except InvalidSpecError as error:
-            status = invalid_status(
-                generation=generation,
-                problems=error.problems,
-                previous=previous,
-                selector=selector_string(name),
-            )
-            if not _condition_true(previous, c.INVALID_SPEC) or status_changed(previous, status):
-                self.kube.post_event(body, WARNING, c.EVENT_INVALID, str(error))
-                log.warning("%s/%s has an invalid spec: %s", namespace, name, error)
-            self._write_status(body, previous, status)
-            return "invalid"
+            return self._report_invalid(body, previous, error.problems)
         hash_ = template_hash(workload.spec)
         desired = {(p.replica, p.index): build_pod(p, workload) for p in result.pods}
         by_name = {pod["metadata"]["name"]: pod for pod in desired.values()}
@@ -139,7 +129,10 @@ class Reconciler:
         ]
         observed = [observe_pod(p) for p in owned]
         actions = diff(list(by_name), hash_, observed)
-        self._apply(body, actions.create, actions.delete, by_name)
+        try:
+            self._apply(body, actions.create, actions.delete, by_name)
+        except PodRefusedError as error:
+            return self._report_invalid(body, previous, [str(error)])
         status = compute_status(
             generation=generation,
             result=result,
@@ -157,6 +150,25 @@ class Reconciler:
             self.kube.post_event(body, WARNING, c.EVENT_UNSCHEDULABLE, message)
         self._write_status(body, previous, status)
         return "ok"
+
+    def _report_invalid(
+        self, body: Mapping[str, Any], previous: Mapping[str, Any], problems: Sequence[str]
+    ) -> str:
+        """``InvalidSpec`` on status and a Warning Event; the pods that exist are left alone."""
+        meta = body.get("metadata") or {}
+        name, namespace = str(meta.get("name")), str(meta.get("namespace"))
+        status = invalid_status(
+            generation=int(meta.get("generation") or 0),
+            problems=problems,
+            previous=previous,
+            selector=selector_string(name),
+        )
+        if not _condition_true(previous, c.INVALID_SPEC) or status_changed(previous, status):
+            message = "; ".join(problems)
+            self.kube.post_event(body, WARNING, c.EVENT_INVALID, message)
+            log.warning("%s/%s has an invalid spec: %s", namespace, name, message)
+        self._write_status(body, previous, status)
+        return "invalid"
 
     def _apply(
         self,

@@ -25,6 +25,21 @@ log = logging.getLogger(__name__)
 
 CONFLICT = 409
 NOT_FOUND = 404
+BAD_REQUEST = 400
+INVALID = 422
+
+
+class PodRefusedError(Exception):
+    """The API server refused a planned pod as invalid (400/422): a problem of the spec's pod
+    settings that no schema caught, such as ``resources.requests.cpu: lots``.  The reconciler
+    reports it on status as ``InvalidSpec``, like any other bad spec, instead of retrying blind."""
+
+
+def _api_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(error.reason)
 
 
 def _any(body: object) -> Any:
@@ -107,6 +122,12 @@ class Kube:
         except ApiException as error:
             if error.status == CONFLICT:
                 return False
+            if error.status in (BAD_REQUEST, INVALID):
+                raise PodRefusedError(
+                    f"the API server refused pod {body['metadata']['name']}: "
+                    f"{_api_message(error)}; fix the pod settings in spec (resources, env, "
+                    "volumes, volumeMounts, tolerations, nodeSelector, image)"
+                ) from None
             raise
         return True
 

@@ -482,6 +482,31 @@ def test_what_cel_cannot_see_is_reported_as_invalid_spec(operators: Operators) -
     delete_and_wait(operators, "invalid-plan")
 
 
+def test_a_pod_the_api_server_refuses_is_reported_as_invalid_spec(operators: Operators) -> None:
+    # The CRD takes any string as a quantity (int-or-string); the API server refuses the pod.
+    cluster = operators.cluster
+    document = workload("01-resnet50-shared.yaml", resources={"requests": {"cpu": "lots"}})
+    document["metadata"]["name"] = "refused-pod"
+    assert apply(cluster, document).returncode == 0
+
+    def flagged() -> dict[str, Any] | None:
+        body = get_nwl(cluster, "refused-pod")
+        return body if condition_of(body, c.INVALID_SPEC).get("status") == c.TRUE else None
+
+    body = wait_for(operators, flagged, "InvalidSpec on status")
+    message = condition_of(body, c.INVALID_SPEC)["message"]
+    assert "the API server refused pod refused-pod-" in message
+    assert "quantities must match" in message
+    assert pods_of(cluster, "refused-pod") == []
+    cluster.kubectl(
+        "patch", "nwl", "refused-pod", "-n", NS, "--type=merge",
+        "-p", json.dumps({"spec": {"resources": {"requests": {"cpu": "100m"}}}}),
+    )  # fmt: skip
+    body = ready_workload(operators, "refused-pod", 1)
+    assert condition_of(body, c.INVALID_SPEC)["status"] == c.FALSE
+    delete_and_wait(operators, "refused-pod")
+
+
 def test_only_the_lease_holder_acts_and_a_standby_takes_over(operators: Operators) -> None:
     cluster = operators.cluster
     operators.start("op-b")
