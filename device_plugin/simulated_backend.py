@@ -102,7 +102,7 @@ class SimulatedBackend:
             return self.health_file.read_text()
         except FileNotFoundError:
             return ""
-        except OSError as err:
+        except (OSError, UnicodeDecodeError) as err:  # a binary file would end the health loop
             log.error(
                 "cannot read health file %s, keeping the last health: %s", self.health_file, err
             )

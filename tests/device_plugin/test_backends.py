@@ -86,6 +86,9 @@ def test_simulated_bad_health_file_keeps_the_last_state(
     health.write_text("five")
     assert backend.unhealthy_cores(topology) == {5}
     assert "'five'" in caplog.text
+    health.write_bytes(b"\xff\xfe")
+    assert backend.unhealthy_cores(topology) == {5}
+    assert f"cannot read health file {health}" in caplog.text
     health.write_text("")
     assert backend.unhealthy_cores(topology) == frozenset()
 
