@@ -194,7 +194,17 @@ def from_assets(env: Mapping[str, str]) -> dict[str, Path]:
 
 
 def _find_go(env: Mapping[str, str]) -> str:
-    go = env.get(GO_ENV) or shutil.which("go", path=env.get("PATH"))
+    chosen = env.get(GO_ENV)
+    if chosen:
+        found = shutil.which(chosen, path=env.get("PATH"))
+        if not found:
+            raise BinaryError(
+                f"{GO_ENV}={chosen!r} is not an executable go binary; set it to one (e.g. "
+                f"/usr/lib/go/bin/go), unset it to use `go` on PATH, or point {ASSETS_ENV} at a "
+                f"folder holding {', '.join(COMPONENTS)}."
+            )
+        return found
+    go = shutil.which("go", path=env.get("PATH"))
     if not go:
         raise BinaryError(
             "the `go` command is not on PATH; install Go 1.26 or newer (Debian: the golang "

@@ -129,3 +129,13 @@ def test_missing_go_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(binaries.BinaryError, match=r"install Go 1\.26") as err:
         binaries.ensure_binaries(env)
     assert "KUBEBUILDER_ASSETS" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "go", ["/nonexistent/go", "not-a-go-anywhere"], ids=["absolute", "bare-name"]
+)
+def test_a_go_override_that_is_not_executable_is_a_clear_error(tmp_path: Path, go: str) -> None:
+    env = {"XDG_CACHE_HOME": str(tmp_path), "PATH": str(tmp_path / "empty"), "NEURON_GROUPS_GO": go}
+    with pytest.raises(binaries.BinaryError, match="is not an executable go binary") as err:
+        binaries.ensure_binaries(env)
+    assert f"NEURON_GROUPS_GO={go!r}" in str(err.value)
