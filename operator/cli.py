@@ -23,6 +23,7 @@ from neuron_operator.pods import build_pod
 from neuron_operator.runner import add_run_command
 
 EXIT_INVALID = 2
+OUTPUTS = ("text", "yaml", "json")
 
 
 def _env_default(name: str, default: str) -> str:
@@ -57,6 +58,13 @@ def _text_report(workload: Workload, result: Plan, out: TextIO) -> None:
 
 
 def plan_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    if args.output not in OUTPUTS:  # argparse never checks a default (here from env) for choices
+        print(
+            f"error: NEURON_OPERATOR_PLAN_OUTPUT={args.output!r} is not one of "
+            f"{', '.join(OUTPUTS)}; fix or unset it",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     try:
         workloads = load_workloads(args.file)
         plans = [(w, plan(w.spec)) for w in workloads]
@@ -92,7 +100,7 @@ def _add_plan(commands: Any) -> None:
     parser.add_argument(
         "-o",
         "--output",
-        choices=("text", "yaml", "json"),
+        choices=OUTPUTS,
         default=_env_default("NEURON_OPERATOR_PLAN_OUTPUT", "text"),
         help="text: one line per pod; yaml/json: a List of Pod objects "
         "(env NEURON_OPERATOR_PLAN_OUTPUT, default text)",

@@ -192,3 +192,13 @@ def test_run_with_an_unreadable_kubeconfig_fails_clearly(
     assert main(["run", "--standalone", "--metrics-port", "0", "--kubeconfig", str(missing)]) == 2
     err = capsys.readouterr().err
     assert f"cannot load a Kubernetes client configuration from {missing}" in err
+
+
+def test_plan_refuses_an_unknown_output_from_env(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NEURON_OPERATOR_PLAN_OUTPUT", "xml")
+    assert main(["plan", str(SAMPLES / "05-shared-group.yaml")]) == 2
+    captured = capsys.readouterr()
+    assert "NEURON_OPERATOR_PLAN_OUTPUT='xml' is not one of text, yaml, json" in captured.err
+    assert captured.out == ""
