@@ -27,6 +27,7 @@ log = logging.getLogger("neuron_localcluster")
 KWOK_NODES_ENV = "NEURON_GROUPS_KWOK_NODES"
 EMULATED_NODES_ENV = "NEURON_GROUPS_EMULATED_NODES"
 LOG_LEVEL_ENV = "NEURON_GROUPS_LOG_LEVEL"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def progress(message: str) -> None:
@@ -77,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
+        type=_log_level,
         default=os.environ.get(LOG_LEVEL_ENV, "INFO"),
-        help=f"logging level (env {LOG_LEVEL_ENV}, default INFO)",
+        help=f"logging level: {', '.join(LOG_LEVELS)} (env {LOG_LEVEL_ENV}, default INFO)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build/reuse binaries and start the cluster")
@@ -94,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="cluster up, chart install, the seed's scenarios, results")
     _node_flags(demo)
     return parser
+
+
+def _log_level(text: str) -> str:
+    """A logging level name, any case; argparse also runs the env default through this."""
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a logging level; use one of {', '.join(LOG_LEVELS)} "
+            f"(flag or {LOG_LEVEL_ENV})"
+        )
+    return level
 
 
 def _node_flags(cmd: argparse.ArgumentParser) -> None:
@@ -114,7 +127,7 @@ def _node_flags(cmd: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     state_dir = (args.state_dir or layout.default_state_dir()).resolve()

@@ -117,3 +117,39 @@ def test_wait_for_retries_cluster_errors_then_names_what_it_waited_for(tmp_path:
     assert cluster.wait_for(flaky, 10, "flaky thing") == "done"
     with pytest.raises(TimeoutError, match="never-true thing"):
         cluster.wait_for(lambda: None, 0.1, "never-true thing")
+
+
+@pytest.mark.parametrize(
+    ("environ", "argv", "level"),
+    [
+        ({}, [], "INFO"),
+        ({"NEURON_GROUPS_LOG_LEVEL": "debug"}, [], "DEBUG"),
+        ({}, ["--log-level", "warning"], "WARNING"),
+    ],
+    ids=["default", "env-any-case", "flag"],
+)
+def test_log_level_from_flag_or_env(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], argv: list[str], level: str
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert cli.build_parser().parse_args([*argv, "status"]).log_level == level
+
+
+@pytest.mark.parametrize(
+    ("environ", "argv"),
+    [({"NEURON_GROUPS_LOG_LEVEL": "bogus"}, []), ({}, ["--log-level", "bogus"])],
+    ids=["env", "flag"],
+)
+def test_a_bad_log_level_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    environ: dict[str, str],
+    argv: list[str],
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as caught:
+        cli.build_parser().parse_args([*argv, "status"])
+    assert caught.value.code == 2
+    assert "'bogus' is not a logging level; use one of DEBUG, INFO" in capsys.readouterr().err
