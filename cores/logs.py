@@ -31,13 +31,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _ProjectHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler configure_logging installs; a second call replaces it, leaving others be."""
+
+
 def configure_logging(*, log_format: str, level: str) -> None:
-    """Send every logger's records to stderr in ``log_format`` (one of LOG_FORMATS)."""
+    """Send every logger's records to stderr in ``log_format`` (one of LOG_FORMATS).
+
+    Calling it again replaces the handler it installed before; handlers installed by someone
+    else (pytest's log capture, an embedding program) stay.
+    """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r} is not one of {', '.join(LOG_FORMATS)}")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _ProjectHandler(sys.stderr)
     formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for old in [h for h in root.handlers if isinstance(h, _ProjectHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
     root.setLevel(level.upper())

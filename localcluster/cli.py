@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from neuron_cores.logs import configure_logging
 from neuron_localcluster import binaries, cache, layout, podnet
 from neuron_localcluster.cluster import (
     DEFAULT_EMULATED_NODES,
@@ -126,10 +127,7 @@ def _node_flags(cmd: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(log_format="text", level=args.log_level)
     state_dir = (args.state_dir or layout.default_state_dir()).resolve()
     try:
         return _run(args, state_dir)

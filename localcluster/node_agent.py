@@ -40,6 +40,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
+from neuron_cores.logs import configure_logging
 from neuron_device_plugin.kubelet_emulator import KubeletEmulator, PluginClient
 from neuron_localcluster import nodes, pods
 from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
@@ -616,9 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instance-type", default="inf1.6xlarge", help="EC2 instance type")
     parser.add_argument("--workdir", required=True, type=Path, help="folder for sockets and logs")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_format="text", level="INFO")
     api = api_client_for(args.kubeconfig)
     agent = NodeAgent(
         api=api,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from neuron_cores.logs import configure_logging
 from neuron_runtime.arbiter import CoreArbiter, iter_states_text
 from neuron_runtime.archs import ARCHS
 from neuron_runtime.artifact import compile_model
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    logging.basicConfig(level=level.upper())
+    configure_logging(log_format="text", level=level)
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

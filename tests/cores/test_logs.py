@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from neuron_cores.logs import configure_logging
+from neuron_cores.logs import JsonFormatter, configure_logging
 
 
 @pytest.fixture(autouse=True)
@@ -41,3 +41,15 @@ def test_text_format_and_level(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="'xml' is not one of text, json"):
         configure_logging(log_format="xml", level="INFO")
+
+
+def test_a_second_call_replaces_only_its_own_handler() -> None:
+    root = logging.getLogger()
+    foreign = logging.NullHandler()
+    root.addHandler(foreign)
+    configure_logging(log_format="text", level="INFO")
+    configure_logging(log_format="json", level="INFO")
+    ours = [h for h in root.handlers if type(h).__name__ == "_ProjectHandler"]
+    assert foreign in root.handlers
+    assert len(ours) == 1
+    assert isinstance(ours[0].formatter, JsonFormatter)
