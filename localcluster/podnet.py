@@ -150,36 +150,19 @@ class PodNetwork:
     def take(self) -> str:
         ip = self.pool.take()
         if self.subnet is not None:
-            _ip(
-                [
-                    "ip",
-                    "-n",
-                    self.netns,
-                    "addr",
-                    "add",
-                    f"{ip}/{self.subnet.prefixlen}",
-                    "dev",
-                    "eth0",
-                ]
-            )
+            self._address("add", ip, check=True)
         return ip
 
     def give_back(self, ip: str) -> None:
         if self.subnet is not None:
-            _ip(
-                [
-                    "ip",
-                    "-n",
-                    self.netns,
-                    "addr",
-                    "del",
-                    f"{ip}/{self.subnet.prefixlen}",
-                    "dev",
-                    "eth0",
-                ],
-                check=False,
-            )
+            self._address("del", ip, check=False)
         self.pool.give_back(ip)
+
+    def _address(self, verb: str, ip: str, *, check: bool) -> None:
+        """Add or delete a pod's address on the namespace's eth0."""
+        assert self.subnet is not None
+        cidr = f"{ip}/{self.subnet.prefixlen}"
+        _ip(["ip", "-n", self.netns, "addr", verb, cidr, "dev", "eth0"], check=check)
 
     def wrap(self, argv: list[str]) -> list[str]:
         if self.subnet is None:

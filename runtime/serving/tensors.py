@@ -206,12 +206,7 @@ def decode_json_data(
     """JSON ``data`` (nested or flat, row-major) to an array of ``shape``."""
     count = element_count(shape)
     if dtype.kind == "O":
-        flat = _flatten_strings(data, tensor)
-        if len(flat) != count:
-            raise _count_error(tensor, shape, count, len(flat))
-        array = np.empty(count, dtype=object)
-        array[:] = flat
-        return array.reshape(shape)
+        return _bytes_array(tensor, shape, count, _flatten_strings(data, tensor))
     try:
         raw = np.asarray(data)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
@@ -247,6 +242,17 @@ def _cast(raw: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     return out
 
 
+def _bytes_array(
+    tensor: str, shape: tuple[int, ...], count: int, items: list[bytes]
+) -> npt.NDArray[Any]:
+    """A BYTES tensor: an object array of ``shape`` holding exactly ``count`` items."""
+    if len(items) != count:
+        raise _count_error(tensor, shape, count, len(items))
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
 def _count_error(tensor: str, shape: Sequence[int], count: int, got: int) -> Exception:
     return bad_request(
         f"tensor '{tensor}': shape {list(shape)} needs {count} elements, the data has {got}"
@@ -259,12 +265,7 @@ def decode_raw_data(
     """Row-major little-endian bytes (the binary extension and gRPC raw contents) to an array."""
     count = element_count(shape)
     if dtype.kind == "O":
-        items = _split_length_prefixed(raw, tensor)
-        if len(items) != count:
-            raise _count_error(tensor, shape, count, len(items))
-        array = np.empty(count, dtype=object)
-        array[:] = items
-        return array.reshape(shape)
+        return _bytes_array(tensor, shape, count, _split_length_prefixed(raw, tensor))
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise bad_request(
