@@ -36,12 +36,115 @@ MAX_COPIES = 4096
 MAX_REPLICAS = 1000
 MAX_NODE_CORES = 1024
 MAX_NAME_LENGTH = 63
+MAX_MODEL_PATH = 1024
 # The operator refuses layouts that would create more pods than this for one NeuronWorkload:
 # a typo such as ``copies: 100000`` with ``Process`` should not flood the API server.
 MAX_PODS = 2000
+# A pod's NEURON_MODELS lists every model copy it serves as ``name=path,``; with every copy in one
+# pod (a small spec.cores budget does that) it holds sum(copies x (len(name) + len(path) + 2))
+# characters.  The CRD and ``parse_spec`` bound that sum, and the user's env, so that a planned pod
+# stays far below the API server's 3 MiB request limit and etcd's 1.5 MiB object limit.  Names and
+# paths are printable ASCII without quotes or backslashes, so a character is one byte, in JSON too.
+MAX_PLAN_TEXT = 1024 * 1024
+MAX_ENV_TEXT = 64 * 1024
+
+# Volume sources the CRD knows.  Which of them a NeuronWorkload may use is the operator's
+# ``VolumePolicy`` (its --allowed-volume-types and --allowed-host-paths flags) and the chart's
+# ValidatingAdmissionPolicy; see docs/security.md.
+HOST_PATH = "hostPath"
+VOLUME_TYPES = (
+    "emptyDir",
+    "configMap",
+    "secret",
+    "persistentVolumeClaim",
+    "image",
+    "projected",
+    "downwardAPI",
+    "csi",
+    "ephemeral",
+    HOST_PATH,
+)
+DEFAULT_VOLUME_TYPES = VOLUME_TYPES[:7]
+# Projected volumes may combine these; never serviceAccountToken (an API credential) or others.
+PROJECTED_SOURCES = ("configMap", "secret", "downwardAPI")
+ENV_KEYS = ("name", "value", "valueFrom")
+ENV_SOURCES = ("configMapKeyRef", "secretKeyRef", "fieldRef", "resourceFieldRef")
+MOUNT_KEYS = (
+    "name",
+    "mountPath",
+    "readOnly",
+    "subPath",
+    "subPathExpr",
+    "mountPropagation",
+    "recursiveReadOnly",
+)
+MOUNT_PROPAGATIONS = ("None", "HostToContainer")
+TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
+TOLERATION_OPERATORS = ("Exists", "Equal")
+TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+# Printable ASCII but ',' (it separates NEURON_MODELS entries), '"' and backslash (JSON escapes).
+_MODEL_PATH = re.compile(r"^/[ !#-+\--\[\]-~]*$")
+_PARENT = re.compile(r"(^|/)\.\.(/|$)")
+
+
+@dataclass(frozen=True)
+class VolumePolicy:
+    """Which volume sources a NeuronWorkload's pods may use.
+
+    ``host_paths``: host folders a ``hostPath`` volume may name, each allowing itself and what is
+    below it (whole path components: ``/srv/models`` allows ``/srv/models/a``, not
+    ``/srv/models-b``); empty refuses ``hostPath``.  Mounts of a hostPath volume must be read-only.
+    """
+
+    types: tuple[str, ...] = DEFAULT_VOLUME_TYPES
+    host_paths: tuple[str, ...] = ()
+
+    def allowed(self) -> tuple[str, ...]:
+        return (*self.types, HOST_PATH) if self.host_paths else self.types
+
+    def host_path_allowed(self, path: str) -> bool:
+        under = path.rstrip("/") + "/"
+        return not _PARENT.search(path) and any(
+            under.startswith(prefix.rstrip("/") + "/") for prefix in self.host_paths
+        )
+
+
+DEFAULT_VOLUME_POLICY = VolumePolicy()
+_configured_policy = [DEFAULT_VOLUME_POLICY]
+
+
+def configure_volume_policy(policy: VolumePolicy) -> None:
+    """Set the policy ``parse_spec`` applies when given none (``neuron-operator run`` does)."""
+    _configured_policy[0] = policy
+
+
+def parse_volume_types(text: str) -> tuple[str, ...]:
+    """The --allowed-volume-types value: comma-separated names from VOLUME_TYPES but hostPath."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    offered = [t for t in VOLUME_TYPES if t != HOST_PATH]
+    bad = [n for n in names if n not in offered]
+    if bad:
+        hint = "; allow hostPath with --allowed-host-paths" if HOST_PATH in bad else ""
+        raise ValueError(
+            f"{', '.join(map(repr, bad))} is not a volume type NeuronWorkloads can be allowed; "
+            f"give a comma-separated list of {', '.join(offered)}{hint}"
+        )
+    return names
+
+
+def parse_host_paths(text: str) -> tuple[str, ...]:
+    """The --allowed-host-paths value: comma-separated absolute folders without '..'."""
+    paths = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in paths if not p.startswith("/") or _PARENT.search(p)]
+    if bad:
+        raise ValueError(
+            f"{', '.join(map(repr, bad))} is not an absolute host folder without '..'; give "
+            "comma-separated folders such as /srv/models, or nothing to refuse hostPath"
+        )
+    return paths
 
 
 class InvalidSpecError(ValueError):
@@ -150,12 +253,20 @@ def _parse_model(raw: object, index: int, problems: _Problems) -> ModelSpec | No
         )
         name = None
     model_path = raw.get("path")
-    if not isinstance(model_path, str) or not model_path.startswith("/") or "," in model_path:
+    if not isinstance(model_path, str) or not _MODEL_PATH.match(model_path):
         problems.add(
             f"{path}.path",
             model_path,
-            "is not an absolute path without commas",
+            "is not an absolute path in printable ASCII without ',', '\"' or '\\'",
             "give the compiled model's directory inside the container, e.g. /models/resnet50",
+        )
+        model_path = None
+    elif len(model_path) > MAX_MODEL_PATH:
+        problems.add(
+            f"{path}.path",
+            f"{model_path[:40]}...",
+            f"is longer than {MAX_MODEL_PATH} characters",
+            "give a shorter directory",
         )
         model_path = None
     cores = _int_field(raw, "cores", f"{path}.cores", problems, minimum=1, maximum=MAX_NODE_CORES)
@@ -182,7 +293,21 @@ def _parse_models(raw: object, problems: _Problems) -> tuple[ModelSpec, ...]:
                 "models", model.name, "is a model name used twice", "give each model its own name"
             )
         seen.add(model.name)
+    text = plan_text_size(models)
+    if text > MAX_PLAN_TEXT:
+        problems.add(
+            "models",
+            f"{sum(m.copies for m in models)} copies",
+            f"need up to {text} characters of NEURON_MODELS in one pod, more than "
+            f"{MAX_PLAN_TEXT} (the pod must stay under the API server's request limit)",
+            "serve fewer copies, or shorter model names and paths",
+        )
     return tuple(models)
+
+
+def plan_text_size(models: Sequence[ModelSpec]) -> int:
+    """The most characters NEURON_MODELS can hold in one pod: every copy as ``name=path,``."""
+    return sum(m.copies * (len(m.name) + len(m.path) + 2) for m in models)
 
 
 def _parse_node_cores(raw: Mapping[str, Any], problems: _Problems) -> tuple[str | None, int | None]:
@@ -221,35 +346,189 @@ def _object_list(raw: Mapping[str, Any], key: str, problems: _Problems) -> tuple
     return tuple(value)
 
 
+def _unknown_keys(
+    item: Mapping[str, Any], path: str, known: Sequence[str], problems: _Problems
+) -> None:
+    for key in item:
+        if key not in known:
+            problems.add(
+                f"{path}.{key}",
+                item[key],
+                "is not a field NeuronWorkloads pass to pods",
+                f"remove it; the fields are {', '.join(known)}",
+            )
+
+
 def _check_env(env: Sequence[Mapping[str, Any]], problems: _Problems) -> None:
+    text = 0
     for index, item in enumerate(env):
+        path = f"env[{index}]"
+        _unknown_keys(item, path, ENV_KEYS, problems)
         name = item.get("name")
         if name in RESERVED_ENV:
             problems.add(
-                f"env[{index}].name",
+                f"{path}.name",
                 name,
                 "is set by the operator from the plan",
                 "remove it: describe the layout with spec.models, spec.cores and spec.isolation",
             )
         elif not isinstance(name, str) or not name:
-            problems.add(f"env[{index}].name", name, "is not a name", "give every env entry a name")
+            problems.add(f"{path}.name", name, "is not a name", "give every env entry a name")
+        value, source = item.get("value"), item.get("valueFrom")
+        if value is not None and not isinstance(value, str):
+            problems.add(
+                f"{path}.value", value, "is not a string", f"quote it, e.g. value: '{value}'"
+            )
+        if source is not None and (
+            not isinstance(source, Mapping)
+            or len(source) != 1
+            or next(iter(source)) not in ENV_SOURCES
+        ):
+            problems.add(
+                f"{path}.valueFrom",
+                source,
+                "is not one env source",
+                f"give exactly one of {', '.join(ENV_SOURCES)}",
+            )
+        if value is not None and source is not None:
+            problems.add(path, name, "has both value and valueFrom", "give one of them")
+        text += len(str(name)) + (len(value) if isinstance(value, str) else 0)
+    if text > MAX_ENV_TEXT:
+        problems.add(
+            "env",
+            f"{text} characters",
+            f"is more than the {MAX_ENV_TEXT} characters of names and values a pod may carry",
+            "move large settings into a ConfigMap volume",
+        )
+
+
+def _volume_type(volume: Mapping[str, Any]) -> str | None:
+    kinds = [k for k in volume if k != "name"]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def _check_volumes(
+    volumes: Sequence[Mapping[str, Any]], policy: VolumePolicy, problems: _Problems
+) -> None:
+    allowed = policy.allowed()
+    seen: set[str] = set()
+    for index, volume in enumerate(volumes):
+        path = f"volumes[{index}]"
+        name = volume.get("name")
+        if not isinstance(name, str) or not _DNS_LABEL.match(name) or len(name) > 63:
+            problems.add(f"{path}.name", name, "is not a DNS label", "name the volume, e.g. models")
+        elif name in seen:
+            problems.add(f"{path}.name", name, "is a volume name used twice", "rename one")
+        seen.add(str(name))
+        kind = _volume_type(volume)
+        if kind is None:
+            problems.add(
+                path,
+                sorted(k for k in volume if k != "name"),
+                f"is not exactly one volume source (volume {name!r})",
+                f"give one of {', '.join(allowed)}",
+            )
+            continue
+        if kind not in allowed:
+            hint = (
+                "; hostPath needs the operator's --allowed-host-paths (chart value "
+                "workloadPolicy.allowedHostPaths)"
+                if kind == HOST_PATH
+                else ""
+            )
+            problems.add(
+                f"{path}.{kind}",
+                name,
+                f"uses volume type {kind}, which NeuronWorkloads may not use here",
+                f"use one of {', '.join(allowed)}{hint}",
+            )
+            continue
+        source = volume[kind]
+        if kind == HOST_PATH:
+            host = source.get("path") if isinstance(source, Mapping) else None
+            if not isinstance(host, str) or not policy.host_path_allowed(host):
+                problems.add(
+                    f"{path}.hostPath.path",
+                    host,
+                    f"is not under a host folder NeuronWorkloads may mount (volume {name!r})",
+                    f"use a folder under {', '.join(policy.host_paths)} without '..'",
+                )
+        elif kind == "projected":
+            _check_projected(source, path, name, problems)
+
+
+def _check_projected(source: object, path: str, name: object, problems: _Problems) -> None:
+    sources = source.get("sources") if isinstance(source, Mapping) else None
+    for index, item in enumerate(sources if isinstance(sources, list) else [None]):
+        kinds = list(item) if isinstance(item, Mapping) else []
+        if len(kinds) != 1 or kinds[0] not in PROJECTED_SOURCES:
+            problems.add(
+                f"{path}.projected.sources[{index}]",
+                kinds or item,
+                f"is not one allowed projected source (volume {name!r})",
+                f"use one of {', '.join(PROJECTED_SOURCES)}; pods of a NeuronWorkload get no "
+                "service account token",
+            )
 
 
 def _check_mounts(
     mounts: Sequence[Mapping[str, Any]], volumes: Sequence[Mapping[str, Any]], problems: _Problems
 ) -> None:
     names = [v.get("name") for v in volumes]
+    host = {v.get("name") for v in volumes if _volume_type(v) == HOST_PATH}
     for index, mount in enumerate(mounts):
-        if not isinstance(mount.get("name"), str) or mount.get("name") not in names:
+        path = f"volumeMounts[{index}]"
+        _unknown_keys(mount, path, MOUNT_KEYS, problems)
+        name = mount.get("name")
+        if not isinstance(name, str) or name not in names:
             problems.add(
-                f"volumeMounts[{index}].name",
-                mount.get("name"),
+                f"{path}.name",
+                name,
                 "names no volume in spec.volumes",
                 "add the volume to spec.volumes or fix the name",
             )
+        elif name in host and mount.get("readOnly") is not True:
+            problems.add(
+                f"{path}.readOnly",
+                mount.get("readOnly"),
+                f"is not true for hostPath volume {name!r}",
+                "mount host folders with readOnly: true",
+            )
+        mount_path = mount.get("mountPath")
+        if not isinstance(mount_path, str) or not mount_path.startswith("/"):
+            problems.add(f"{path}.mountPath", mount_path, "is not absolute", "e.g. /models")
+        propagation = mount.get("mountPropagation")
+        if propagation is not None and propagation not in MOUNT_PROPAGATIONS:
+            problems.add(
+                f"{path}.mountPropagation",
+                propagation,
+                "is not allowed",
+                f"use {' or '.join(MOUNT_PROPAGATIONS)}",
+            )
 
 
-def _parse_pod_settings(raw: Mapping[str, Any], problems: _Problems) -> PodSettings:
+def _check_tolerations(tolerations: Sequence[Mapping[str, Any]], problems: _Problems) -> None:
+    for index, item in enumerate(tolerations):
+        path = f"tolerations[{index}]"
+        _unknown_keys(item, path, TOLERATION_KEYS, problems)
+        for key in ("key", "value"):
+            if item.get(key) is not None and not isinstance(item[key], str):
+                problems.add(f"{path}.{key}", item[key], "is not a string", "quote it")
+        checks = (
+            ("operator", TOLERATION_OPERATORS),
+            ("effect", TOLERATION_EFFECTS),
+        )
+        for key, choices in checks:
+            if item.get(key) is not None and item[key] not in choices:
+                problems.add(f"{path}.{key}", item[key], "is not allowed", f"use one of {choices}")
+        seconds = item.get("tolerationSeconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
+            problems.add(f"{path}.tolerationSeconds", seconds, "is not an integer", "e.g. 300")
+
+
+def _parse_pod_settings(
+    raw: Mapping[str, Any], policy: VolumePolicy, problems: _Problems
+) -> PodSettings:
     resources = raw.get("resources") or {}
     if not isinstance(resources, Mapping):
         problems.add("resources", resources, "is not an object", "give requests/limits")
@@ -267,15 +546,18 @@ def _parse_pod_settings(raw: Mapping[str, Any], problems: _Problems) -> PodSetti
     env = _object_list(raw, "env", problems)
     volumes = _object_list(raw, "volumes", problems)
     mounts = _object_list(raw, "volumeMounts", problems)
+    tolerations = _object_list(raw, "tolerations", problems)
     _check_env(env, problems)
+    _check_volumes(volumes, policy, problems)
     _check_mounts(mounts, volumes, problems)
+    _check_tolerations(tolerations, problems)
     return PodSettings(
         resources=dict(resources),
         env=env,
         volumes=volumes,
         volume_mounts=mounts,
         node_selector=dict(node_selector),
-        tolerations=_object_list(raw, "tolerations", problems),
+        tolerations=tolerations,
         service_account_name=account,
         image_pull_secrets=_object_list(raw, "imagePullSecrets", problems),
     )
@@ -313,8 +595,13 @@ def check_pod_count(spec: WorkloadSpec, pods_per_replica: int) -> None:
         )
 
 
-def parse_spec(raw: object) -> WorkloadSpec:
-    """Validate a raw ``spec`` mapping; raise ``InvalidSpecError`` listing every problem."""
+def parse_spec(raw: object, policy: VolumePolicy | None = None) -> WorkloadSpec:
+    """Validate a raw ``spec`` mapping; raise ``InvalidSpecError`` listing every problem.
+
+    ``policy``: the volumes the pods may use; absent, the one ``configure_volume_policy`` set.
+    """
+    if policy is None:
+        policy = _configured_policy[0]
     if not isinstance(raw, Mapping):
         raise InvalidSpecError([f"spec: {raw!r} is not an object; give models, image and a node"])
     problems = _Problems()
@@ -330,7 +617,7 @@ def parse_spec(raw: object) -> WorkloadSpec:
     image = raw.get("image")
     if not isinstance(image, str) or not image.strip():
         problems.add("image", image, "is not an image reference", "give the runtime's image")
-    pod = _parse_pod_settings(raw, problems)
+    pod = _parse_pod_settings(raw, policy, problems)
     if node_cores is not None:
         where = (
             f"a node of type {instance_type} has"
@@ -365,7 +652,9 @@ def check_name(name: str) -> None:
         )
 
 
-def workload_from_object(obj: object, *, default_namespace: str = "default") -> Workload:
+def workload_from_object(
+    obj: object, *, default_namespace: str = "default", policy: VolumePolicy | None = None
+) -> Workload:
     """A ``Workload`` from a NeuronWorkload object (as read from YAML or from the API server)."""
     if not isinstance(obj, Mapping):
         raise InvalidSpecError(
@@ -391,6 +680,6 @@ def workload_from_object(obj: object, *, default_namespace: str = "default") -> 
     return Workload(
         name=name,
         namespace=str(meta.get("namespace") or default_namespace),
-        spec=parse_spec(obj.get("spec")),
+        spec=parse_spec(obj.get("spec"), policy),
         uid=meta.get("uid"),
     )

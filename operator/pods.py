@@ -148,7 +148,9 @@ def build_pod(plan_pod: PodPlan, workload: Workload) -> dict[str, Any]:
     )
     meta["annotations"] = {
         ANNOTATION_GROUPS: plan_pod.group_sizes_env,
-        ANNOTATION_MODELS: ",".join(m.name for m in plan_pod.load_order),
+        # Each model once, in load order: a list of every copy could pass the API's 256 KiB
+        # bound on a pod's annotations (NEURON_MODELS already carries every copy).
+        ANNOTATION_MODELS: ",".join(dict.fromkeys(m.name for m in plan_pod.load_order)),
     }
     node_selector = dict(spec.pod.node_selector)
     if spec.instance_type:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from neuron_operator.api import Workload, parse_spec
+from neuron_operator.api import MAX_ENV_TEXT, MAX_MODEL_PATH, MAX_PLAN_TEXT, Workload, parse_spec
 from neuron_operator.planner import plan
 from neuron_operator.pods import (
+    ANNOTATION_MODELS,
     LABEL_TEMPLATE_HASH,
     NEURONCORE_RESOURCE,
     build_pod,
@@ -152,3 +154,44 @@ def test_service_selects_every_pod_of_the_workload() -> None:
         == "app.kubernetes.io/name=neuron-workload,app.kubernetes.io/instance=w"
     )
     assert [p["port"] for p in service["spec"]["ports"]] == [8000, 8001]
+
+
+# The API server's limits a pod must stay under: a request body of 3 MiB, etcd's 1.5 MiB object,
+# and 256 KiB for all of an object's annotations together.
+ETCD_OBJECT_LIMIT = 1536 * 1024
+ANNOTATIONS_LIMIT = 256 * 1024
+LONG_NAME = "m" * 62
+
+
+def largest_admitted(name: str, path: str) -> Workload:
+    """Every copy in one pod (a 1-core budget), as many copies as the plan bound admits, and
+    the largest env the bound admits."""
+    per_copy = len(name) + len(path) + 2
+    models = []
+    copies = MAX_PLAN_TEXT // per_copy
+    for index in range(0, copies, 4096):
+        model_name = f"{name[:-2]}{index // 4096:02d}"
+        count = min(4096, copies - index)
+        models.append({"name": model_name, "path": path, "cores": 1, "copies": count})
+    env = [{"name": f"E{i:03d}", "value": "v" * 1019} for i in range(MAX_ENV_TEXT // 1024)]
+    return workload(models=models, cores=1, env=env)
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [(LONG_NAME, "/"), ("m00", "/" + "p" * (MAX_MODEL_PATH - 1))],
+    ids=["long-names-short-paths", "short-names-long-paths"],
+)
+def test_the_largest_admitted_plan_fits_the_api_server(name: str, path: str) -> None:
+    w = largest_admitted(name, path)
+    pods = plan(w.spec).pods
+    assert len(pods) == 1
+    pod = build_pod(pods[0], w)
+    assert len(json.dumps(pod).encode()) < ETCD_OBJECT_LIMIT
+    annotations = pod["metadata"]["annotations"]
+    assert sum(len(k) + len(v) for k, v in annotations.items()) < ANNOTATIONS_LIMIT
+
+
+def test_models_annotation_names_each_model_once_in_load_order() -> None:
+    annotations = first_pod(workload())["metadata"]["annotations"]
+    assert annotations[ANNOTATION_MODELS] == "a,b"
