@@ -84,6 +84,7 @@ TOLERATION_OPERATORS = ("Exists", "Equal")
 TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_VOLUME_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 # Printable ASCII but ',' (it separates NEURON_MODELS entries), '"' and backslash (JSON escapes).
 _MODEL_PATH = re.compile(r"^/[ !#-+\--\[\]-~]*$")
@@ -415,7 +416,7 @@ def _check_volumes(
     for index, volume in enumerate(volumes):
         path = f"volumes[{index}]"
         name = volume.get("name")
-        if not isinstance(name, str) or not _DNS_LABEL.match(name) or len(name) > 63:
+        if not isinstance(name, str) or not _VOLUME_NAME.match(name) or len(name) > 63:
             problems.add(f"{path}.name", name, "is not a DNS label", "name the volume, e.g. models")
         elif name in seen:
             problems.add(f"{path}.name", name, "is a volume name used twice", "rename one")

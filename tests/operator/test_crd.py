@@ -78,3 +78,64 @@ def test_model_bounds_and_defaults(crd: dict[str, Any]) -> None:
     assert model["copies"]["default"] == 1
     assert spec_schema(crd)["properties"]["isolation"]["enum"] == list(api.ISOLATIONS)
     assert spec_schema(crd)["properties"]["isolation"]["default"] == api.ISOLATION_SHARED
+
+
+def cel_string(literal: str) -> str:
+    """The value of a single-quoted CEL string literal (only backslash escapes used here)."""
+    return re.sub(r"\\(.)", r"\1", literal)
+
+
+def test_model_path_rule_is_the_operators(crd: dict[str, Any]) -> None:
+    path = spec_schema(crd)["properties"]["models"]["items"]["properties"]["path"]
+    assert path["maxLength"] == api.MAX_MODEL_PATH
+    rule = path["x-kubernetes-validations"][0]["rule"]
+    literal = re.fullmatch(r"self\.matches\('(.*)'\)", rule)
+    assert literal is not None
+    assert cel_string(literal.group(1)) == api._MODEL_PATH.pattern
+
+
+def test_pod_fields_are_closed_and_agree(crd: dict[str, Any]) -> None:
+    props = spec_schema(crd)["properties"]
+    volume = props["volumes"]["items"]
+    assert set(volume["properties"]) == {"name", *api.VOLUME_TYPES}
+    projected = volume["properties"]["projected"]["properties"]["sources"]["items"]
+    assert set(projected["properties"]) == set(api.PROJECTED_SOURCES)
+    assert set(props["env"]["items"]["properties"]) == set(api.ENV_KEYS)
+    assert set(props["env"]["items"]["properties"]["valueFrom"]["properties"]) == set(
+        api.ENV_SOURCES
+    )
+    assert props["env"]["items"]["properties"]["value"]["type"] == "string"
+    assert set(props["volumeMounts"]["items"]["properties"]) == set(api.MOUNT_KEYS)
+    mounts = props["volumeMounts"]["items"]["properties"]
+    assert mounts["mountPropagation"]["enum"] == list(api.MOUNT_PROPAGATIONS)
+    tolerations = props["tolerations"]["items"]["properties"]
+    assert set(tolerations) == set(api.TOLERATION_KEYS)
+    assert tolerations["operator"]["enum"] == list(api.TOLERATION_OPERATORS)
+    assert tolerations["effect"]["enum"] == list(api.TOLERATION_EFFECTS)
+
+    def open_objects(schema: Any, where: str) -> list[str]:
+        """Where unknown fields are kept: only inside a volume or env source's own object."""
+        found = []
+        if isinstance(schema, dict):
+            if schema.get("x-kubernetes-preserve-unknown-fields") and not where.endswith(
+                tuple(f".{k}" for k in (*api.VOLUME_TYPES, *api.ENV_SOURCES))
+            ):
+                found.append(where)
+            for key, value in (schema.get("properties") or {}).items():
+                found += open_objects(value, f"{where}.{key}")
+            if "items" in schema:
+                found += open_objects(schema["items"], f"{where}[]")
+        return found
+
+    assert open_objects(spec_schema(crd), "spec") == []
+
+
+@pytest.mark.parametrize(
+    ("where", "bound"),
+    [("spec", api.MAX_PLAN_TEXT), ("env", api.MAX_ENV_TEXT)],
+    ids=["plan-text", "env-text"],
+)
+def test_size_bounds_agree(crd: dict[str, Any], where: str, bound: int) -> None:
+    schema = spec_schema(crd) if where == "spec" else spec_schema(crd)["properties"]["env"]
+    rules = [r["rule"] for r in schema["x-kubernetes-validations"]]
+    assert any(f"<= {bound}" in rule for rule in rules), rules
