@@ -65,6 +65,7 @@ LAYOUT: dict[str, tuple[str, ...]] = {
         "templates/device-plugin/daemonset.yaml",
         "templates/device-plugin/service.yaml",
     ),
+    "05-workload-policy.yaml": ("templates/workload-policy/admission-policy.yaml",),
 }
 _SOURCE = re.compile(r"^# Source: neuron-groups/(\S+)\n", re.MULTILINE)
 

@@ -189,6 +189,9 @@ def install_chart(cluster: LocalCluster) -> None:
         str(cluster.kubeconfig),
         "-f",
         str(CHART_VALUES),
+        # the one host folder the scenarios mount (read-only): their compiled models
+        "--set-json",
+        f"workloadPolicy.allowedHostPaths={json.dumps([str(cluster.state_dir / 'models')])}",
         "--wait",
         "--timeout",
         "5m",
@@ -225,6 +228,8 @@ def start_operator(cluster: LocalCluster) -> None:
         "0",
         "--lease-namespace",
         RELEASE_NAMESPACE,
+        "--allowed-host-paths",
+        str(cluster.state_dir / "models"),
     ]
     lay = cluster.layout
     processes.spawn(

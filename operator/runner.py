@@ -17,6 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from neuron_operator import api
 from neuron_operator.controller import Reconciler
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ DEFAULTS = {
     "NEURON_OPERATOR_LOG_FORMAT": "text",
     "NEURON_OPERATOR_LOG_LEVEL": "info",
     "NEURON_OPERATOR_LEADER_ELECTION": "true",
+    "NEURON_OPERATOR_ALLOWED_VOLUME_TYPES": ",".join(api.DEFAULT_VOLUME_TYPES),
+    "NEURON_OPERATOR_ALLOWED_HOST_PATHS": "",
 }
 
 
@@ -191,7 +194,37 @@ def add_run_command(commands: Any) -> None:
         default=_env("NEURON_OPERATOR_LOG_LEVEL"),
         help="log level [NEURON_OPERATOR_LOG_LEVEL, default info]",
     )
+    add(
+        "--allowed-volume-types",
+        type=_policy_value(api.parse_volume_types),
+        default=_env("NEURON_OPERATOR_ALLOWED_VOLUME_TYPES"),
+        help="volume types a NeuronWorkload's pods may use, comma-separated, from "
+        f"{', '.join(t for t in api.VOLUME_TYPES if t != api.HOST_PATH)} "
+        "[NEURON_OPERATOR_ALLOWED_VOLUME_TYPES, default "
+        f"{','.join(api.DEFAULT_VOLUME_TYPES)}]",
+    )
+    add(
+        "--allowed-host-paths",
+        type=_policy_value(api.parse_host_paths),
+        default=_env("NEURON_OPERATOR_ALLOWED_HOST_PATHS"),
+        help="host folders a hostPath volume may name (each with everything below it, mounted "
+        "read-only), comma-separated; empty refuses hostPath "
+        "[NEURON_OPERATOR_ALLOWED_HOST_PATHS, default empty]",
+    )
     parser.set_defaults(func=run_command)
+
+
+def _policy_value(parse: Any) -> Any:
+    """An argparse ``type`` that shows the parser's own message for a bad policy value."""
+
+    def check(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    check.__name__ = parse.__name__
+    return check
 
 
 def _resync_loop(
@@ -274,6 +307,9 @@ def run_command(args: argparse.Namespace) -> int:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
     )
     namespaces = args.namespaces or _namespaces(_env("NEURON_OPERATOR_NAMESPACES"))
+    api.configure_volume_policy(
+        api.VolumePolicy(args.allowed_volume_types, args.allowed_host_paths)
+    )
     identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
     stop, wake = threading.Event(), threading.Event()
     elector = None

@@ -47,6 +47,10 @@ def test_deploy_holds_crds_rbac_operator_and_device_plugin(
     }
     assert "Deployment" in kinds["03-operator.yaml"]
     assert kinds["04-device-plugin.yaml"] == ["DaemonSet", "Service"]
+    assert kinds["05-workload-policy.yaml"] == [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ]
     everything = "".join(files.values())
     assert "managed-by: Helm" not in everything
     assert "helm.sh/hook" not in everything
