@@ -280,7 +280,8 @@ CRD_CASES = [
             ],
         },
         (),
-        "spec.models: 262144 copies need up to 4194304 characters of NEURON_MODELS in one pod, "
+        "spec.models: Invalid value: 262144 copies need up to 4194304 characters of NEURON_MODELS "
+        "in one pod, "
         "more than 1048576",
     ),
     (
