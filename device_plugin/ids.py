@@ -107,7 +107,7 @@ def parse_id(value: str, prefix: str) -> int | None:
     if not value.startswith(prefix):
         return None
     digits = value[len(prefix) :]
-    # isdigit() alone admits other scripts' digits ('neuroncore-٠٠٠١' would be core 1 under a
+    # isdigit() alone admits other scripts' digits (Arabic-Indic 0001 would be core 1 under a
     # second spelling, slipping past duplicate checks): only the ASCII form is an ID.
     if len(digits) != ID_DIGITS or not (digits.isascii() and digits.isdigit()):
         return None

@@ -39,10 +39,11 @@ from neuron_device_plugin.ids import (
     KUBELET_SOCKET_NAME,
 )
 from neuron_device_plugin.metrics import PluginMetrics
-from neuron_device_plugin.policy import DEFAULT_POLICY, lookup_policy
 from neuron_device_plugin.podresources import HoldRefresher, PodResourcesClient
+from neuron_device_plugin.policy import DEFAULT_POLICY, lookup_policy
 from neuron_device_plugin.resources import (
     ResourceKind,
+    ResourceManager,
     SiliconLedger,
     build_managers,
     parse_resources_mode,

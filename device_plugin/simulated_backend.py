@@ -4,8 +4,8 @@ Used by the local cluster, the demo and most tests.  The same flags always give 
 and IDs.  Health control is a plain file (``--health-file``): it holds the unhealthy cores in the
 ``NEURON_RT_VISIBLE_CORES`` forms (``3``, ``4-7``, ``0,5``); empty or missing means all healthy.
 Lines starting with ``#`` are comments.  The file is read only up to 64 KiB: a larger one is
-refused (logged, last health kept) without being read.  Writing the file marks cores unhealthy on the next poll;
-emptying it lets them recover.  A device is unhealthy while any of its cores is.
+refused (logged, last health kept) without being read.  Writing the file marks cores unhealthy on
+the next poll; emptying it lets them recover.  A device is unhealthy while any of its cores is.
 """
 
 from __future__ import annotations

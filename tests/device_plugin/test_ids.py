@@ -58,7 +58,11 @@ def test_out_of_range_index_is_refused(index: int) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["neuroncore-\u0660\u0660\u0660\u0661", "neuroncore-\uff10\uff10\uff10\uff11", "neuroncore-000\u00b9"],
+    [
+        "neuroncore-\u0660\u0660\u0660\u0661",
+        "neuroncore-\uff10\uff10\uff10\uff11",
+        "neuroncore-000\u00b9",
+    ],
     ids=["arabic-indic-digits", "fullwidth-digits", "superscript-one"],
 )
 def test_only_ascii_digits_make_an_id(value: str) -> None:
@@ -77,9 +81,7 @@ def test_only_ascii_digits_make_an_id(value: str) -> None:
     ],
     ids=["none", "one", "five-all-named", "ten-thousand-counted", "huge-value-cut"],
 )
-def test_describe_values_names_few_and_counts_the_rest(
-    values: list[str], expected: str
-) -> None:
+def test_describe_values_names_few_and_counts_the_rest(values: list[str], expected: str) -> None:
     text = describe_values(values)
     assert text.endswith(expected)
     assert len(text) <= MAX_LISTED_VALUES * 100 + 40
