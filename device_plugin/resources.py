@@ -117,9 +117,9 @@ class SiliconLedger:
         self.clock = clock
         self._lock = threading.Lock()
         self._listed: dict[ResourceKind, frozenset[int]] = {k: frozenset() for k in ResourceKind}
-        self._recent: dict[ResourceKind, list[tuple[float, frozenset[int]]]] = {
-            k: [] for k in ResourceKind
-        }
+        # Per core, when this plugin last handed it out: bounded by the node's cores, however
+        # many allocations are made without a listing to end them.
+        self._recent: dict[ResourceKind, dict[int, float]] = {k: {} for k in ResourceKind}
         self._listeners: list[Callable[[], None]] = []
         self.listings = 0
 
@@ -127,10 +127,7 @@ class SiliconLedger:
         self._listeners.append(listener)
 
     def _held_locked(self, kind: ResourceKind) -> frozenset[int]:
-        held = set(self._listed[kind])
-        for _, cores in self._recent[kind]:
-            held.update(cores)
-        return frozenset(held)
+        return self._listed[kind].union(self._recent[kind])
 
     def held(self, kind: ResourceKind) -> frozenset[int]:
         """Cores that resource ``kind`` has handed out and not (as far as we know) got back."""
@@ -148,7 +145,8 @@ class SiliconLedger:
             if conflicts:
                 return conflicts
             before = self._held_locked(kind)
-            self._recent[kind].append((self.clock(), cores))
+            now = self.clock()
+            self._recent[kind].update(dict.fromkeys(cores, now))
             changed = self._held_locked(kind) != before
         if changed:
             self._notify()
@@ -165,7 +163,7 @@ class SiliconLedger:
             before = {k: self._held_locked(k) for k in ResourceKind}
             for kind in ResourceKind:
                 self._listed[kind] = frozenset(held.get(kind, frozenset()))
-                self._recent[kind] = [(t, c) for t, c in self._recent[kind] if t >= cutoff]
+                self._recent[kind] = {c: t for c, t in self._recent[kind].items() if t >= cutoff}
             changed = before != {k: self._held_locked(k) for k in ResourceKind}
             self.listings += 1
         if changed:

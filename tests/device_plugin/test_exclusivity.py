@@ -324,3 +324,12 @@ def test_restart_recovers_holds_and_release_follows_the_listing(
         pod_resources.set({})
         cores.wait_for_devices(lambda ds: not _unhealthy(ds), timeout=5)
         assert cores.allocate([core(1)]).envs == {"NEURON_RT_VISIBLE_CORES": "1"}
+
+
+def test_the_ledger_stays_bounded_without_a_listing() -> None:
+    ledger = SiliconLedger()
+    cores, _ = pair(ledger)
+    for _ in range(1000):
+        cores.allocate([core(0), core(1)])
+    assert ledger.held(ResourceKind.CORE) == {0, 1}
+    assert sum(len(v) for v in ledger._recent.values()) == 2
