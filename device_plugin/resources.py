@@ -107,7 +107,7 @@ class SiliconLedger:
     A hold starts when Allocate succeeds (:meth:`claim`, which checks and records in one step, so
     two resources allocating at once cannot both win) and ends when a PodResources listing newer
     than the hold's grace period no longer shows it (:meth:`apply_listing`).  Listeners (the
-    managers) are called after every change of what is held, to resend their device lists.
+    managers) are called with the kind whose holds changed, so the other kind resends its list.
     """
 
     def __init__(
@@ -120,10 +120,10 @@ class SiliconLedger:
         # Per core, when this plugin last handed it out: bounded by the node's cores, however
         # many allocations are made without a listing to end them.
         self._recent: dict[ResourceKind, dict[int, float]] = {k: {} for k in ResourceKind}
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[ResourceKind], None]] = []
         self.listings = 0
 
-    def add_listener(self, listener: Callable[[], None]) -> None:
+    def add_listener(self, listener: Callable[[ResourceKind], None]) -> None:
         self._listeners.append(listener)
 
     def _held_locked(self, kind: ResourceKind) -> frozenset[int]:
@@ -149,7 +149,7 @@ class SiliconLedger:
             self._recent[kind].update(dict.fromkeys(cores, now))
             changed = self._held_locked(kind) != before
         if changed:
-            self._notify()
+            self._notify([kind])
         return frozenset()
 
     def apply_listing(self, held: Mapping[ResourceKind, frozenset[int]], listed_at: float) -> bool:
@@ -164,15 +164,15 @@ class SiliconLedger:
             for kind in ResourceKind:
                 self._listed[kind] = frozenset(held.get(kind, frozenset()))
                 self._recent[kind] = {c: t for c, t in self._recent[kind].items() if t >= cutoff}
-            changed = before != {k: self._held_locked(k) for k in ResourceKind}
+            changed = [k for k in ResourceKind if self._held_locked(k) != before[k]]
             self.listings += 1
-        if changed:
-            self._notify()
-        return changed
+        self._notify(changed)
+        return bool(changed)
 
-    def _notify(self) -> None:
-        for listener in self._listeners:
-            listener()
+    def _notify(self, kinds: Iterable[ResourceKind]) -> None:
+        for kind in kinds:
+            for listener in self._listeners:
+                listener(kind)
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ class ResourceManager:
         self._changed = threading.Condition()
         self.ledger = ledger
         if ledger is not None:
-            ledger.add_listener(self._bump)
+            ledger.add_listener(self._holds_changed)
 
     # --- IDs ------------------------------------------------------------------------------------
 
@@ -296,7 +296,10 @@ class ResourceManager:
             unhealthy = self._unhealthy
         return unhealthy | self.in_use_elsewhere()
 
-    def _bump(self) -> None:
+    def _holds_changed(self, kind: ResourceKind) -> None:
+        """The ledger's holds for ``kind`` changed: resend our list if that is the other kind."""
+        if kind is not self.kind.other:
+            return
         with self._changed:
             self._generation += 1
             self._changed.notify_all()

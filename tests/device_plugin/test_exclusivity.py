@@ -333,3 +333,12 @@ def test_the_ledger_stays_bounded_without_a_listing() -> None:
         cores.allocate([core(0), core(1)])
     assert ledger.held(ResourceKind.CORE) == {0, 1}
     assert sum(len(v) for v in ledger._recent.values()) == 2
+
+
+def test_only_the_other_resource_resends_its_list() -> None:
+    cores, devices = pair()
+    seen = (cores.generation, devices.generation)
+    cores.allocate([core(0)])
+    assert (cores.generation, devices.generation) == (seen[0], seen[1] + 1)
+    cores.allocate([core(0)])
+    assert devices.generation == seen[1] + 1, "nothing changed, nothing resent"
