@@ -20,7 +20,9 @@ from neuron_cores.logs import LOG_FORMATS, configure_logging
 from neuron_device_plugin.ids import CORE_RESOURCE, DEFAULT_PLUGIN_DIR, DEVICE_RESOURCE
 from neuron_device_plugin.metrics import PluginMetrics, serve_metrics
 from neuron_device_plugin.plugin import PluginConfig, PluginManager, RegistrationRefusedError
+from neuron_device_plugin.podresources import DEFAULT_POD_RESOURCES_SOCKET
 from neuron_device_plugin.policy import DEFAULT_POLICY, POLICIES
+from neuron_device_plugin.resources import ResourcesMode
 from neuron_device_plugin.simulated_backend import SimulatedBackend
 from neuron_device_plugin.sysfs_backend import (
     DEFAULT_DEV_ROOT,
@@ -89,9 +91,9 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         prog="neuron-device-plugin",
         description=(
             "Kubelet device plugin (API v1beta1) for AWS Neuron: advertises one ID per NeuronCore "
-            f"({CORE_RESOURCE}) and one per Neuron device ({DEVICE_RESOURCE}), prefers "
-            "contiguous cores, and reports health. Every flag can also be set by the environment "
-            "variable shown; the flag wins."
+            f"({CORE_RESOURCE}) and one per Neuron device ({DEVICE_RESOURCE}), kept exclusive "
+            "in use, prefers contiguous cores, and reports health. Every flag can also be set by "
+            "the environment variable shown; the flag wins."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -114,6 +116,22 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "NEURON_DP_DEVICE_RESOURCE",
         "extended resource advertising one ID per Neuron device",
         DEVICE_RESOURCE,
+    )
+    add(
+        "--resources",
+        "NEURON_DP_RESOURCES",
+        "which resources the node offers: both (the two, kept exclusive: silicon one has handed "
+        "out is Unhealthy on the other), neuroncore (cores only) or neuron (devices only)",
+        ResourcesMode.BOTH.value,
+        choices=[m.value for m in ResourcesMode],
+    )
+    add(
+        "--pod-resources-socket",
+        "NEURON_DP_POD_RESOURCES_SOCKET",
+        "with --resources both: the kubelet's PodResources socket, listed on every health poll "
+        "to learn which held devices came back (and, after a restart, which are still held); "
+        "'none' turns it off, and then holds last until the plugin restarts",
+        DEFAULT_POD_RESOURCES_SOCKET,
     )
     add(
         "--allocation-policy",
@@ -222,6 +240,11 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     return parser
 
 
+def pod_resources_socket(value: str) -> Path | None:
+    """The ``--pod-resources-socket`` value as a path; None for ``none`` or empty (off)."""
+    return None if value.strip().lower() in ("", "none") else Path(value)
+
+
 def build_backend(args: argparse.Namespace) -> Backend:
     if args.backend == "simulated":
         return SimulatedBackend.from_flags(
@@ -250,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             device_resource=args.device_resource_name,
             policy=args.allocation_policy,
             health_interval_s=args.health_interval,
+            resources=args.resources,
+            pod_resources_socket=pod_resources_socket(args.pod_resources_socket),
         )
         backend = build_backend(args)
     except (ValueError, DiscoveryError) as err:

@@ -39,8 +39,15 @@ from neuron_device_plugin.ids import (
     KUBELET_SOCKET_NAME,
 )
 from neuron_device_plugin.metrics import PluginMetrics
+from neuron_device_plugin.podresources import HoldRefresher, PodResourcesClient
 from neuron_device_plugin.policy import DEFAULT_POLICY, lookup_policy
-from neuron_device_plugin.resources import ResourceKind, ResourceManager
+from neuron_device_plugin.resources import (
+    ResourceKind,
+    ResourceManager,
+    SiliconLedger,
+    build_managers,
+    parse_resources_mode,
+)
 from neuron_device_plugin.servicer import DevicePluginService
 from neuron_device_plugin.topology import Backend, Topology
 
@@ -65,6 +72,8 @@ class PluginConfig:
     health_interval_s: float = 5.0
     watch_interval_s: float = 0.2
     max_workers: int = 16
+    resources: str = "both"
+    pod_resources_socket: Path | None = None
 
     def __post_init__(self) -> None:
         for flag, name in (
@@ -81,6 +90,7 @@ class PluginConfig:
                 f"the core and device resources must differ, both are {self.core_resource!r}"
             )
         lookup_policy(self.policy)
+        parse_resources_mode(self.resources)
         if self.health_interval_s <= 0 or self.watch_interval_s <= 0:
             raise ValueError(
                 f"intervals must be positive: health {self.health_interval_s}, "
@@ -224,6 +234,8 @@ class PluginManager:
         self._done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._waiting_logged = False
+        self.ledger: SiliconLedger | None = None
+        self.holds: HoldRefresher | None = None
 
     def start(self) -> None:
         """Discover devices, serve both sockets, then register from the watcher thread."""
@@ -236,12 +248,19 @@ class PluginManager:
         self.topology = topology
         log.info("%s backend found %s", self.backend.name, topology.describe())
         policy = lookup_policy(self.config.policy)
-        for name, kind in (
-            (self.config.core_resource, ResourceKind.CORE),
-            (self.config.device_resource, ResourceKind.DEVICE),
-        ):
-            manager = ResourceManager(name, kind, topology, policy)
-            self.endpoints[name] = PluginEndpoint(
+        names = {
+            ResourceKind.CORE: self.config.core_resource,
+            ResourceKind.DEVICE: self.config.device_resource,
+        }
+        mode = parse_resources_mode(self.config.resources)
+        self.ledger = SiliconLedger() if len(mode.kinds) == 2 else None
+        if self.ledger is not None and self.config.pod_resources_socket is not None:
+            lister = PodResourcesClient(self.config.pod_resources_socket).list_devices
+            self.holds = HoldRefresher(
+                self.ledger, names, topology, lister, source=str(self.config.pod_resources_socket)
+            )
+        for manager in build_managers(topology, policy, names=names, mode=mode, ledger=self.ledger):
+            self.endpoints[manager.resource_name] = PluginEndpoint(
                 manager,
                 self.config.plugin_dir,
                 self.metrics,
@@ -303,6 +322,8 @@ class PluginManager:
 
     def _poll_health(self) -> None:
         assert self.topology is not None
+        if self.holds is not None:
+            self.holds.refresh()
         unhealthy = self.backend.unhealthy_cores(self.topology)
         for endpoint in self.endpoints.values():
             manager = endpoint.manager

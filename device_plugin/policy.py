@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 
 from neuron_cores import contiguous_runs
+from neuron_device_plugin.ids import describe_values
 
 Policy = Callable[[Collection[int], Collection[int], int], tuple[int, ...]]
 
@@ -27,19 +28,19 @@ class AllocationRequestError(ValueError):
 
 
 def _check(available: Collection[int], must_include: Collection[int], size: int) -> None:
+    if size <= 0 or size > len(set(available)):
+        raise AllocationRequestError(
+            f"allocation size {size} must be between 1 and the {len(set(available))} available"
+        )
     missing = sorted(set(must_include) - set(available))
     if missing:
         raise AllocationRequestError(
-            f"must-include indexes {missing} are not among the available ones"
+            f"must-include indexes [{describe_values(missing)}] are not among the available ones"
         )
     if size < len(set(must_include)):
         raise AllocationRequestError(
             f"allocation size {size} is smaller than the {len(set(must_include))} "
             "must-include indexes"
-        )
-    if size <= 0 or size > len(set(available)):
-        raise AllocationRequestError(
-            f"allocation size {size} must be between 1 and the {len(set(available))} available"
         )
 
 

@@ -1,7 +1,10 @@
 """The DevicePlugin gRPC servicer: translation between protobuf and the resource manager.
 
-It holds no device state of its own.  Bad requests abort with INVALID_ARGUMENT and a message that
-names the offending IDs, so the kubelet's event on the pod says what went wrong.
+It holds no device state of its own.  Bad requests (unknown, repeated or unhealthy IDs, impossible
+sizes) abort with INVALID_ARGUMENT; IDs whose silicon the node's other resource holds abort with
+FAILED_PRECONDITION.  The message names the first offending IDs and counts the rest, so the
+kubelet's event on the pod says what went wrong, and is bounded so it always fits the status
+trailer (a long one would reach the client as RESOURCE_EXHAUSTED, the reason lost).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import NoReturn
 import grpc
 
 from neuron_device_plugin.api import deviceplugin_pb2 as pb
-from neuron_device_plugin.ids import UnknownDeviceIDError
+from neuron_device_plugin.ids import DeviceIDError, DeviceInUseError, bounded_message
 from neuron_device_plugin.metrics import PluginMetrics
 from neuron_device_plugin.policy import AllocationRequestError
 from neuron_device_plugin.resources import AdvertisedDevice, ContainerAllocation, ResourceManager
@@ -95,7 +98,7 @@ class DevicePluginService:
                     list(container.must_include_deviceIDs),
                     container.allocation_size,
                 )
-            except (UnknownDeviceIDError, AllocationRequestError) as err:
+            except (DeviceIDError, AllocationRequestError) as err:
                 self._refuse("GetPreferredAllocation", err, context)
             contiguous = self.manager.is_contiguous(chosen)
             self.metrics.preferred.labels(
@@ -109,12 +112,12 @@ class DevicePluginService:
     def allocate(
         self, request: pb.AllocateRequest, context: grpc.ServicerContext
     ) -> pb.AllocateResponse:
-        allocations: list[ContainerAllocation] = []
-        for container in request.container_requests:
-            try:
-                allocations.append(self.manager.allocate(list(container.devices_ids)))
-            except UnknownDeviceIDError as err:
-                self._refuse("Allocate", err, context)
+        try:
+            allocations = self.manager.allocate_containers(
+                [list(container.devices_ids) for container in request.container_requests]
+            )
+        except DeviceIDError as err:
+            self._refuse("Allocate", err, context)
         for allocation in allocations:
             self.metrics.allocations.labels(resource=self._resource).inc()
             log.info("allocated %s: %s", self._resource, allocation.envs)
@@ -127,5 +130,11 @@ class DevicePluginService:
 
     def _refuse(self, call: str, err: Exception, context: grpc.ServicerContext) -> NoReturn:
         self.metrics.allocation_errors.labels(resource=self._resource, call=call).inc()
-        log.warning("%s refused for %s: %s", call, self._resource, err)
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        message = bounded_message(str(err))
+        code = (
+            grpc.StatusCode.FAILED_PRECONDITION
+            if isinstance(err, DeviceInUseError)
+            else grpc.StatusCode.INVALID_ARGUMENT
+        )
+        log.warning("%s refused for %s: %s", call, self._resource, message)
+        context.abort(code, message)

@@ -3,8 +3,9 @@
 Used by the local cluster, the demo and most tests.  The same flags always give the same devices
 and IDs.  Health control is a plain file (``--health-file``): it holds the unhealthy cores in the
 ``NEURON_RT_VISIBLE_CORES`` forms (``3``, ``4-7``, ``0,5``); empty or missing means all healthy.
-Lines starting with ``#`` are comments.  Writing the file marks cores unhealthy on the next poll;
-emptying it lets them recover.  A device is unhealthy while any of its cores is.
+Lines starting with ``#`` are comments.  The file is read only up to 64 KiB: a larger one is
+refused (logged, last health kept) without being read.  Writing the file marks cores unhealthy on
+the next poll; emptying it lets them recover.  A device is unhealthy while any of its cores is.
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ import logging
 from pathlib import Path
 
 from neuron_cores import CoreListError, lookup_instance_type, parse_core_list
-from neuron_device_plugin.topology import DiscoveryError, Topology, contiguous_topology
+from neuron_device_plugin.topology import (
+    DiscoveryError,
+    Topology,
+    contiguous_topology,
+    read_small_file,
+)
 
 log = logging.getLogger(__name__)
 
 HEALTH_FILE_WHAT = "the simulated backend's health file"
+# Every core of the largest node, one per line with a comment each, fits many times over.
+MAX_HEALTH_FILE_BYTES = 64 * 1024
 
 
 class SimulatedBackend:
@@ -99,7 +107,7 @@ class SimulatedBackend:
         if self.health_file is None:
             return ""
         try:
-            return self.health_file.read_text()
+            return read_small_file(self.health_file, MAX_HEALTH_FILE_BYTES)
         except FileNotFoundError:
             return ""
         except (OSError, UnicodeDecodeError) as err:  # a binary file would end the health loop

@@ -20,7 +20,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from neuron_device_plugin.topology import DiscoveryError, NeuronDevice, Topology
+from neuron_device_plugin.topology import (
+    DiscoveryError,
+    NeuronDevice,
+    Topology,
+    read_small_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,8 @@ DEFAULT_DEV_ROOT = "/dev"
 DEFAULT_ERROR_COUNTERS = ("hw_error",)
 DEFAULT_RECOVERY_S = 60.0
 _DEVICE_DIR = re.compile(r"^neuron(\d+)$")
+# sysfs attributes are one number each; anything longer is not the driver's file.
+MAX_ATTRIBUTE_BYTES = 4096
 
 
 class CounterHealth:
@@ -116,13 +123,12 @@ class SysfsBackend:
 
     def _read_int(self, path: Path, *, required: bool) -> int | None:
         try:
-            text = path.read_text().strip()
-        except OSError as err:
+            text = read_small_file(path, MAX_ATTRIBUTE_BYTES).strip()
+        except (OSError, UnicodeDecodeError) as err:
             if not required:
                 return None
-            raise DiscoveryError(
-                f"cannot read {path} ({err.strerror}); {self._looked_for()}"
-            ) from None
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise DiscoveryError(f"cannot read {path} ({reason}); {self._looked_for()}") from None
         try:
             value = int(text)
         except ValueError:

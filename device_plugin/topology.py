@@ -10,7 +10,27 @@ indexes are node-global (device ``d`` of an inf1 node holds cores ``4d .. 4d+3``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
+
+
+class FileTooLargeError(OSError):
+    """A file the plugin polls is larger than it would ever need to be."""
+
+
+def read_small_file(path: Path, limit: int) -> str:
+    """The text of ``path``, read at most ``limit`` bytes deep; FileTooLargeError beyond that.
+
+    Health and sysfs files are read on every poll, so a file grown by mistake (or on purpose)
+    must not grow the plugin with it: only ``limit`` + 1 bytes are ever read.
+    """
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLargeError(
+            f"{path} is larger than the {limit:,} bytes read from it; it was not read"
+        )
+    return data.decode()
 
 
 class DiscoveryError(RuntimeError):

@@ -1,4 +1,5 @@
-"""Regenerate ``deviceplugin_pb2.py`` and ``deviceplugin_pb2.pyi`` from ``deviceplugin.proto``.
+"""Regenerate the ``_pb2.py`` and ``_pb2.pyi`` modules of ``deviceplugin.proto`` (Device Plugin API
+v1beta1) and ``podresources.proto`` (the kubelet's PodResources API v1, List only).
 
 Run ``python -m neuron_device_plugin.api.generate`` after editing the ``.proto``; how and why the
 modules are generated is in ``neuron_cores.protogen``.
@@ -12,19 +13,25 @@ from pathlib import Path
 from neuron_cores.protogen import compile_proto, regenerate
 
 API_DIR = Path(__file__).resolve().parent
-PROTO_NAME = "deviceplugin.proto"
+PROTO_NAMES = ("deviceplugin.proto", "podresources.proto")
 VIRTUAL_DIR = "neuron_device_plugin/api"
-GENERATED_NAMES = ("deviceplugin_pb2.py", "deviceplugin_pb2.pyi")
+GENERATED_NAMES = tuple(
+    f"{name.removesuffix('.proto')}_pb2{ext}" for name in PROTO_NAMES for ext in (".py", ".pyi")
+)
 
 
 def generate_into(out_root: Path) -> dict[str, Path]:
-    """Compile the proto with output under ``out_root``; return generated file name -> path."""
-    return compile_proto(API_DIR / PROTO_NAME, VIRTUAL_DIR, out_root)
+    """Compile every proto with output under ``out_root``; return generated file name -> path."""
+    generated: dict[str, Path] = {}
+    for name in PROTO_NAMES:
+        generated.update(compile_proto(API_DIR / name, VIRTUAL_DIR, out_root))
+    return generated
 
 
 def main() -> int:
-    for path in regenerate(API_DIR / PROTO_NAME, VIRTUAL_DIR):
-        print(f"wrote {path}")
+    for name in PROTO_NAMES:
+        for path in regenerate(API_DIR / name, VIRTUAL_DIR):
+            print(f"wrote {path}")
     return 0
 
 

@@ -234,10 +234,12 @@ def test_device_plugin_daemonset_placement_and_mounts(render: Render) -> None:
         "device-plugins": "/var/lib/kubelet/device-plugins",
         "host-dev": "/dev",
         "host-sys": "/sys",
+        "pod-resources": "/var/lib/kubelet/pod-resources",
     }
     mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
     assert mounts["host-dev"]["readOnly"] is True
     assert mounts["host-sys"]["readOnly"] is True
+    assert mounts["pod-resources"]["readOnly"] is True
     assert not mounts["device-plugins"].get("readOnly", False)
     assert spec.get("hostNetwork", False) is False
     assert spec.get("hostPID", False) is False

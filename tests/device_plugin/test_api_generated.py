@@ -8,7 +8,9 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
 from neuron_device_plugin.api import deviceplugin_pb2 as pb
+from neuron_device_plugin.api import podresources_pb2 as pr
 from neuron_device_plugin.api.generate import API_DIR, GENERATED_NAMES, generate_into
+from neuron_device_plugin.podresources import LIST_METHOD, POD_RESOURCES_SERVICE
 
 
 @pytest.mark.parametrize("name", GENERATED_NAMES, ids=GENERATED_NAMES)
@@ -113,3 +115,43 @@ def test_services_and_methods(service: str) -> None:
         for m in descriptor.methods
     }
     assert methods == SERVICES[service]
+
+
+# (message, field, number, type, repeated) of the kubelet's PodResources API v1 that we declare.
+POD_RESOURCES_FIELDS = [
+    ("ListPodResourcesResponse", "pod_resources", 1, _M, True),
+    ("PodResources", "name", 1, _S, False),
+    ("PodResources", "namespace", 2, _S, False),
+    ("PodResources", "containers", 3, _M, True),
+    ("ContainerResources", "name", 1, _S, False),
+    ("ContainerResources", "devices", 2, _M, True),
+    ("ContainerDevices", "resource_name", 1, _S, False),
+    ("ContainerDevices", "device_ids", 2, _S, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("message", "field", "number", "kind", "repeated"),
+    POD_RESOURCES_FIELDS,
+    ids=[f"{m}.{f}" for m, f, *_ in POD_RESOURCES_FIELDS],
+)
+def test_pod_resources_fields_match_the_api(
+    message: str, field: str, number: int, kind: int, repeated: bool
+) -> None:
+    descriptor = pr.DESCRIPTOR.message_types_by_name[message].fields_by_name[field]
+    assert descriptor.number == number
+    assert descriptor.type == kind
+    assert descriptor.is_repeated == repeated
+
+
+def test_pod_resources_service_and_every_field_checked() -> None:
+    assert pr.DESCRIPTOR.package == "v1"
+    service = pr.DESCRIPTOR.services_by_name["PodResourcesLister"]
+    assert service.full_name == POD_RESOURCES_SERVICE
+    assert f"/{service.full_name}/List" == LIST_METHOD
+    methods = {m.name: (m.input_type.name, m.output_type.name) for m in service.methods}
+    assert methods == {"List": ("ListPodResourcesRequest", "ListPodResourcesResponse")}
+    declared = {
+        (m.name, f.name) for m in pr.DESCRIPTOR.message_types_by_name.values() for f in m.fields
+    }
+    assert declared == {(m, f) for m, f, *_ in POD_RESOURCES_FIELDS}

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from neuron_device_plugin.simulated_backend import SimulatedBackend
+from neuron_device_plugin.simulated_backend import MAX_HEALTH_FILE_BYTES, SimulatedBackend
 from neuron_device_plugin.sysfs_backend import CounterHealth, SysfsBackend
 from neuron_device_plugin.topology import DiscoveryError
 
@@ -208,3 +209,44 @@ def test_sysfs_reports_host_paths_but_checks_health_where_it_sees_the_nodes(
     assert backend.unhealthy_cores(topology) == frozenset()
     (dev / "neuron1").unlink()
     assert backend.unhealthy_cores(topology) == frozenset({2, 3})
+
+
+def _peak_bytes(call: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    ("fill", "size"),
+    [(b"\0", 64 * 1024 * 1024), (b"3\n", 8 * 1024 * 1024)],
+    ids=["64MB-of-nothing", "8MB-of-valid-lines"],
+)
+def test_simulated_huge_health_file_is_refused_without_being_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fill: bytes, size: int
+) -> None:
+    health = tmp_path / "health"
+    backend = SimulatedBackend(4, 4, health_file=health)
+    topology = backend.discover()
+    health.write_text("5")
+    assert backend.unhealthy_cores(topology) == {5}
+    with health.open("wb") as out:
+        if fill == b"\0":
+            out.truncate(size)  # sparse: costs no disk, but read_text() would hold it all
+        else:
+            out.write(fill * (size // len(fill)))
+    peak = _peak_bytes(lambda: backend.unhealthy_cores(topology))
+    assert peak < 1024 * 1024, f"reading the health file peaked at {peak:,} bytes"
+    assert backend.unhealthy_cores(topology) == {5}, "the last health is kept"
+    assert f"larger than the {MAX_HEALTH_FILE_BYTES:,} bytes" in caplog.text
+
+
+def test_sysfs_oversized_attribute_is_refused(fake_sysfs: FakeSysfs) -> None:
+    sysfs, dev = fake_sysfs(1, 2)
+    with (sysfs / "neuron0" / "core_count").open("wb") as out:
+        out.truncate(64 * 1024 * 1024)
+    with pytest.raises(DiscoveryError, match="larger than the 4,096 bytes"):
+        SysfsBackend(sysfs_root=sysfs, dev_root=dev).discover()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from neuron_device_plugin.cli import build_parser
+from neuron_device_plugin.cli import build_parser, pod_resources_socket
 from neuron_device_plugin.kubelet_emulator import KubeletEmulator
 from neuron_device_plugin.plugin import socket_name
 
@@ -45,6 +45,11 @@ def test_every_flag_has_its_own_env_var_in_help() -> None:
         ({}, ["--log-format", "JSON"], "log_format", "json"),
         ({"NEURON_DP_DEVICES": "12"}, [], "devices", 12),
         ({}, [], "device_plugin_dir", "/var/lib/kubelet/device-plugins"),
+        ({}, [], "resources", "both"),
+        ({"NEURON_DP_RESOURCES": "neuroncore"}, [], "resources", "neuroncore"),
+        ({}, ["--resources", "neuron"], "resources", "neuron"),
+        ({}, [], "pod_resources_socket", "/var/lib/kubelet/pod-resources/kubelet.sock"),
+        ({"NEURON_DP_POD_RESOURCES_SOCKET": "none"}, [], "pod_resources_socket", "none"),
     ],
     ids=[
         "default",
@@ -55,6 +60,11 @@ def test_every_flag_has_its_own_env_var_in_help() -> None:
         "format-any-case",
         "devices-env",
         "kubelet-default-dir",
+        "resources-default-both",
+        "resources-env",
+        "resources-flag",
+        "pod-resources-kubelet-default",
+        "pod-resources-env",
     ],
 )
 def test_flags_and_env_vars(
@@ -69,8 +79,9 @@ def test_flags_and_env_vars(
         ({"NEURON_DP_METRICS_PORT": "ninety"}, "NEURON_DP_METRICS_PORT='ninety'"),
         ({"NEURON_DP_BACKEND": "gpu"}, "choose one of: sysfs, simulated"),
         ({"NEURON_DP_METRICS_PORT": "70000"}, "NEURON_DP_METRICS_PORT='70000'"),
+        ({"NEURON_DP_RESOURCES": "all"}, "choose one of: both, neuroncore, neuron"),
     ],
-    ids=["not-an-int", "not-a-choice", "port-out-of-range"],
+    ids=["not-an-int", "not-a-choice", "port-out-of-range", "resources-not-a-choice"],
 )
 def test_bad_env_values_name_the_variable(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SystemExit) as err:
@@ -203,6 +214,54 @@ def test_process_registers_then_stops_on_sigterm_removing_its_sockets(sock_dir: 
     assert '"message": "received SIGTERM; shutting down"' in stderr
     for resource in ("aws.amazon.com/neuroncore", "aws.amazon.com/neuron"):
         assert not (sock_dir / socket_name(resource)).exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("none", None), ("NONE", None), ("", None), ("/run/pr.sock", Path("/run/pr.sock"))],
+    ids=["none", "none-any-case", "empty", "path"],
+)
+def test_pod_resources_socket_value(value: str, expected: Path | None) -> None:
+    assert pod_resources_socket(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "offered", "not_offered"),
+    [
+        ("neuroncore", "aws.amazon.com/neuroncore", "aws.amazon.com/neuron"),
+        ("neuron", "aws.amazon.com/neuron", "aws.amazon.com/neuroncore"),
+    ],
+    ids=["cores-only", "devices-only"],
+)
+def test_one_resource_per_node_by_configuration(
+    sock_dir: Path, mode: str, offered: str, not_offered: str
+) -> None:
+    with KubeletEmulator(sock_dir) as kubelet:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "neuron_device_plugin.cli", "--metrics-port", "0"],
+            env={
+                **os.environ,
+                "PYTHONSAFEPATH": "1",
+                "NEURON_DP_BACKEND": "simulated",
+                "NEURON_DP_INSTANCE_TYPE": "inf1.6xlarge",
+                "NEURON_DP_DEVICE_PLUGIN_DIR": str(sock_dir),
+                "NEURON_DP_RESOURCES": mode,
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            kubelet.wait_for_registration(offered, timeout=30)
+            assert set(kubelet.registrations) == {offered}
+            assert not (sock_dir / socket_name(not_offered)).exists()
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=15)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 0, stderr
 
 
 def test_the_docs_list_every_flag_and_env_var() -> None:

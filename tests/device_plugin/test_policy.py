@@ -66,11 +66,18 @@ def test_policies(
     ("available", "must", "size", "message"),
     [
         ([0, 1], [5], 1, "must-include indexes \\[5\\]"),
+        ([0, 1], list(range(5, 10_005)), 1, r"indexes \[5, 6, 7, 8, 9 and 9,995 more\] are not"),
         ([0, 1, 2], [0, 1], 1, "smaller than the 2 must-include"),
         ([0, 1], [], 3, "between 1 and the 2 available"),
         ([0, 1], [], 0, "between 1 and the 2 available"),
     ],
-    ids=["must-not-available", "size-below-must", "size-above-available", "size-zero"],
+    ids=[
+        "must-not-available",
+        "many-must-not-available-counted",
+        "size-below-must",
+        "size-above-available",
+        "size-zero",
+    ],
 )
 @pytest.mark.parametrize("policy", sorted(POLICIES), ids=sorted(POLICIES))
 def test_bad_requests_name_the_problem(

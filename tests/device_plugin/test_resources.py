@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from neuron_device_plugin.ids import HEALTHY, UNHEALTHY, UnknownDeviceIDError
-from neuron_device_plugin.policy import best_fit
+from neuron_device_plugin.ids import (
+    HEALTHY,
+    UNHEALTHY,
+    DuplicateDeviceIDError,
+    UnknownDeviceIDError,
+)
+from neuron_device_plugin.policy import AllocationRequestError, best_fit
 from neuron_device_plugin.resources import DeviceSpecInfo, ResourceKind, ResourceManager
 from neuron_device_plugin.topology import contiguous_topology
 
@@ -126,3 +131,83 @@ def test_preferred_allocation_uses_ids(
     )
     assert chosen == [f"neuroncore-{i:04d}" for i in expected]
     assert manager.is_contiguous(chosen)
+
+
+def core_ids(indexes: range | list[int]) -> list[str]:
+    return [f"neuroncore-{i:04d}" for i in indexes]
+
+
+@pytest.mark.parametrize(
+    ("requests", "error", "message"),
+    [
+        ([["neuroncore-0001", "neuroncore-0001"]], DuplicateDeviceIDError, "'neuroncore-0001'"),
+        ([["neuroncore-0001"] * 10_000], DuplicateDeviceIDError, "1 are repeated"),
+        (
+            [["neuroncore-0001", "neuroncore-\u0660\u0660\u0660\u0661"]],
+            UnknownDeviceIDError,
+            "has no such device IDs",
+        ),
+        ([["neuroncore-0002"], ["neuroncore-0002"]], DuplicateDeviceIDError, "more than one"),
+    ],
+    ids=["issue-13-pair", "ten-thousand-copies", "other-script-digits", "shared-by-containers"],
+)
+def test_repeated_ids_are_refused(
+    requests: list[list[str]], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message) as err:
+        cores_manager().allocate_containers(requests)
+    assert len(str(err.value)) < 1024
+
+
+@pytest.mark.parametrize(
+    ("ids", "ends"),
+    [
+        (core_ids(range(10_000)), "'neuroncore-0020' and 9,979 more"),
+        (["x" * 1_000_000], "... (1,000,002 characters)"),
+    ],
+    ids=["ten-thousand-ids", "one-megabyte-id"],
+)
+def test_refusals_name_the_first_ids_and_count_the_rest(ids: list[str], ends: str) -> None:
+    with pytest.raises(UnknownDeviceIDError) as err:
+        cores_manager().allocate(ids)
+    assert str(err.value).endswith(ends)
+    assert len(str(err.value)) < 1024
+
+
+@pytest.mark.parametrize(
+    ("available", "must", "size", "error", "message"),
+    [
+        (["neuroncore-0001", "neuroncore-0001"], [], 1, DuplicateDeviceIDError, "available"),
+        (
+            core_ids(range(4)),
+            ["neuroncore-0002", "neuroncore-0002"],
+            2,
+            DuplicateDeviceIDError,
+            "must-include device IDs must each be listed once",
+        ),
+        (
+            core_ids(range(4)),
+            ["neuroncore-0009"],
+            1,
+            UnknownDeviceIDError,
+            "must also be available",
+        ),
+        (core_ids(range(10_000)), [], 1, UnknownDeviceIDError, "9,984 are not among the 16"),
+        (core_ids(range(4)), [], 10_000, AllocationRequestError, "between 1 and the 4"),
+        (core_ids(range(4)), [], -1, AllocationRequestError, "between 1 and the 4"),
+    ],
+    ids=[
+        "repeated-available",
+        "repeated-must-include",
+        "must-include-not-available",
+        "ten-thousand-available",
+        "size-above-available",
+        "negative-size",
+    ],
+)
+def test_preferred_allocation_refuses_bad_requests(
+    available: list[str], must: list[str], size: int, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message) as err:
+        cores_manager().preferred(available, must, size)
+    assert len(str(err.value)) < 1024
