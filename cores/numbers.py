@@ -18,7 +18,7 @@ MAX_NODE_CORES = 1024
 
 # More significant digits than this is far beyond every bound used here; int() never reads them.
 _MAX_DIGITS = 18
-_TOO_LARGE = 10**_MAX_DIGITS
+_TOO_LARGE: int = 10**_MAX_DIGITS
 
 
 def is_ascii_digits(text: str) -> bool:
