@@ -115,8 +115,10 @@ class RestFrontend:
         return app
 
     async def live(self, _: web.Request) -> web.Response:
-        live = self.service.live
-        return _json({"live": live}, 200 if live else 400)
+        failure = self.service.failure
+        if failure is None:
+            return _json({"live": True})
+        return _json({"live": False, "error": failure}, 400)
 
     async def ready(self, _: web.Request) -> web.Response:
         ready = self.service.ready

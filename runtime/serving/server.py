@@ -46,6 +46,11 @@ class RuntimeHooks:
     resource_exhausted: tuple[type[BaseException], ...] = ()
     # Raised by a predictor for inputs it refuses (the server validates first; this is the net).
     invalid_input: tuple[type[BaseException], ...] = ()
+    # Raised when a group cannot run the request now (its worker died mid-request: retry).
+    unavailable: tuple[type[BaseException], ...] = ()
+    # Why the runtime can no longer serve (a group gave up restarting its workers), or None.
+    # Liveness reports it, so the kubelet restarts the pod.
+    failure: Callable[[], str | None] | None = None
 
 
 class ListenError(Exception):
@@ -202,6 +207,8 @@ def create_server(
         threads_per_group=config.threads_per_group,
         resource_exhausted=hooks.resource_exhausted,
         invalid_input=hooks.invalid_input,
+        unavailable=hooks.unavailable,
+        failure=hooks.failure,
     )
     return InferenceServer(config, service, hooks)
 
