@@ -23,9 +23,12 @@ ACCEPTED_CORE_LIST_FORMS = (
 class CoreListError(ValueError):
     """A core or device list that cannot be read; the message quotes it and the accepted forms."""
 
-    def __init__(self, value: str, problem: str, *, what: str = VISIBLE_CORES_ENV) -> None:
+    def __init__(
+        self, value: str, problem: str, *, what: str = VISIBLE_CORES_ENV, off_node: bool = False
+    ) -> None:
         self.value = value
         self.problem = problem
+        self.off_node = off_node  # an index past the node's (or every node's) last core
         super().__init__(
             f"{what}={quote(value)} is not valid: {problem}. "
             f"Accepted forms: {ACCEPTED_CORE_LIST_FORMS}. Fix the value or unset it."
@@ -49,15 +52,15 @@ class _Reader:
         self.cores: list[int] = []
         self.seen: set[int] = set()
 
-    def error(self, problem: str) -> CoreListError:
-        return CoreListError(self.value, problem, what=self.what)
+    def error(self, problem: str, *, off_node: bool = False) -> CoreListError:
+        return CoreListError(self.value, problem, what=self.what, off_node=off_node)
 
     def index(self, text: str) -> int:
         number = read_natural(text)
         if number is None:
             raise self.error(f"{quote(text)} is not a non-negative integer (digits 0-9)")
         if number >= self.limit:
-            raise self.error(f"core {quote(text)} is {_node_text(self.node_cores)}")
+            raise self.error(f"core {quote(text)} is {_node_text(self.node_cores)}", off_node=True)
         return number
 
     def add(self, first: int, last: int, part: str) -> None:

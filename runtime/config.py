@@ -28,6 +28,7 @@ from neuron_cores import (
     GROUP_SIZES_ENV,
     MAX_NODE_CORES,
     VISIBLE_CORES_ENV,
+    CoreListError,
     UnknownInstanceTypeError,
     format_group_sizes,
     lookup_instance_type,
@@ -162,10 +163,9 @@ def config_from_env(env: Mapping[str, str]) -> RuntimeConfig:
         try:
             # Checked against the node while it is read: '0-99999999' is never expanded.
             visible = parse_core_list(visible_text, node_cores=node_cores)
-        except ValueError as exc:
-            raise RuntimeConfigError(
-                f"{exc} (The node's size comes from {SIM_CORES_ENV}/{SIM_INSTANCE_TYPE_ENV}.)"
-            ) from None
+        except CoreListError as exc:
+            where = f" The node's size comes from {SIM_CORES_ENV}/{SIM_INSTANCE_TYPE_ENV}."
+            raise RuntimeConfigError(f"{exc}{where if exc.off_node else ''}") from None
     sizes_text = env.get(GROUP_SIZES_ENV)
     if sizes_text is not None and sizes_text.strip():
         try:

@@ -109,3 +109,14 @@ def test_bad_values_are_quoted_with_accepted_forms(
         config_from_env(env)
     assert quoted in str(info.value)
     assert hint in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("visible", "names_node_size"),
+    [("0-99999999", True), ("4", True), ("\u0663", False), ("3-1", False)],
+    ids=["huge-range", "one-past", "arabic-indic", "backwards"],
+)
+def test_only_off_node_errors_point_at_the_node_size(visible: str, names_node_size: bool) -> None:
+    with pytest.raises(RuntimeConfigError) as info:
+        config_from_env({"NEURON_RT_VISIBLE_CORES": visible})
+    assert ("comes from NEURON_SIM_CORES" in str(info.value)) is names_node_size
