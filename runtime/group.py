@@ -219,6 +219,7 @@ class Group:
         env = {**os.environ, **proto.SINGLE_THREAD_ENV}
         pipes = [os.pipe() for _ in range(len(self.cores) - 1)]
         workers: list[_Worker] = []
+        self._workers = workers  # seen by _stop_workers even if a later start fails
         try:
             for position, core in enumerate(self.cores):
                 parent_sock, child_sock = socket.socketpair()
@@ -246,7 +247,6 @@ class Group:
             for r, w in pipes:
                 os.close(r)
                 os.close(w)
-        self._workers = workers
         log.info(
             "group %s started workers %s on cores %s", self.index, self.worker_pids(), self.cores
         )
