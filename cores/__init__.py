@@ -20,6 +20,7 @@ from neuron_cores.instances import (
     UnknownInstanceTypeError,
     lookup_instance_type,
 )
+from neuron_cores.numbers import MAX_NODE_CORES, is_ascii_digits, read_natural
 from neuron_cores.visible import (
     VISIBLE_CORES_ENV,
     VISIBLE_DEVICES_ENV,
@@ -33,6 +34,7 @@ from neuron_cores.visible import (
 __all__ = [
     "GROUP_SIZES_ENV",
     "INSTANCE_TYPES",
+    "MAX_NODE_CORES",
     "VISIBLE_CORES_ENV",
     "VISIBLE_DEVICES_ENV",
     "CoreListError",
@@ -42,9 +44,11 @@ __all__ = [
     "contiguous_runs",
     "format_core_list",
     "format_group_sizes",
+    "is_ascii_digits",
     "is_contiguous",
     "lookup_instance_type",
     "parse_core_list",
     "parse_group_sizes",
+    "read_natural",
     "split_into_groups",
 ]

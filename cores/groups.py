@@ -2,12 +2,15 @@
 
 Forms accepted, as seen in Neuron 1.x and TensorFlow-Neuron: ``2,4,6,4``, ``[1,2,1]`` and
 ``AxB`` (A groups of B cores, such as ``16x1``), also inside a list (``[2x1,4]``).  Groups are
-consecutive runs of the visible cores, created in order.
+consecutive runs of the visible cores, created in order.  Counts are ASCII digits, and the total
+is bounded before ``AxB`` is expanded (see ``numbers``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from neuron_cores.numbers import MAX_NODE_CORES, quote, read_natural
 
 GROUP_SIZES_ENV = "NEURONCORE_GROUP_SIZES"
 
@@ -24,19 +27,33 @@ class GroupSizesError(ValueError):
         self.value = value
         self.problem = problem
         super().__init__(
-            f"{GROUP_SIZES_ENV}={value!r} is not valid: {problem}. "
+            f"{GROUP_SIZES_ENV}={quote(value)} is not valid: {problem}. "
             f"Accepted forms: {ACCEPTED_GROUP_SIZE_FORMS}."
         )
 
 
 def _positive(text: str, value: str) -> int:
-    if not text.isdigit() or int(text) == 0:
-        raise GroupSizesError(value, f"{text!r} is not a positive integer")
-    return int(text)
+    number = read_natural(text)
+    if number is None or number == 0:
+        raise GroupSizesError(value, f"{quote(text)} is not a positive integer (digits 0-9)")
+    return number
 
 
-def parse_group_sizes(value: str) -> tuple[int, ...]:
-    """Read a ``NEURONCORE_GROUP_SIZES`` value into a tuple of group sizes, in order."""
+def _too_many(value: str, max_cores: int) -> GroupSizesError:
+    node = "any Neuron node" if max_cores == MAX_NODE_CORES else "the node"
+    return GroupSizesError(
+        value, f"its groups need more than {max_cores} cores, the most {node} has"
+    )
+
+
+def parse_group_sizes(value: str, *, max_cores: int = MAX_NODE_CORES) -> tuple[int, ...]:
+    """Read a ``NEURONCORE_GROUP_SIZES`` value into a tuple of group sizes, in order.
+
+    The groups together may not need more than ``max_cores`` cores (by default the most any
+    Neuron node has); that is checked before ``AxB`` is expanded, so ``99999999x1`` is refused
+    without building a hundred million entries.  Whether the node itself has enough cores is the
+    caller's question (the runtime answers it with ``ResourceExhaustedError``).
+    """
     text = value.strip()
     if text.startswith("[") != text.endswith("]"):
         raise GroupSizesError(value, "its brackets are unbalanced")
@@ -45,6 +62,7 @@ def parse_group_sizes(value: str) -> tuple[int, ...]:
     if not text:
         raise GroupSizesError(value, "it lists no group")
     sizes: list[int] = []
+    total = 0
     for raw in text.split(","):
         part = raw.strip().lower()
         if not part:
@@ -53,9 +71,12 @@ def parse_group_sizes(value: str) -> tuple[int, ...]:
             count_text, _, size_text = part.partition("x")
             count = _positive(count_text.strip(), value)
             size = _positive(size_text.strip(), value)
-            sizes.extend([size] * count)
         else:
-            sizes.append(_positive(part, value))
+            count, size = 1, _positive(part, value)
+        total += count * size
+        if total > max_cores:
+            raise _too_many(value, max_cores)
+        sizes.extend([size] * count)
     return tuple(sizes)
 
 

@@ -29,6 +29,7 @@ from neuron_runtime.errors import (
     ResourceExhaustedError,
     RuntimeClosedError,
     RuntimeConfigError,
+    WorkerLostError,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "RuntimeConfigError",
     "RuntimeStats",
     "TensorSpec",
+    "WorkerLostError",
     "compile_model",
     "default_runtime",
     "load_model",

@@ -51,6 +51,8 @@ class GroupStats:
     switch_seconds: float
     queue_depth: int
     requests: int
+    # Times the group replaced its workers after one died (docs/runtime.md, "Worker deaths").
+    restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,7 @@ class NeuronRuntime:
                     switch_seconds=c.switch_seconds,
                     queue_depth=group.queue_depth(),
                     requests=c.requests,
+                    restarts=c.restarts,
                 )
             )
             busy.update(c.busy_seconds)
@@ -233,6 +236,18 @@ class NeuronRuntime:
 
     def worker_pids(self) -> list[int]:
         return [pid for g in self._groups for pid in g.worker_pids()]
+
+    def group_worker_pids(self, index: int) -> list[int]:
+        """The worker processes of one group, in core order (none before its first load)."""
+        return self._groups[index].worker_pids()
+
+    def broken_groups(self) -> dict[int, str]:
+        """Groups that gave up restarting their workers, with the reason; empty when healthy.
+
+        A worker that dies is replaced and its models reloaded; only a group whose workers keep
+        dying (more than ``RESTART_LIMIT`` times in ``RESTART_WINDOW_S``) is listed here.
+        """
+        return {g.index: g.broken for g in self._groups if g.broken is not None}
 
     def close(self) -> None:
         with self._lock:

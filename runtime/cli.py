@@ -47,7 +47,7 @@ def _cores(args: argparse.Namespace) -> int:
     if args.state_dir:
         env[STATE_DIR_ENV] = args.state_dir
     if args.node_cores is not None:
-        env[SIM_CORES_ENV] = str(args.node_cores)
+        env[SIM_CORES_ENV] = args.node_cores  # checked with the variable's own rules
         env.pop(SIM_INSTANCE_TYPE_ENV, None)
     if args.instance_type:
         env[SIM_INSTANCE_TYPE_ENV] = args.instance_type
@@ -81,7 +81,9 @@ def add_cores_command(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--state-dir", help=f"arbiter state directory (env {STATE_DIR_ENV})")
-    parser.add_argument("--node-cores", type=int, help=f"node size in cores (env {SIM_CORES_ENV})")
+    parser.add_argument(
+        "--node-cores", metavar="N", help=f"node size in cores (env {SIM_CORES_ENV})"
+    )
     parser.add_argument(
         "--instance-type", help=f"node size as an instance type (env {SIM_INSTANCE_TYPE_ENV})"
     )

@@ -26,13 +26,17 @@ from pathlib import Path
 
 from neuron_cores import (
     GROUP_SIZES_ENV,
+    MAX_NODE_CORES,
     VISIBLE_CORES_ENV,
+    CoreListError,
     UnknownInstanceTypeError,
     format_group_sizes,
     lookup_instance_type,
     parse_core_list,
     parse_group_sizes,
+    read_natural,
 )
+from neuron_cores.numbers import quote
 from neuron_runtime.errors import RuntimeConfigError
 
 SIM_CORES_ENV = "NEURON_SIM_CORES"
@@ -46,6 +50,7 @@ DEFAULT_NODE_CORES = 4
 DEFAULT_CORES_PER_DEVICE = 4
 DEFAULT_CORE_MEMORY_MB = 8.0
 DEFAULT_MAX_STREAK = 32
+MAX_STREAK_LIMIT = 1_000_000
 SCHEDULERS = ("switch-aware", "fifo")
 
 # Every variable the runtime reads, with a one-line meaning: the CLI's --help prints this table.
@@ -96,12 +101,13 @@ def _node_size(env: Mapping[str, str]) -> tuple[int, int]:
             raise RuntimeConfigError(f"{SIM_INSTANCE_TYPE_ENV}: {exc}") from None
         from_type = (itype.cores, itype.cores_per_device)
     if count_text:
-        if not count_text.isdigit() or int(count_text) == 0:
+        count = read_natural(count_text) or 0
+        if not 0 < count <= MAX_NODE_CORES:
             raise RuntimeConfigError(
-                f"{SIM_CORES_ENV}={count_text!r} is not valid: expected a positive core count "
-                f"such as '16', or unset it and set {SIM_INSTANCE_TYPE_ENV} (e.g. inf1.6xlarge)."
+                f"{SIM_CORES_ENV}={quote(count_text)} is not valid: expected a positive core "
+                f"count of at most {MAX_NODE_CORES} in digits 0-9 such as '16', or unset it and "
+                f"set {SIM_INSTANCE_TYPE_ENV} (e.g. inf1.6xlarge)."
             )
-        count = int(count_text)
         if from_type is not None and from_type[0] != count:
             raise RuntimeConfigError(
                 f"{SIM_CORES_ENV}={count_text!r} contradicts {SIM_INSTANCE_TYPE_ENV}="
@@ -139,12 +145,13 @@ def _scheduler(env: Mapping[str, str]) -> tuple[str, int]:
     streak_text = env.get(MAX_STREAK_ENV, "").strip()
     if not streak_text:
         return name, DEFAULT_MAX_STREAK
-    if not streak_text.isdigit() or int(streak_text) == 0:
+    streak = read_natural(streak_text) or 0
+    if not 0 < streak <= MAX_STREAK_LIMIT:
         raise RuntimeConfigError(
-            f"{MAX_STREAK_ENV}={streak_text!r} is not valid: expected a positive count such as "
-            f"'{DEFAULT_MAX_STREAK}'."
+            f"{MAX_STREAK_ENV}={quote(streak_text)} is not valid: expected a positive count of "
+            f"at most {MAX_STREAK_LIMIT} in digits 0-9 such as '{DEFAULT_MAX_STREAK}'."
         )
-    return name, int(streak_text)
+    return name, streak
 
 
 def config_from_env(env: Mapping[str, str]) -> RuntimeConfig:
@@ -154,16 +161,11 @@ def config_from_env(env: Mapping[str, str]) -> RuntimeConfig:
     visible_text = env.get(VISIBLE_CORES_ENV)
     if visible_text is not None and visible_text.strip():
         try:
-            visible = parse_core_list(visible_text)
-        except ValueError as exc:
-            raise RuntimeConfigError(str(exc)) from None
-        outside = [c for c in visible if c >= node_cores]
-        if outside:
-            raise RuntimeConfigError(
-                f"{VISIBLE_CORES_ENV}={visible_text!r} names core(s) "
-                f"{','.join(map(str, outside))}, but the node has cores 0-{node_cores - 1} "
-                f"(set by {SIM_CORES_ENV}/{SIM_INSTANCE_TYPE_ENV}); pick cores on the node."
-            )
+            # Checked against the node while it is read: '0-99999999' is never expanded.
+            visible = parse_core_list(visible_text, node_cores=node_cores)
+        except CoreListError as exc:
+            where = f" The node's size comes from {SIM_CORES_ENV}/{SIM_INSTANCE_TYPE_ENV}."
+            raise RuntimeConfigError(f"{exc}{where if exc.off_node else ''}") from None
     sizes_text = env.get(GROUP_SIZES_ENV)
     if sizes_text is not None and sizes_text.strip():
         try:

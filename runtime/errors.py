@@ -92,3 +92,7 @@ class InvalidInputError(NeuronRuntimeError, ValueError):
 
 class RuntimeClosedError(NeuronRuntimeError):
     """A call on a runtime (or predictor) after close(), or after its workers died."""
+
+
+class WorkerLostError(NeuronRuntimeError):
+    """A request (or load) that was on a worker when it died; the group has restarted: retry."""

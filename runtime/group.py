@@ -7,6 +7,15 @@ serve, swaps weights in when that model is not resident (a context switch: the p
 drained first, because a group runs one model at a time), writes the input into a free slot of
 the shared-memory arena, and sends the first stage a message naming offsets.  Up to
 ``2 x cores`` requests are in flight, so every stage of the pipeline can be busy at once.
+
+A worker that dies (killed, out of memory, a crash in numpy) is noticed by the dispatcher, which
+is always waiting on every worker's socket.  It fails the requests that were in the pipeline
+(``WorkerLostError``: retry), stops the group's other workers, starts new ones on the same cores
+(the cores stay claimed: the claim is the parent's, not the workers'), and makes the models that
+were resident resident again; queued requests are then served as usual.  A group whose workers
+die more than ``RESTART_LIMIT`` times within ``RESTART_WINDOW_S`` gives up instead of looping:
+it is *broken*, its calls fail with ``RuntimeClosedError``, and ``NeuronRuntime.broken_groups``
+reports it so the server fails its liveness probe and the kubelet restarts the pod.
 """
 
 from __future__ import annotations
@@ -31,13 +40,18 @@ import numpy as np
 
 from neuron_runtime import worker as proto
 from neuron_runtime.artifact import OUTPUT_NAME, Artifact
-from neuron_runtime.errors import ModelLoadError, RuntimeClosedError
+from neuron_runtime.errors import ModelLoadError, RuntimeClosedError, WorkerLostError
 from neuron_runtime.scheduling import SchedulingPolicy, Waiting
 
 log = logging.getLogger(__name__)
 
 PAGE = mmap.PAGESIZE
 STOP_TIMEOUT_S = 5.0
+# A group restarts its workers after a death at most this many times within the window; one more
+# death means something kills them every time (a model that crashes its worker, memory limits):
+# the group is marked broken and the process's owner (the server's liveness) takes over.
+RESTART_LIMIT = 5
+RESTART_WINDOW_S = 60.0
 _request_ids = itertools.count(1)
 
 
@@ -69,6 +83,7 @@ class GroupCounters:
     switch_seconds: float = 0.0
     requests: int = 0
     loads: int = 0
+    restarts: int = 0
     busy_seconds: dict[int, float] = field(default_factory=dict)
 
 
@@ -107,6 +122,7 @@ class Group:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._broken: str | None = None
+        self._deaths: list[float] = []  # monotonic times of worker deaths in the window
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -161,6 +177,11 @@ class Group:
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._workers]
 
+    @property
+    def broken(self) -> str | None:
+        """Why the group gave up restarting its workers; None while it serves."""
+        return self._broken
+
     def _check_open(self) -> None:
         if self._broken is not None:
             raise RuntimeClosedError(self._broken)
@@ -185,9 +206,20 @@ class Group:
     def _start_locked(self) -> None:
         if self._thread is not None:
             return
+        self._spawn_workers()
+        self._thread = threading.Thread(
+            target=self._run, name=f"neuron-group-{self.index}", daemon=True
+        )
+        self._thread.start()
+
+    def _spawn_workers(self) -> None:
+        """Start one worker per core, chained by pipes, sharing a fresh arena."""
         self._arena_fd = os.memfd_create(f"neuron-group-{self.index}")
+        self._arena, self._slot_bytes, self._arena_size = None, 0, 0
         env = {**os.environ, **proto.SINGLE_THREAD_ENV}
         pipes = [os.pipe() for _ in range(len(self.cores) - 1)]
+        workers: list[_Worker] = []
+        self._workers = workers  # seen by _stop_workers even if a later start fails
         try:
             for position, core in enumerate(self.cores):
                 parent_sock, child_sock = socket.socketpair()
@@ -210,7 +242,7 @@ class Group:
                 )
                 child_sock.close()
                 ctrl = Connection(parent_sock.detach())
-                self._workers.append(_Worker(position, core, process, ctrl))
+                workers.append(_Worker(position, core, process, ctrl))
         finally:
             for r, w in pipes:
                 os.close(r)
@@ -218,19 +250,19 @@ class Group:
         log.info(
             "group %s started workers %s on cores %s", self.index, self.worker_pids(), self.cores
         )
-        self._thread = threading.Thread(
-            target=self._run, name=f"neuron-group-{self.index}", daemon=True
-        )
-        self._thread.start()
 
     # ---- dispatcher thread -----------------------------------------------------------------
 
     def _run(self) -> None:
         try:
-            while self._step():
-                pass
-        except _WorkerGoneError as exc:
-            self._fail_everything(str(exc))
+            while True:
+                try:
+                    while self._step():
+                        pass
+                    return
+                except _WorkerGoneError as exc:
+                    if not self._recover(str(exc)):
+                        return
         except Exception:
             log.exception("group %s dispatcher failed", self.index)
             self._fail_everything(f"NeuronCore Group {self.index} dispatcher failed")
@@ -263,11 +295,72 @@ class Group:
             raise self._gone(worker) from None
 
     def _gone(self, worker: _Worker) -> _WorkerGoneError:
+        try:
+            code: int | None = worker.process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            code = None  # its socket broke but it has not exited (yet)
         return _WorkerGoneError(
-            f"the worker for core {worker.core} of NeuronCore Group {self.index} exited "
-            f"unexpectedly (exit code {worker.process.poll()}); close this runtime and start "
-            "another"
+            f"the worker for core {worker.core} of NeuronCore Group {self.index} "
+            f"(pid {worker.process.pid}) exited unexpectedly (exit code {code})"
         )
+
+    def _recover(self, reason: str) -> bool:
+        """Restart until the new workers are up (a death while reloading counts as another)."""
+        while True:
+            try:
+                return self._restart(reason)
+            except _WorkerGoneError as exc:
+                reason = str(exc)
+
+    def _restart(self, reason: str) -> bool:
+        """Replace every worker of the group after one died; False when the group gives up."""
+        now = time.monotonic()
+        self._deaths = [t for t in self._deaths if now - t < RESTART_WINDOW_S] + [now]
+        with self._lock:
+            flights = list(self._inflight.values())
+            self._inflight.clear()
+            self._free_slots = list(range(2 * len(self.cores)))
+            reload = [m for m in self.resident if m in self.models]  # least recent first
+            self.resident.clear()
+            self.active = None
+            closing = self._closing
+        lost = WorkerLostError(f"{reason} while running this request; retry it")
+        for flight in flights:
+            flight.request.future.set_exception(lost)
+        self._stop_workers()
+        if closing:
+            with self._lock:
+                self._fail_queued(RuntimeClosedError(f"NeuronCore Group {self.index} closed"))
+            return False
+        if len(self._deaths) > RESTART_LIMIT:
+            self._fail_everything(
+                f"{reason}; its workers died {len(self._deaths)} times within "
+                f"{RESTART_WINDOW_S:.0f} s, so NeuronCore Group {self.index} stopped restarting "
+                "them. Find what kills them (the kernel log for the OOM killer, the workers' "
+                "stderr), then restart the process"
+            )
+            return False
+        log.warning(
+            "%s; restarting the group's workers and reloading %s (%d death(s) in %.0f s)",
+            reason, ", ".join(reload) or "no model", len(self._deaths), RESTART_WINDOW_S,
+        )  # fmt: skip
+        self._spawn_workers()
+        self.counters.restarts += 1
+        for model in reload:
+            self._reload(model)
+        return True
+
+    def _reload(self, model: str) -> None:
+        try:
+            self._make_resident(model)
+        except ModelLoadError as exc:
+            with self._lock:
+                failed = list(self._queues[model])
+                self._queues[model].clear()
+            for request in failed:
+                request.future.set_exception(exc)
+            return
+        self.active = model
 
     def _recv(self, conn: Connection) -> tuple[Any, ...]:
         try:
@@ -325,7 +418,10 @@ class Group:
         try:
             self._make_resident(control.model)
         except _WorkerGoneError as exc:
-            control.future.set_exception(RuntimeClosedError(str(exc)))
+            with self._lock:
+                self.models.pop(control.model, None)
+                self._queues.pop(control.model, None)
+            control.future.set_exception(WorkerLostError(f"{exc} while loading; load it again"))
             raise
         except ModelLoadError as exc:
             with self._lock:
@@ -470,6 +566,7 @@ class Group:
                 w.process.kill()
                 w.process.wait()
             w.ctrl.close()
+        self._workers = []
         if self._arena_fd >= 0:
             os.close(self._arena_fd)
             self._arena_fd = -1

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from neuron_cores.logs import LOG_FORMATS
+from neuron_cores.numbers import quote, read_natural
 
 MODELS_ENV = "NEURON_MODELS"
 HTTP_PORT_ENV = "NEURON_HTTP_PORT"
@@ -25,11 +26,14 @@ LOG_LEVEL_ENV = "NEURON_LOG_LEVEL"
 GRACE_ENV = "NEURON_SERVE_SHUTDOWN_GRACE"
 DRAIN_ENV = "NEURON_SERVE_DRAIN_DELAY"
 THREADS_ENV = "NEURON_SERVE_THREADS_PER_GROUP"
+READ_TIMEOUT_ENV = "NEURON_SERVE_READ_TIMEOUT"
 
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_READ_TIMEOUT_S = 60.0
+MAX_READ_TIMEOUT_S = 3600.0
 
 # Model names travel in URLs (/v2/models/{name}) and metric labels: keep them plain.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -58,6 +62,9 @@ class ServeConfig:
     shutdown_grace_s: float = 30.0
     drain_delay_s: float = 0.0
     threads_per_group: int = 4
+    # Headers must arrive within this of the connection opening (or of the previous answer on a
+    # kept-alive connection), and a body within this of its headers; else the connection closes.
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
 
 
 def parse_model_entry(text: str, source: str) -> ModelEntry:
@@ -77,22 +84,37 @@ def parse_models_env(value: str) -> tuple[ModelEntry, ...]:
 
 
 def _int_setting(value: str, what: str, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = low - 1
-    if not low <= number <= high:
-        raise ConfigError(f"{what}: {value!r} must be an integer from {low} to {high}")
+    # ASCII digits only: int() would also read '٨٠٠٠' as 8000, and '+80' or '8_0'.
+    number = read_natural(value.strip())
+    if number is None or not low <= number <= high:
+        raise ConfigError(
+            f"{what}: {quote(value)} must be an integer from {low} to {high} (digits 0-9)"
+        )
     return number
 
 
-def _float_setting(value: str, what: str) -> float:
+def _seconds(value: str) -> float:
+    """A number of seconds in ASCII (float() alone would also read '٣'); -1 when it is not."""
     try:
-        number = float(value)
+        return float(value) if value.isascii() else -1.0
     except ValueError:
-        number = -1.0
+        return -1.0
+
+
+def _float_setting(value: str, what: str) -> float:
+    number = _seconds(value)
     if not 0 <= number < float("inf"):
         raise ConfigError(f"{what}: {value!r} must be a number of seconds, 0 or more")
+    return number
+
+
+def _timeout_setting(value: str, what: str) -> float:
+    number = _seconds(value)
+    if not 0 < number <= MAX_READ_TIMEOUT_S:
+        raise ConfigError(
+            f"{what}: {quote(value)} must be a number of seconds above 0 and at most "
+            f"{MAX_READ_TIMEOUT_S:.0f}, such as {DEFAULT_READ_TIMEOUT_S:.0f}"
+        )
     return number
 
 
@@ -153,6 +175,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         f"listeners, so load balancers notice (env {DRAIN_ENV}; default 0)",
     )
     add(
+        "--read-timeout",
+        metavar="SECONDS",
+        help=f"REST: a request's headers must arrive within this (from the connection's start, "
+        f"or from the previous answer on a kept-alive connection, so it is also the idle "
+        f"keep-alive time), and its body within this of the headers; else the connection is "
+        f"closed (a late body gets 408 first) (env {READ_TIMEOUT_ENV}; "
+        f"default {DEFAULT_READ_TIMEOUT_S:.0f})",
+    )
+    add(
         "--threads-per-group",
         metavar="N",
         help=f"requests handed to each NeuronCore Group at once; more queue in the server "
@@ -185,6 +216,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ServeC
     grace = pick(args.shutdown_grace, GRACE_ENV)
     drain = pick(args.drain_delay, DRAIN_ENV)
     threads = pick(args.threads_per_group, THREADS_ENV)
+    read_timeout = pick(args.read_timeout, READ_TIMEOUT_ENV)
     grpc_port = config.grpc_port
     if grpc is not None:
         grpc_port = _int_setting(grpc, f"--grpc-port/{GRPC_PORT_ENV}", 0, 65535) or None
@@ -213,4 +245,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ServeC
         threads_per_group=config.threads_per_group
         if threads is None
         else _int_setting(threads, f"--threads-per-group/{THREADS_ENV}", 1, 256),
+        read_timeout_s=config.read_timeout_s
+        if read_timeout is None
+        else _timeout_setting(read_timeout, f"--read-timeout/{READ_TIMEOUT_ENV}"),
     )

@@ -17,6 +17,7 @@ class ErrorKind(enum.Enum):
     TOO_LARGE = "too_large"
     UNAVAILABLE = "unavailable"
     EXHAUSTED = "exhausted"
+    TIMEOUT = "timeout"
 
 
 HTTP_STATUS: dict[ErrorKind, int] = {
@@ -25,6 +26,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.TOO_LARGE: 413,
     ErrorKind.UNAVAILABLE: 503,
     ErrorKind.EXHAUSTED: 503,
+    ErrorKind.TIMEOUT: 408,
 }
 
 

@@ -55,6 +55,14 @@ def _typed_contents(
         raise bad_request(
             f"tensor '{tensor.name}': {tensor.datatype} travels only in raw_input_contents"
         )
+    # The typed fields fix each value's type, so the type check is which field holds the data:
+    # bools in bool_contents of an FP32 tensor are refused, not read as an empty tensor.
+    foreign = [f.name for f, _ in tensor.contents.ListFields() if f.name != field]
+    if foreign:
+        raise bad_request(
+            f"tensor '{tensor.name}': {tensor.datatype} data travels in contents.{field}, "
+            f"but the request fills contents.{', contents.'.join(foreign)}"
+        )
     values = list(getattr(tensor.contents, field))
     if dtype.kind == "O":
         array = np.empty(len(values), dtype=object)
@@ -89,6 +97,11 @@ def decode_infer_request(
         shape = parse_shape(list(tensor.shape), name)
         check_against_model(model, name, tensor.datatype, shape)
         if raw:
+            if tensor.contents.ListFields():
+                raise bad_request(
+                    f"tensor '{name}' has both typed contents and raw_input_contents; "
+                    "send its data in one of them"
+                )
             inputs[name] = decode_raw_data(name, dtype, shape, raw[index])
         else:
             inputs[name] = _typed_contents(tensor, dtype, shape)

@@ -21,7 +21,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from neuron_runtime.serving import rest_codec
-from neuron_runtime.serving.errors import ErrorKind, InferenceError
+from neuron_runtime.serving.config import DEFAULT_READ_TIMEOUT_S, READ_TIMEOUT_ENV
+from neuron_runtime.serving.errors import ErrorKind, InferenceError, bad_request
+from neuron_runtime.serving.http_connection import close_after
 from neuron_runtime.serving.service import MODEL_VERSION, PLATFORM, InferenceService, ServedModel
 from neuron_runtime.serving.tensors import TensorMeta
 
@@ -53,24 +55,43 @@ def _tensor_json(meta: TensorMeta) -> dict[str, object]:
     return {"name": meta.name, "datatype": meta.datatype, "shape": list(meta.shape)}
 
 
+def _shortened(path: str, limit: int = 120) -> str:
+    """A path for a message: a URL of 8000 characters does not make an 8000-character error."""
+    return path if len(path) <= limit else f"{path[:limit]}... ({len(path)} characters)"
+
+
 @web.middleware
 async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except InferenceError as exc:
+        if exc.kind is ErrorKind.TIMEOUT:
+            # The rest of the body is not coming: answer, then close instead of lingering.
+            return await close_after(request, _error(exc.http_status, exc.message))
         return _error(exc.http_status, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        reason = exc.text if exc.status != 404 else f"no route {request.method} {request.path}"
-        return _error(exc.status, reason or exc.reason)
+        if exc.status == 404:
+            reason = f"no route {request.method} {_shortened(request.path)}"
+        else:
+            reason = exc.text or exc.reason
+        return _error(exc.status, reason)
 
 
 class RestFrontend:
-    def __init__(self, service: InferenceService, *, max_body_bytes: int, version: str) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        *,
+        max_body_bytes: int,
+        version: str,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    ) -> None:
         self.service = service
         self.max_body_bytes = max_body_bytes
         self.version = version
+        self.read_timeout_s = read_timeout_s
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes, middlewares=[_errors_as_json])
@@ -94,8 +115,10 @@ class RestFrontend:
         return app
 
     async def live(self, _: web.Request) -> web.Response:
-        live = self.service.live
-        return _json({"live": live}, 200 if live else 400)
+        failure = self.service.failure
+        if failure is None:
+            return _json({"live": True})
+        return _json({"live": False, "error": failure}, 400)
 
     async def ready(self, _: web.Request) -> web.Response:
         ready = self.service.ready
@@ -183,9 +206,20 @@ class RestFrontend:
         if declared is not None and declared > self.max_body_bytes:
             raise self._too_large(declared)
         try:
-            return await request.read()
+            async with asyncio.timeout(self.read_timeout_s):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
             raise self._too_large(None) from exc
+        except TimeoutError as exc:
+            raise InferenceError(
+                ErrorKind.TIMEOUT,
+                f"the request body did not arrive within {self.read_timeout_s:g} s of its headers; "
+                f"send it faster (or raise the server's --read-timeout / {READ_TIMEOUT_ENV})",
+            ) from exc
+        except web.RequestPayloadError as exc:
+            # Bad chunked framing, a body shorter than Content-Length, undecodable gzip: the
+            # client's fault, so a 400 that says so rather than a 500 with a traceback.
+            raise bad_request(f"the request body is malformed: {exc}") from exc
 
     def _too_large(self, size: int | None) -> InferenceError:
         got = f" ({size} bytes)" if size is not None else ""

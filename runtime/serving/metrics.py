@@ -92,6 +92,11 @@ class RuntimeCollector(Collector):
         requests = CounterMetricFamily(
             "neuron_group_requests", "Requests the group has run", labels=["group"]
         )
+        restarts = CounterMetricFamily(
+            "neuron_group_worker_restarts",
+            "Times the group replaced its worker processes after one died",
+            labels=["group"],
+        )
         resident = GaugeMetricFamily(
             "neuron_group_resident_model",
             "1 for the model currently resident in the group",
@@ -103,10 +108,11 @@ class RuntimeCollector(Collector):
             switches.add_metric(label, group.switches)
             switch_time.add_metric(label, group.switch_seconds)
             requests.add_metric(label, group.requests)
+            restarts.add_metric(label, group.restarts)
             if group.resident_model is not None:
                 cores = ",".join(str(c) for c in group.cores)
                 resident.add_metric([*label, group.resident_model, cores], 1)
-        yield from (depth, switches, switch_time, requests, resident)
+        yield from (depth, switches, switch_time, requests, restarts, resident)
 
 
 class ServingMetrics:

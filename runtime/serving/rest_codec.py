@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from neuron_cores.numbers import quote, read_natural
 from neuron_runtime.serving.errors import bad_request
 from neuron_runtime.serving.tensors import (
     ModelSignature,
@@ -59,14 +60,11 @@ class DecodedRequest:
 def parse_header_length(value: str | None, body_length: int) -> int | None:
     if value is None:
         return None
-    try:
-        length = int(value)
-    except ValueError:
-        length = -1
-    if not 0 <= length <= body_length:
+    length = read_natural(value.strip())  # ASCII digits: int() takes '+5', Arabic-Indic five
+    if length is None or not 0 <= length <= body_length:
         raise bad_request(
-            f"header {HEADER_LENGTH}: {value!r} must be an integer between 0 and the body length "
-            f"({body_length})"
+            f"header {HEADER_LENGTH}: {quote(value)} must be an integer between 0 and the body "
+            f"length ({body_length}), in digits 0-9"
         )
     return length
 

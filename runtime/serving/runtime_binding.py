@@ -21,11 +21,20 @@ def copy_name(name: str, ordinal: int) -> str:
     return name if ordinal == 1 else f"{name}#{ordinal}"
 
 
+def runtime_failure(broken: Mapping[int, str]) -> str | None:
+    """The liveness verdict: None while every group serves, else which groups gave up and why."""
+    if not broken:
+        return None
+    return "; ".join(f"NeuronCore Group {index}: {reason}" for index, reason in broken.items())
+
+
 def bind_runtime(env: Mapping[str, str] | None) -> tuple[ModelLoader, RuntimeHooks]:
     from neuron_runtime import (
         InvalidInputError,
         NeuronRuntime,
         ResourceExhaustedError,
+        RuntimeClosedError,
+        WorkerLostError,
     )
 
     runtime = NeuronRuntime.from_env(env)
@@ -40,5 +49,7 @@ def bind_runtime(env: Mapping[str, str] | None) -> tuple[ModelLoader, RuntimeHoo
         close=runtime.close,
         resource_exhausted=(ResourceExhaustedError,),
         invalid_input=(InvalidInputError,),
+        unavailable=(WorkerLostError, RuntimeClosedError),
+        failure=lambda: runtime_failure(runtime.broken_groups()),
     )
     return load, hooks

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from neuron_runtime.api import RuntimeStats
 from neuron_runtime.serving.config import GRPC_PORT_ENV, HTTP_PORT_ENV, ServeConfig
 from neuron_runtime.serving.grpc_frontend import GrpcFrontend, build_grpc_server
+from neuron_runtime.serving.http_connection import RefusingSockSite
 from neuron_runtime.serving.http_frontend import RestFrontend, server_version
 from neuron_runtime.serving.metrics import RuntimeCollector, ServingMetrics
 from neuron_runtime.serving.service import InferenceService, ModelLoader
@@ -45,6 +46,11 @@ class RuntimeHooks:
     resource_exhausted: tuple[type[BaseException], ...] = ()
     # Raised by a predictor for inputs it refuses (the server validates first; this is the net).
     invalid_input: tuple[type[BaseException], ...] = ()
+    # Raised when a group cannot run the request now (its worker died mid-request: retry).
+    unavailable: tuple[type[BaseException], ...] = ()
+    # Why the runtime can no longer serve (a group gave up restarting its workers), or None.
+    # Liveness reports it, so the kubelet restarts the pod.
+    failure: Callable[[], str | None] | None = None
 
 
 class ListenError(Exception):
@@ -81,7 +87,12 @@ class InferenceServer:
         self.service = service
         self._hooks = hooks
         version = server_version()
-        self._rest = RestFrontend(service, max_body_bytes=config.max_body_bytes, version=version)
+        self._rest = RestFrontend(
+            service,
+            max_body_bytes=config.max_body_bytes,
+            version=version,
+            read_timeout_s=config.read_timeout_s,
+        )
         self._grpc_frontend = GrpcFrontend(service, version=version)
         self._runner: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -105,7 +116,7 @@ class InferenceServer:
             shutdown_timeout=config.shutdown_grace_s,
         )
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        await RefusingSockSite(self._runner, sock, read_timeout_s=config.read_timeout_s).start()
         if config.grpc_port is not None:
             self._grpc = build_grpc_server(
                 self._grpc_frontend, max_message_bytes=config.max_body_bytes
@@ -196,6 +207,8 @@ def create_server(
         threads_per_group=config.threads_per_group,
         resource_exhausted=hooks.resource_exhausted,
         invalid_input=hooks.invalid_input,
+        unavailable=hooks.unavailable,
+        failure=hooks.failure,
     )
     return InferenceServer(config, service, hooks)
 

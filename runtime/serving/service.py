@@ -86,6 +86,8 @@ class InferenceService:
         threads_per_group: int = 4,
         resource_exhausted: tuple[type[BaseException], ...] = (),
         invalid_input: tuple[type[BaseException], ...] = (),
+        unavailable: tuple[type[BaseException], ...] = (),
+        failure: Callable[[], str | None] | None = None,
     ) -> None:
         self.entries = tuple(entries)
         self.metrics = metrics
@@ -94,6 +96,8 @@ class InferenceService:
         self._threads = threads_per_group
         self._exhausted = resource_exhausted
         self._invalid = invalid_input
+        self._unavailable = unavailable
+        self._failure = failure
         self._models: dict[str, ServedModel] = {}
         self._executors: dict[int, ThreadPoolExecutor] = {}
         self._loaded = False
@@ -129,12 +133,19 @@ class InferenceService:
         self._loaded = True
 
     @property
+    def failure(self) -> str | None:
+        """Why this server cannot recover by itself (restarting the process would), or None."""
+        if self.load_error is not None:
+            return f"loading the models failed: {self.load_error}"
+        return self._failure() if self._failure is not None else None
+
+    @property
     def live(self) -> bool:
-        return self.load_error is None
+        return self.failure is None
 
     @property
     def ready(self) -> bool:
-        return self._loaded and not self._draining
+        return self._loaded and not self._draining and self.live
 
     def start_draining(self) -> None:
         self._draining = True
@@ -191,6 +202,8 @@ class InferenceService:
                 raise InferenceError(ErrorKind.EXHAUSTED, str(exc)) from exc
             except self._invalid as exc:
                 raise InferenceError(ErrorKind.BAD_REQUEST, str(exc)) from exc
+            except self._unavailable as exc:
+                raise InferenceError(ErrorKind.UNAVAILABLE, str(exc)) from exc
             finally:
                 gauge.dec()
             self.metrics.latency.labels(model.name, str(group)).observe(

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Protocol
 
 import numpy as np
@@ -161,20 +162,84 @@ def check_against_model(
         )
 
 
+# The values each kind of tensor takes, as JSON (or protobuf's typed fields) delivers them.
+# Compared with type(), never isinstance(): bool is a subclass of int, and ``true`` must not pass
+# for 1 in a number tensor (numpy would quietly turn ``[1.5, true]`` into ``[1.5, 1.0]``).
+_ELEMENT_TYPES: dict[str, tuple[frozenset[type], str]] = {
+    "b": (frozenset({bool}), "true/false"),
+    "i": (frozenset({int}), "integers"),
+    "u": (frozenset({int}), "integers"),
+    "f": (frozenset({int, float}), "numbers"),
+    "O": (frozenset({str}), "strings"),
+}
+_JSON_NAMES: dict[type, str] = {
+    bool: "true/false",
+    int: "an integer",
+    float: "a number with a fraction",
+    str: "a string",
+    type(None): "null",
+    dict: "an object",
+    bytes: "bytes",
+}
+
+
+def _leaf_types(data: object) -> set[type]:
+    """The types of every value inside nested lists, one level at a time.
+
+    ``set(map(type, ...))`` over a chained level runs in C: about 20 ns an element, a few
+    microseconds for a typical request, a third of the cost of decoding it.
+    """
+    if type(data) is not list:
+        return {type(data)}
+    found: set[type] = set()
+    level: list[list[object]] = [data]
+    while level:
+        kinds = set(map(type, chain.from_iterable(level)))
+        if list in kinds:
+            kinds.discard(list)
+            level = [item for item in chain.from_iterable(level) if type(item) is list]
+        else:
+            level = []
+        found |= kinds
+    return found
+
+
+def _leaves(data: object) -> Iterator[object]:
+    stack: list[object] = [data]
+    while stack:
+        item = stack.pop()
+        if type(item) is list:
+            stack.extend(reversed(item))
+        else:
+            yield item
+
+
+def check_element_types(tensor: str, dtype: np.dtype[Any], data: object) -> None:
+    """Refuse data holding a value of the wrong kind for the datatype (``true`` in FP32, ...)."""
+    allowed, wanted = _ELEMENT_TYPES[dtype.kind]
+    if _leaf_types(data) <= allowed:
+        return
+    bad = next(item for item in _leaves(data) if type(item) not in allowed)
+    shown = _JSON_NAMES.get(type(bad), type(bad).__name__)
+    value = repr(bad) if len(repr(bad)) <= 40 else repr(bad)[:40] + "..."
+    raise bad_request(
+        f"tensor '{tensor}': {datatype_of(dtype)} data must be {wanted}, got {shown} ({value})"
+    )
+
+
 def _check_numbers(array: npt.NDArray[Any], dtype: np.dtype[Any], tensor: str) -> None:
+    """After the element types: what numpy made of them, and the integer range."""
     kind = array.dtype.kind
     if array.size == 0:
         return
     if dtype.kind == "b":
         ok = kind == "b"
-        wanted = "true/false"
     elif dtype.kind in "iu":
         ok = kind in "iu"
-        wanted = "integers"
     else:
         ok = kind in "iuf"
-        wanted = "numbers"
     if not ok:
+        wanted = _ELEMENT_TYPES[dtype.kind][1]
         raise bad_request(f"tensor '{tensor}': data must be {wanted} for {datatype_of(dtype)}")
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -186,18 +251,9 @@ def _check_numbers(array: npt.NDArray[Any], dtype: np.dtype[Any], tensor: str) -
             )
 
 
-def _flatten_strings(data: object, tensor: str) -> list[bytes]:
-    out: list[bytes] = []
-    stack: list[object] = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(reversed(item))
-        elif isinstance(item, str):
-            out.append(item.encode())
-        else:
-            raise bad_request(f"tensor '{tensor}': BYTES data must be strings, got {item!r}")
-    return out
+def _flatten_strings(data: object) -> list[bytes]:
+    """Nested lists of strings (checked by ``check_element_types``) as UTF-8, row-major."""
+    return [str(item).encode() for item in _leaves(data)]
 
 
 def decode_json_data(
@@ -205,8 +261,9 @@ def decode_json_data(
 ) -> npt.NDArray[Any]:
     """JSON ``data`` (nested or flat, row-major) to an array of ``shape``."""
     count = element_count(shape)
+    check_element_types(tensor, dtype, data)
     if dtype.kind == "O":
-        return _bytes_array(tensor, shape, count, _flatten_strings(data, tensor))
+        return _bytes_array(tensor, shape, count, _flatten_strings(data))
     try:
         raw = np.asarray(data)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
@@ -272,7 +329,20 @@ def decode_raw_data(
             f"tensor '{tensor}': shape {list(shape)} of {datatype_of(dtype)} needs {expected} "
             f"bytes, got {len(raw)}"
         )
+    if dtype.kind == "b":
+        _check_bool_bytes(tensor, raw)
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def _check_bool_bytes(tensor: str, raw: bytes | memoryview) -> None:
+    """A BOOL element is one byte, 0 or 1; numpy would keep any other byte as a third value."""
+    octets = np.frombuffer(raw, dtype=np.uint8)
+    if octets.size and int(octets.max()) > 1:
+        position = int(np.argmax(octets > 1))
+        raise bad_request(
+            f"tensor '{tensor}': BOOL data must be bytes 0 (false) or 1 (true), got byte "
+            f"{int(octets[position])} at element {position}"
+        )
 
 
 def _split_length_prefixed(raw: bytes | memoryview, tensor: str) -> list[bytes]:

@@ -1,6 +1,9 @@
+import tracemalloc
+
 import pytest
 
 from neuron_cores import (
+    MAX_NODE_CORES,
     GroupSizesError,
     format_group_sizes,
     parse_group_sizes,
@@ -37,6 +40,12 @@ def test_parse_group_sizes(value: str, expected: tuple[int, ...]) -> None:
         ("[1,2", "unbalanced"),
         ("0x4", "not a positive integer"),
         ("2x", "not a positive integer"),
+        ("\u0663", "digits 0-9"),
+        ("2x\u00b3", "digits 0-9"),
+        ("[\u0661,2]", "digits 0-9"),
+        ("99999999x1", f"more than {MAX_NODE_CORES} cores, the most any Neuron node has"),
+        (f"1,{MAX_NODE_CORES}", f"more than {MAX_NODE_CORES} cores"),
+        ("1x" + "9" * 5000, f"more than {MAX_NODE_CORES} cores"),
     ],
     ids=[
         "empty",
@@ -48,6 +57,12 @@ def test_parse_group_sizes(value: str, expected: tuple[int, ...]) -> None:
         "bracket",
         "zero-A",
         "no-B",
+        "arabic-indic-digit",
+        "superscript-B",
+        "arabic-indic-in-list",
+        "huge-A",
+        "total-past-every-node",
+        "thousands-of-digits",
     ],
 )
 def test_parse_group_sizes_errors_quote_value_and_forms(value: str, problem: str) -> None:
@@ -55,8 +70,31 @@ def test_parse_group_sizes_errors_quote_value_and_forms(value: str, problem: str
         parse_group_sizes(value)
     message = str(info.value)
     assert problem in message
-    assert repr(value) in message
+    assert repr(value) in message or "characters)" in message
     assert "Accepted forms" in message and "16x1" in message
+
+
+def test_bound_is_the_callers_node() -> None:
+    assert parse_group_sizes("4x4", max_cores=16) == (4,) * 4
+    with pytest.raises(GroupSizesError, match="more than 16 cores, the most the node has"):
+        parse_group_sizes("4x4,1", max_cores=16)
+    assert len(parse_group_sizes(f"{MAX_NODE_CORES}x1")) == MAX_NODE_CORES
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2000000x1", "1x2000000", ",".join(["1000x1"] * 2000)],
+    ids=["many-groups", "big-group", "repeated"],
+)
+def test_refused_without_expanding(value: str) -> None:
+    tracemalloc.start()
+    try:
+        with pytest.raises(GroupSizesError):
+            parse_group_sizes(value)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, f"peak {peak} bytes"
 
 
 def test_format_round_trips() -> None:

@@ -1,6 +1,9 @@
+import tracemalloc
+
 import pytest
 
 from neuron_cores import (
+    MAX_NODE_CORES,
     CoreListError,
     contiguous_runs,
     format_core_list,
@@ -35,8 +38,32 @@ def test_parse_core_list(value: str, expected: tuple[int, ...]) -> None:
         ("a", "not a non-negative integer"),
         ("-3", "not a non-negative integer"),
         ("1,,2", "empty entry"),
+        ("\u0663", "digits 0-9"),
+        ("1-\u0663", "digits 0-9"),
+        ("\u00b3", "digits 0-9"),
+        ("\uff13", "digits 0-9"),
+        ("0-99999999", f"none has more than {MAX_NODE_CORES} cores"),
+        (str(MAX_NODE_CORES), f"none has more than {MAX_NODE_CORES} cores"),
+        ("9" * 5000, f"none has more than {MAX_NODE_CORES} cores"),
+        ("+3", "not a non-negative integer"),
     ],
-    ids=["empty", "backwards", "duplicate", "overlap", "word", "negative", "double-comma"],
+    ids=[
+        "empty",
+        "backwards",
+        "duplicate",
+        "overlap",
+        "word",
+        "negative",
+        "double-comma",
+        "arabic-indic-digit",
+        "arabic-indic-in-range",
+        "superscript",
+        "fullwidth-digit",
+        "huge-range",
+        "index-past-every-node",
+        "thousands-of-digits",
+        "plus-sign",
+    ],
 )
 def test_parse_core_list_errors(value: str, problem: str) -> None:
     with pytest.raises(CoreListError) as info:
@@ -44,6 +71,53 @@ def test_parse_core_list_errors(value: str, problem: str) -> None:
     assert problem in str(info.value)
     assert "NEURON_RT_VISIBLE_CORES" in str(info.value)
     assert "Accepted forms" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "node_cores", "problem"),
+    [
+        ("0-99999999", 4, "core '99999999' is outside the node, which has 4 cores (0-3)"),
+        ("7", 4, "core '7' is outside the node, which has 4 cores (0-3)"),
+        ("2,16", 16, "core '16' is outside the node, which has 16 cores (0-15)"),
+    ],
+    ids=["huge-range", "one-past", "last-past"],
+)
+def test_indexes_are_checked_against_the_node(value: str, node_cores: int, problem: str) -> None:
+    with pytest.raises(CoreListError) as info:
+        parse_core_list(value, node_cores=node_cores)
+    assert problem in str(info.value)
+    assert repr(value) in str(info.value) and "Accepted forms" in str(info.value)
+
+
+def test_whole_node_is_accepted() -> None:
+    assert parse_core_list("0-15", node_cores=16) == tuple(range(16))
+    assert len(parse_core_list(f"0-{MAX_NODE_CORES - 1}")) == MAX_NODE_CORES
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0-2000000", ",".join(["0-1023"] * 2000)],
+    ids=["long-range", "repeated-ranges"],
+)
+def test_refused_without_expanding(value: str) -> None:
+    """The bound and the duplicate check come before expansion: memory stays small."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(CoreListError):
+            parse_core_list(value)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, f"peak {peak} bytes"
+
+
+def test_long_values_are_quoted_shortened() -> None:
+    value = "1," * 50000 + "x"
+    with pytest.raises(CoreListError) as info:
+        parse_core_list(value)
+    message = str(info.value)
+    assert len(message) < 600
+    assert "(100001 characters)" in message
 
 
 @pytest.mark.parametrize(

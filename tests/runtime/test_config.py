@@ -72,7 +72,17 @@ def test_knobs_are_read() -> None:
         ({"NEURONCORE_GROUP_SIZES": "two"}, "'two'", "[1,2,1]"),
         ({"NEURON_RT_VISIBLE_CORES": "4-2"}, "'4-2'", "inclusive range"),
         ({"NEURON_RT_VISIBLE_CORES": "a"}, "'a'", "comma list"),
-        ({"NEURON_RT_VISIBLE_CORES": "7"}, "'7'", "cores 0-3"),
+        ({"NEURON_RT_VISIBLE_CORES": "7"}, "'7'", "cores (0-3)"),
+        (
+            {"NEURON_RT_VISIBLE_CORES": "0-99999999"},
+            "'0-99999999'", "outside the node, which has 4 cores (0-3)",
+        ),
+        ({"NEURON_RT_VISIBLE_CORES": "\u0663"}, "'\u0663'", "digits 0-9"),
+        ({"NEURONCORE_GROUP_SIZES": "\u0662"}, "'\u0662'", "digits 0-9"),
+        ({"NEURONCORE_GROUP_SIZES": "99999999x1"}, "'99999999x1'", "more than 1024 cores"),
+        ({"NEURON_SIM_CORES": "\u0661\u0666"}, "'\u0661\u0666'", "digits 0-9"),
+        ({"NEURON_SIM_CORES": "99999999"}, "'99999999'", "at most 1024"),
+        ({"NEURON_SIM_MAX_STREAK": "\u0663"}, "'\u0663'", "digits 0-9"),
         ({"NEURON_SIM_CORES": "many"}, "'many'", "positive core count"),
         ({"NEURON_SIM_CORES": "0"}, "'0'", "positive core count"),
         ({"NEURON_SIM_INSTANCE_TYPE": "inf9.huge"}, "'inf9.huge'", "inf1.6xlarge"),
@@ -86,7 +96,9 @@ def test_knobs_are_read() -> None:
     ],
     ids=[
         "sizes-empty-entry", "sizes-word", "visible-backwards", "visible-word",
-        "visible-off-node", "cores-word", "cores-zero", "unknown-type", "count-contradicts-type",
+        "visible-off-node", "visible-huge-range", "visible-arabic-indic",
+        "sizes-arabic-indic", "sizes-huge", "cores-arabic-indic", "cores-huge",
+        "streak-arabic-indic", "cores-word", "cores-zero", "unknown-type", "count-contradicts-type",
         "memory-word", "unknown-scheduler", "streak-zero",
     ],
 )  # fmt: skip
@@ -97,3 +109,14 @@ def test_bad_values_are_quoted_with_accepted_forms(
         config_from_env(env)
     assert quoted in str(info.value)
     assert hint in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("visible", "names_node_size"),
+    [("0-99999999", True), ("4", True), ("\u0663", False), ("3-1", False)],
+    ids=["huge-range", "one-past", "arabic-indic", "backwards"],
+)
+def test_only_off_node_errors_point_at_the_node_size(visible: str, names_node_size: bool) -> None:
+    with pytest.raises(RuntimeConfigError) as info:
+        config_from_env({"NEURON_RT_VISIBLE_CORES": visible})
+    assert ("comes from NEURON_SIM_CORES" in str(info.value)) is names_node_size

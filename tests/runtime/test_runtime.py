@@ -16,12 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import neuron_runtime.group
 from neuron_runtime import (
     InvalidInputError,
     ModelDoesNotFitError,
     ModelLoadError,
     NeuronRuntime,
+    Predictor,
     RuntimeClosedError,
+    WorkerLostError,
 )
 from neuron_runtime.artifact import load_artifact, read_stage_weights
 from neuron_runtime.layers import run_layer
@@ -236,18 +239,100 @@ def test_close_stops_workers_and_releases_cores(
         pass
 
 
-def test_a_dead_worker_fails_calls_clearly(runtime_factory: Factory, model_dir: ModelDir) -> None:
+def _until_served(predictor: Predictor, x: np.ndarray, limit_s: float = 30.0) -> np.ndarray:
+    """Call until a call succeeds; calls in the pipeline when a worker died fail first."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            return predictor({"input": x})["output"]
+        except WorkerLostError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def _exited(pids: list[int]) -> bool:
+    """True when none of the processes exists any more (reaped, not left as zombies)."""
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+@pytest.mark.parametrize("victim_stage", [0, 1], ids=["first-stage", "last-stage"])
+def test_a_killed_worker_is_replaced_and_its_models_reloaded(
+    runtime_factory: Factory, model_dir: ModelDir, victim_stage: int
+) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="2,1")
+    pipelined = runtime.load_model(model_dir("mlp", 2))  # group 0: two stages on cores 0 and 1
+    other = runtime.load_model(model_dir("mlp", 1))  # group 1
+    beside = runtime.load_model(model_dir("mlp", 1, seed=3))  # group 0 again, resident too
+    x = np.random.default_rng(1).standard_normal((3, 16), dtype=np.float32)
+    before = {p.name: p({"input": x})["output"] for p in (pipelined, other, beside)}
+    old = runtime.group_worker_pids(0)
+    untouched = runtime.group_worker_pids(1)
+
+    os.kill(old[victim_stage], signal.SIGKILL)
+
+    assert np.array_equal(_until_served(pipelined, x), before[pipelined.name])
+    assert np.array_equal(_until_served(beside, x), before[beside.name])
+    new = runtime.group_worker_pids(0)
+    assert len(new) == 2 and not set(new) & set(old)
+    assert _exited(old)  # the survivor of the old pair was stopped, and both were reaped
+    assert runtime.group_worker_pids(1) == untouched
+    assert np.array_equal(other({"input": x})["output"], before[other.name])
+    stats = runtime.stats().groups
+    assert (stats[0].restarts, stats[1].restarts) == (1, 0)
+    assert stats[0].switches == 0  # reloading the resident models is not a context switch
+    assert runtime.broken_groups() == {}
+    assert runtime.load_model(model_dir("mlp", 1)).group == 1  # loading still works
+
+
+def test_requests_around_a_worker_death_all_end(
+    runtime_factory: Factory, model_dir: ModelDir
+) -> None:
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="1")
+    predictor = runtime.load_model(model_dir("mlp", 1))
+    x = np.ones((64, 16), np.float32)
+    expected = predictor({"input": x})["output"]
+    futures = [predictor.submit({"input": x}) for _ in range(200)]
+    os.kill(runtime.group_worker_pids(0)[0], signal.SIGKILL)
+    futures += [predictor.submit({"input": x}) for _ in range(50)]
+    served = lost = 0
+    for future in futures:
+        try:
+            output = future.result(timeout=60)
+        except WorkerLostError as exc:
+            assert "exit code -9" in str(exc) and "retry" in str(exc)
+            lost += 1
+        else:
+            assert np.array_equal(output["output"], expected)
+            served += 1
+    assert served + lost == len(futures)
+    assert served >= 50  # at least everything submitted after the death
+    assert np.array_equal(_until_served(predictor, x), expected)
+
+
+def test_a_group_whose_workers_keep_dying_gives_up(
+    runtime_factory: Factory, model_dir: ModelDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(neuron_runtime.group, "RESTART_LIMIT", 2)
     runtime = runtime_factory(NEURONCORE_GROUP_SIZES="1,1")
     victim = runtime.load_model(model_dir("mlp", 1))
     survivor = runtime.load_model(model_dir("mlp", 1))
     x = np.ones((1, 16), np.float32)
-    victim({"input": x})
-    os.kill(runtime.worker_pids()[0], signal.SIGKILL)
-    with pytest.raises(RuntimeClosedError, match="exited unexpectedly"):
-        for _ in range(1000):  # the first call may be in flight when the death is noticed
-            victim({"input": x})
+    for death in range(3):
+        pids = runtime.group_worker_pids(0)
+        os.kill(pids[0], signal.SIGKILL)
+        if death < 2:
+            _until_served(victim, x)
+            assert runtime.group_worker_pids(0) != pids
+    with pytest.raises(RuntimeClosedError, match="died 3 times within 60 s") as info:
+        for _ in range(1000):  # until the third death has been noticed
+            _until_served(victim, x)
+            time.sleep(0.01)
+    assert "stopped restarting them" in str(info.value)
+    assert list(runtime.broken_groups()) == [0]
+    assert "died 3 times" in runtime.broken_groups()[0]
+    assert runtime.group_worker_pids(0) == []
     assert survivor({"input": x})["output"].shape == (1, 5)
-    with pytest.raises(RuntimeClosedError, match="exited unexpectedly"):
+    with pytest.raises(RuntimeClosedError, match="stopped restarting"):
         runtime.load_model(model_dir("mlp", 1))  # the third load goes to the broken group 0
     assert runtime.predictors == [victim, survivor]
 

@@ -76,9 +76,20 @@ def test_flags_win_over_env_and_env_over_defaults() -> None:
         (["--model", "a=p", "--shutdown-grace", "-1"], "seconds, 0 or more"),
         (["--model", "a=p", "--drain-delay", "inf"], "seconds, 0 or more"),
         (["--model", "a=p", "--threads-per-group", "0"], "from 1 to 256"),
+        (["--model", "a=p", "--http-port", "\u0668\u0660\u0660\u0660"], "digits 0-9"),
+        (["--model", "a=p", "--http-port", "+8000"], "digits 0-9"),
+        (["--model", "a=p", "--max-body-bytes", "1_000_000"], "digits 0-9"),
+        (["--model", "a=p", "--drain-delay", "\u0663"], "seconds, 0 or more"),
+        (["--model", "a=p", "--read-timeout", "0"], "above 0 and at most 3600"),
+        (["--model", "a=p", "--read-timeout", "-5"], "above 0"),
+        (["--model", "a=p", "--read-timeout", "soon"], "'soon' must be a number of seconds"),
+        (["--model", "a=p", "--read-timeout", "1e9"], "at most 3600"),
+        (["--model", "a=p", "--read-timeout", "\u0663"], "NEURON_SERVE_READ_TIMEOUT"),
     ],
     ids=["no-models", "http-zero", "grpc-text", "tiny-body", "log-format", "grace", "drain",
-         "threads"],
+         "threads", "port-arabic-indic", "port-plus", "body-underscores", "drain-arabic-indic",
+         "read-timeout-zero", "read-timeout-negative", "read-timeout-word", "read-timeout-huge",
+         "read-timeout-arabic-indic"],
 )  # fmt: skip
 def test_bad_settings_are_named(argv: list[str], words: str) -> None:
     with pytest.raises(ConfigError, match=words):
@@ -100,9 +111,17 @@ def test_help_documents_every_flag_and_its_env_var(capsys: pytest.CaptureFixture
         ("--shutdown-grace", "NEURON_SERVE_SHUTDOWN_GRACE"),
         ("--drain-delay", "NEURON_SERVE_DRAIN_DELAY"),
         ("--threads-per-group", "NEURON_SERVE_THREADS_PER_GROUP"),
+        ("--read-timeout", "NEURON_SERVE_READ_TIMEOUT"),
     ]:
         assert flag in text
         assert env in text
+
+
+def test_read_timeout_flag_env_and_default() -> None:
+    assert _config(["--model", "a=p"]).read_timeout_s == 60.0
+    env = {"NEURON_SERVE_READ_TIMEOUT": "12.5"}
+    assert _config(["--model", "a=p"], env).read_timeout_s == 12.5
+    assert _config(["--model", "a=p", "--read-timeout", "3"], env).read_timeout_s == 3.0
 
 
 def test_neuron_runtime_command_has_serve() -> None:

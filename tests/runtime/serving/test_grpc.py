@@ -112,11 +112,20 @@ def _with_typed(datatype: str, shape: list[int], **contents: Any) -> pb.ModelInf
          grpc.StatusCode.INVALID_ARGUMENT, "needs 4 elements"),
         (_with_typed("FP32", [-1, 4]), grpc.StatusCode.INVALID_ARGUMENT, "non-negative"),
         (_with_typed("FP16", [1, 4]), grpc.StatusCode.INVALID_ARGUMENT, "FP32"),
+        (_with_typed("FP32", [1, 4], fp32_contents=[1, 2, 3], bool_contents=[True]),
+         grpc.StatusCode.INVALID_ARGUMENT, "fills contents.bool_contents"),
+        (_with_typed("FP32", [1, 4], bool_contents=[True, False, True, True]),
+         grpc.StatusCode.INVALID_ARGUMENT,
+         "FP32 data travels in contents.fp32_contents, but the request fills "
+         "contents.bool_contents"),
+        (_with_typed("FP32", [1, 4], fp32_contents=[1, 2, 3, 4], bytes_contents=[b"x"]),
+         grpc.StatusCode.INVALID_ARGUMENT, "fills contents.bytes_contents"),
         (raw_request(outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="zz")]),
          grpc.StatusCode.INVALID_ARGUMENT, "no output 'zz'"),
     ],
     ids=["unknown-model", "unknown-version", "no-inputs", "shape", "datatype", "count",
-         "negative-dim", "fp16-for-fp32", "unknown-output"],
+         "negative-dim", "fp16-for-fp32", "bool-beside-fp32", "bool-for-fp32",
+         "bytes-beside-fp32", "unknown-output"],
 )  # fmt: skip
 def test_errors_have_precise_codes(
     client: Client, request_: pb.ModelInferRequest, code: grpc.StatusCode, words: str
@@ -135,6 +144,15 @@ def test_raw_contents_must_match_inputs(client: Client) -> None:
         client.infer(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "2 entries for 1 inputs" in (info.value.details() or "")
+
+
+def test_typed_contents_and_raw_contents_together_are_refused(client: Client) -> None:
+    request = raw_request(rows=1)
+    request.inputs[0].contents.fp32_contents.extend([9, 9, 9, 9])
+    with pytest.raises(grpc.RpcError) as info:
+        client.infer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "both typed contents and raw_input_contents" in (info.value.details() or "")
 
 
 def test_oversized_message_is_resource_exhausted(client: Client) -> None:

@@ -132,9 +132,11 @@ def test_bad_json(body: bytes, words: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "ok"),
-    [(None, None), ("0", 0), ("10", 10), ("11", "err"), ("-1", "err"), ("x", "err")],
-    ids=["absent", "zero", "whole", "past-end", "negative", "text"],
-)
+    [(None, None), ("0", 0), ("10", 10), ("11", "err"), ("-1", "err"), ("x", "err"),
+     ("+5", "err"), ("\u0665", "err"), ("5_0", "err"), (" 5 ", 5)],
+    ids=["absent", "zero", "whole", "past-end", "negative", "text", "plus", "arabic-indic",
+         "underscore", "spaces"],
+)  # fmt: skip
 def test_header_length(value: str | None, ok: int | str | None) -> None:
     if ok == "err":
         with pytest.raises(InferenceError, match=rest_codec.HEADER_LENGTH):

@@ -159,6 +159,65 @@ def test_decode_json_refuses(
     assert "'t'" in info.value.message
 
 
+# One valid element per datatype, and every JSON value kind; each datatype must refuse the kinds
+# it does not take, wherever in the data they sit (numpy alone would promote [1.5, true]).
+_GOOD_ELEMENT = {
+    "BOOL": True,
+    **dict.fromkeys(["UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"], 1),
+    **dict.fromkeys(["FP16", "FP32", "FP64"], 0.5),
+    "BYTES": "a",
+}
+_VALUE_KINDS: dict[str, tuple[object, set[str]]] = {
+    # kind: (value, datatypes that take it)
+    "true": (True, {"BOOL"}),
+    "false": (False, {"BOOL"}),
+    "integer": (1, {d for d in DATATYPES if d not in ("BOOL", "BYTES")}),
+    "fraction": (1.5, {"FP16", "FP32", "FP64"}),
+    "string": ("1", {"BYTES"}),
+    "null": (None, set()),
+    "object": ({"a": 1}, set()),
+}
+_FOREIGN = [
+    (datatype, kind, value)
+    for datatype in sorted(DATATYPES)
+    for kind, (value, takers) in _VALUE_KINDS.items()
+    if datatype not in takers
+]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [(d, v) for d, _, v in _FOREIGN],
+    ids=[f"{d}-{k}" for d, k, _ in _FOREIGN],
+)
+@pytest.mark.parametrize("where", ["first", "last", "nested"])
+def test_every_datatype_refuses_foreign_elements(datatype: str, value: object, where: str) -> None:
+    good = _GOOD_ELEMENT[datatype]
+    data: object = {
+        "first": [value, good, good, good],
+        "last": [good, good, good, value],
+        "nested": [[good, good], [good, value]],
+    }[where]
+    shape = (2, 2) if where == "nested" else (4,)
+    with pytest.raises(InferenceError) as info:
+        decode_json_data("t", dtype_for(datatype, "t"), shape, data)
+    assert info.value.kind is ErrorKind.BAD_REQUEST
+    assert f"tensor 't': {datatype} data must be" in info.value.message
+    assert "got " in info.value.message
+
+
+@pytest.mark.parametrize("datatype", sorted(DATATYPES), ids=str)
+def test_every_datatype_takes_its_own_elements(datatype: str) -> None:
+    good = _GOOD_ELEMENT[datatype]
+    array = decode_json_data("t", dtype_for(datatype, "t"), (2, 2), [[good, good], [good, good]])
+    assert array.shape == (2, 2)
+
+
+def test_integers_are_numbers_for_float_tensors() -> None:
+    array = decode_json_data("t", dtype_for("FP32", "t"), (3,), [1, 2.5, 0])
+    assert array.tolist() == [1.0, 2.5, 0.0]
+
+
 @pytest.mark.parametrize(
     "array",
     [
@@ -184,8 +243,10 @@ def test_raw_round_trip(array: np.ndarray[Any, Any]) -> None:
         ("BYTES", (1,), b"\x05\x00\x00\x00ab", "runs past the end"),
         ("BYTES", (1,), b"\x01\x00", "inside a length prefix"),
         ("BYTES", (2,), b"\x01\x00\x00\x00a", "needs 2 elements"),
+        ("BOOL", (3,), b"\x00\x01\x02", "got byte 2 at element 2"),
+        ("BOOL", (1,), b"\xff", "bytes 0 \\(false\\) or 1 \\(true\\)"),
     ],
-    ids=["short", "bytes-overrun", "bytes-prefix", "bytes-count"],
+    ids=["short", "bytes-overrun", "bytes-prefix", "bytes-count", "bool-two", "bool-ff"],
 )
 def test_decode_raw_refuses(datatype: str, shape: tuple[int, ...], raw: bytes, words: str) -> None:
     with pytest.raises(InferenceError, match=words):

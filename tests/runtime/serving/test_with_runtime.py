@@ -9,6 +9,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import neuron_runtime.group
 from neuron_runtime import compile_model
 from neuron_runtime.serving.server import server_for_runtime
 
@@ -140,3 +143,98 @@ def test_a_model_that_fails_to_load_leaves_the_server_unready(
         thread.call(thread.server.wait_loaded(), timeout=120)
     assert not thread.server.service.ready
     assert not thread.server.service.live
+
+
+def _worker_pids() -> list[int]:
+    """This process's runtime worker processes, found as an operator would find them."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"neuron_runtime.worker" in cmdline:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _get(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def _infer_status(port: int, model: str, x: np.ndarray[Any, Any]) -> tuple[int, dict[str, Any]]:
+    body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.ravel().tolist()}]})  # fmt: skip
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", f"/v2/models/{model}/infer", body=body)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_a_killed_worker_comes_back_and_the_server_stays_live(served: Any) -> None:
+    port = served.server.http_port
+    x = np.ones((2, 16), np.float32)
+    expected = {m: _post(port, m, x)["outputs"][0]["data"] for m in ("a", "b")}
+    workers = _worker_pids()
+    assert len(workers) == 2  # one core in each of the two groups
+    os.kill(workers[0], signal.SIGKILL)
+    for model in ("a", "b", "a", "b"):  # b lives only in group 0; a in both
+        for _ in range(200):
+            status, document = _infer_status(port, model, x)
+            if status == 200:
+                break
+            assert status == 503, document  # a request caught in the death: retry it
+            assert "exited unexpectedly" in document["error"]
+        assert document["outputs"][0]["data"] == expected[model]
+    assert _get(port, "/v2/health/live") == (200, {"live": True})
+    assert _get(port, "/v2/health/ready")[0] == 200
+    assert workers[0] not in _worker_pids() and len(_worker_pids()) == 2
+    restarts = {
+        labels: value
+        for (name, labels), value in _metrics(port).items()
+        if name == "neuron_group_worker_restarts_total"
+    }
+    assert sorted(restarts.values()) == [0.0, 1.0]
+
+
+def test_a_group_that_gives_up_fails_liveness(
+    start_runtime_server: Any,
+    models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(neuron_runtime.group, "RESTART_LIMIT", 0)  # give up at the first death
+    env = _env(tmp_path, NEURONCORE_GROUP_SIZES="1,1")
+    thread = start_runtime_server([("a", models["a"]), ("b", models["b"])], env)
+    port = thread.server.http_port
+    x = np.ones((1, 16), np.float32)
+    _post(port, "a", x)
+    _post(port, "b", x)
+    group_0 = _worker_pids()[0]  # a, in group 0, started its worker first
+    os.kill(group_0, signal.SIGKILL)
+    for _ in range(200):
+        status, document = _get(port, "/v2/health/live")
+        if status != 200:
+            break
+        time.sleep(0.05)
+    assert status == 400
+    assert document["live"] is False
+    assert "NeuronCore Group 0" in document["error"]
+    assert "stopped restarting" in document["error"]
+    assert _get(port, "/v2/health/ready")[0] == 400
+    status, document = _infer_status(port, "a", x)
+    assert status == 503 and "stopped restarting" in document["error"]
+    assert _infer_status(port, "b", x)[0] == 200  # group 1 still serves until the pod restarts
