@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ import pytest
 from neuron_operator.cli import build_parser, main, plan_command
 from neuron_operator.runner import DEFAULTS, check_run_args
 
-SAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "samples"
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "deploy" / "samples"
 
 
 def run_plan(*argv: str) -> tuple[int, str]:
@@ -93,6 +96,9 @@ RUN_FLAG_CASES = [
     ("standalone", ["--standalone"], {"leader_election": False}),
     ("peering-alias", ["--peering", "x"], {"lease_name": "x"}),
     ("explicit-false", ["--leader-election", "false"], {"leader_election": False}),
+    ("bare-leader-election", ["--leader-election"], {"leader_election": True}),
+    ("leader-election-equals", ["--leader-election=false"], {"leader_election": False}),
+    ("backoff-cap", ["--backoff-max-seconds", "30"], {"backoff_max_seconds": 30.0}),
     ("namespaces", ["--namespace", "a", "--namespace", "b"], {"namespaces": ["a", "b"]}),
 ]
 
@@ -202,3 +208,44 @@ def test_plan_refuses_an_unknown_output_from_env(
     captured = capsys.readouterr()
     assert "NEURON_OPERATOR_PLAN_OUTPUT='xml' is not one of text, yaml, json" in captured.err
     assert captured.out == ""
+
+
+def run_options() -> dict[str, argparse.Action]:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(commands.choices["run"]._option_string_actions)
+
+
+def documented_run_flags() -> set[str]:
+    """Every ``--flag`` the docs give ``neuron-operator run``: its flags table, and any line of
+    any docs page that runs it."""
+    flags: set[str] = set()
+    for page in (REPO / "docs").glob("*.md"):
+        text = page.read_text(encoding="utf-8")
+        table = (
+            text.split("## `neuron-operator run` flags", 1)[1]
+            if "## `neuron-operator" in text
+            else ""
+        )
+        lines = [line for line in text.splitlines() if "neuron-operator run" in line]
+        for chunk in [table.split("\n## ", 1)[0], *lines]:
+            flags.update(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", chunk))
+    return flags
+
+
+def test_docs_and_run_flags_agree() -> None:
+    documented = documented_run_flags()
+    known = run_options()
+    assert documented, "the docs name no neuron-operator run flag"
+    assert sorted(documented - known.keys()) == []  # documented, but run does not take it
+    undocumented = {f for f in known if f.startswith("--") and f != "--help"} - documented
+    assert sorted(undocumented) == []
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["--leader-election", "--leader-election=false", "--standalone", "--all-namespaces"],
+    ids=["bare-leader-election", "leader-election-value", "standalone", "all-namespaces"],
+)
+def test_documented_switches_parse_alone(form: str) -> None:
+    assert form.split("=", maxsplit=1)[0] in documented_run_flags()
+    build_parser().parse_args(["run", form])
