@@ -86,6 +86,8 @@ def classify_status(status: int | None, message: str, kind: str, name: str) -> R
         reason = c.REASON_INVALID
     elif status == 403 and "exceeded quota" in lowered:
         reason = c.REASON_QUOTA_EXCEEDED
+    elif status == 403 and "status unknown for quota" in lowered:
+        reason = c.REASON_API_UNAVAILABLE  # a new ResourceQuota not yet counted: soon answered
     elif status == 403:
         reason = c.REASON_FORBIDDEN
     elif status == 401:

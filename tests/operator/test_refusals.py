@@ -54,6 +54,8 @@ def api_error(status: int, message: str, reason: str = "") -> ApiException:
 CASES: list[tuple[str, BaseException, str, bool, str]] = [
     ("pod-security-403", api_error(403, PSA), c.REASON_FORBIDDEN, False, "violates PodSecurity"),
     ("quota-403", api_error(403, QUOTA), c.REASON_QUOTA_EXCEEDED, False, "exceeded quota: pods"),
+    ("quota-not-counted-yet-403", api_error(403, 'status unknown for quota: q, resource: pods'),
+     c.REASON_API_UNAVAILABLE, True, "status unknown for quota"),
     ("rbac-403", api_error(403, "cannot create resource"), c.REASON_FORBIDDEN, False, "cannot"),
     ("invalid-422", api_error(422, INVALID), c.REASON_INVALID, False, "quantities must match"),
     ("bad-request-400", api_error(400, UNMARSHAL), c.REASON_INVALID, False, "cannot unmarshal"),
