@@ -153,7 +153,9 @@ class Reconciler:
         with self._lock(namespace, name):
             try:
                 body = self.kube.get_workload(namespace, name)
-                if body is not None:
+                if body is None:
+                    self._release((namespace, name))  # deleted: nothing to retry
+                else:
                     self._reconcile_timed(body)
             except API_ERRORS as error:  # reads and the status write: retried, in one line
                 refusal = classify_exception(error, "NeuronWorkload", name)

@@ -52,6 +52,22 @@ def test_invalid_sample_exits_2_with_reason(capsys: pytest.CaptureFixture[str]) 
     assert "'big-model' needs 6 NeuronCores but a node of type inf1.xlarge has 4" in err
 
 
+def test_a_pod_the_operator_would_refuse_as_too_large_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    huge = tmp_path / "huge.yaml"
+    model = {"name": "m", "path": "/models/" + "p" * 250, "cores": 1, "copies": 600}
+    document = {
+        "apiVersion": "neurongroups.dev/v1alpha1",
+        "kind": "NeuronWorkload",
+        "metadata": {"name": "huge"},
+        "spec": {"image": "i", "nodeCores": 16, "cores": 1, "models": [model]},
+    }
+    huge.write_text(json.dumps(document))
+    assert main(["plan", str(huge)]) == 2
+    assert "above the 128 KiB the kernel allows one environment string" in capsys.readouterr().err
+
+
 def test_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["plan", str(tmp_path / "absent.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err

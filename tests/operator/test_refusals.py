@@ -63,6 +63,9 @@ CASES: list[tuple[str, BaseException, str, bool, str]] = [
      c.REASON_POD_TOO_LARGE, False, "limit is 3145728"),
     ("etcd-too-large-500", api_error(500, "etcdserver: request is too large"),
      c.REASON_POD_TOO_LARGE, False, "request is too large"),
+    ("etcd-grpc-too-large-500", api_error(500, "rpc error: code = ResourceExhausted desc = "
+     "trying to send message larger than max (2500744 vs. 2097152)"),
+     c.REASON_POD_TOO_LARGE, False, "larger than max"),
     ("unauthorized-401", api_error(401, "Unauthorized"), c.REASON_UNAUTHORIZED, False, "401"),
     ("conflict-409", api_error(409, "the object has been modified"),
      c.REASON_API_UNAVAILABLE, True, "has been modified"),
@@ -235,3 +238,13 @@ def test_a_foreign_service_is_never_written() -> None:
     with pytest.raises(ChildRefusedError):
         kube_with(core).ensure_service(child("Service", "uid-1"), "uid-1")
     assert core.created == []
+
+
+def test_the_real_client_refusing_a_non_string_env_value_is_invalid_spec() -> None:
+    """The Kubernetes client validates a pod before sending it (no server is needed to see it)."""
+    pod = child("Pod", "uid-1")
+    pod["spec"] = {"containers": [{"name": "c", "image": "i", "env": [{"name": "A", "value": 5}]}]}
+    with pytest.raises(ChildRefusedError) as caught:
+        Kube(client.ApiClient()).create_pod(pod, "uid-1")
+    assert caught.value.refusal.reason == c.REASON_INVALID
+    assert "the Kubernetes client refused pod w" in caught.value.refusal.message

@@ -50,8 +50,8 @@ def operator(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> It
     restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
     for name in (OPERATOR_NS, *NAMESPACES):
         labels = restricted if name == RESTRICTED_NS else {}
-        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-        namespace["metadata"]["labels"] = labels
+        metadata = {"name": name, "labels": labels}
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
         assert apply(cluster, namespace).returncode == 0
     documents = render_operator_rbac(RELEASE, OPERATOR_NS)
     account = next(d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount")
