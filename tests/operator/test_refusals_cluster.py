@@ -18,6 +18,9 @@ import pytest
 import yaml
 
 from neuron_operator import conditions as c
+from neuron_operator.api import workload_from_object
+from neuron_operator.planner import plan
+from neuron_operator.pods import build_pod
 
 from .conftest import Operators, apply, chart_lease_name, kubectl_json, render_operator_rbac
 
@@ -241,6 +244,31 @@ def test_a_foreign_service_is_not_adopted_and_the_workload_is_not_ready(
     delete(operator, PLAIN_NS, "taken")
 
 
+def test_a_foreign_pod_of_a_planned_name_is_not_adopted(operator: Operators) -> None:
+    cluster = operator.cluster
+    document = workload("squatted", PLAIN_NS)
+    parsed = workload_from_object(document)
+    (planned,) = plan(parsed.spec).pods
+    name = build_pod(planned, parsed)["metadata"]["name"]  # names do not depend on the uid
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": PLAIN_NS},
+        "spec": {"containers": [{"name": "c", "image": "other"}], "nodeSelector": KWOK_ONLY},
+    }
+    assert apply(cluster, foreign).returncode == 0
+    assert apply(cluster, document).returncode == 0
+    body = refused(operator, PLAIN_NS, "squatted", c.REASON_NOT_OWNED)
+    message = condition_of(body, c.REFUSED)["message"]
+    assert f"Pod {PLAIN_NS}/{name} exists and is not controlled by any NeuronWorkload" in message
+    warning_events(operator, PLAIN_NS, "squatted", c.REASON_NOT_OWNED)
+    pod = kubectl_json(cluster, "get", "pod", name, "-n", PLAIN_NS)
+    assert not pod["metadata"].get("ownerReferences")  # never adopted
+    cluster.kubectl("delete", "pod", name, "-n", PLAIN_NS, "--wait=true", "--grace-period=0")
+    ready(operator, PLAIN_NS, "squatted")
+    delete(operator, PLAIN_NS, "squatted")
+
+
 def test_a_pod_too_large_to_start_is_refused_before_sending(operator: Operators) -> None:
     # 600 copies in one group: NEURON_MODELS of 600 name=path pairs of ~260 bytes is over the
     # 128 KiB the kernel allows one environment string (the pod would never start).
@@ -268,9 +296,3 @@ def test_a_non_string_env_value_is_refused_at_apply_or_reported_invalid(
     assert condition_of(body, c.INVALID_SPEC)["status"] == c.TRUE
     warning_events(operator, PLAIN_NS, "int-env", c.REASON_INVALID)
     delete(operator, PLAIN_NS, "int-env")
-
-
-def test_the_operator_logged_refusals_in_one_line_each(operator: Operators) -> None:
-    logs = operator.full_logs()
-    assert "Traceback" not in logs
-    assert c.REASON_QUOTA_EXCEEDED in logs
