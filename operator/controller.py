@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,7 +252,17 @@ class Reconciler:
         observed = [observe_pod(p) for p in owned]
         actions = diff(list(by_name), hash_, observed)
         create = () if POD in holding else actions.create
-        fresh.extend(self._apply(body, create, actions.delete, by_name))
+        ready_old = {p.name for p in observed if p.ready and p.template_hash != hash_}
+        fresh.extend(
+            self._apply(
+                body,
+                create,
+                actions.delete,
+                by_name,
+                ready_old=ready_old,
+                creates_held=POD in holding,
+            )
+        )
         refusals = kept + fresh
         if fresh or not holding:
             self._after_attempt(key, uid, generation, refusals, fresh)
@@ -361,12 +371,20 @@ class Reconciler:
         create: Sequence[str],
         delete: Sequence[str],
         pods: Mapping[str, Mapping[str, Any]],
+        *,
+        ready_old: Set[str],
+        creates_held: bool,
     ) -> list[Refusal]:
-        """Create and delete pods; returns the refusals met (deletes go on after a refused
-        create: a scale-down may be what frees the quota)."""
+        """Create and delete pods; returns the refusals met.
+
+        While new pods are refused, the ready pods of an older template stay: a roll only
+        removes them to make room for new pods that can come, so a refused spec loses nothing.
+        Other deletes go on (a scale-down may be what frees the quota)."""
         meta = body["metadata"]
         namespace = str(meta["namespace"])
         created, refusals = self._create(create, pods, str(meta["uid"]))
+        if creates_held or any(r.kind == POD for r in refusals):
+            delete = [name for name in delete if name not in ready_old]
         deleted: list[str] = []
         for name in delete:
             try:

@@ -203,18 +203,30 @@ def test_editing_the_spec_retries_at_once() -> None:
     assert condition(kube, c.READY)["status"] == c.TRUE
 
 
-def test_deletes_go_on_while_creates_are_refused() -> None:
-    body = workload_body(copies=2)
-    kube, reconciler, _, _, _ = harness(body)
+def test_a_scale_down_goes_on_while_creates_are_refused() -> None:
+    kube, reconciler, _, _, _ = harness(workload_body(replicas=3))
     reconciler.reconcile_by_name(NS, NAME)
-    assert len(kube.pods) == 2
+    first, *surplus = sorted(kube.pods)
     kube.body["metadata"]["generation"] = 2
-    kube.body["spec"]["models"][0]["copies"] = 1
-    kube.body["spec"]["image"] = "neuron-groups/runtime:0.2.0"  # a new template: a new pod name
+    kube.body["spec"]["replicas"] = 1
+    del kube.pods[first]  # deleted by hand: it must be created again, and the quota refuses it
     kube.create_refusal = refusal(403, QUOTA)
     reconciler.reconcile_by_name(NS, NAME)
-    assert kube.deletes  # the surplus pod of the scale-down went, freeing quota
+    assert sorted(kube.deletes) == surplus  # the scale-down went on, freeing quota
     assert condition(kube, c.REFUSED)["reason"] == c.REASON_QUOTA_EXCEEDED
+
+
+def test_a_roll_to_refused_pods_keeps_every_ready_old_pod() -> None:
+    kube, reconciler, _, _, _ = harness(workload_body(copies=4))
+    reconciler.reconcile_by_name(NS, NAME)
+    assert len(kube.pods) == 4
+    kube.body["metadata"]["generation"] = 2
+    kube.body["spec"]["image"] = "neuron-groups/runtime:0.2.0"  # a new template: new pod names
+    kube.create_refusal = refusal(403, PSA)
+    reconciler.reconcile_by_name(NS, NAME)  # the refused creates
+    reconciler.reconcile_by_name(NS, NAME)  # an event inside the backoff
+    assert kube.deletes == []  # nothing lost: the old pods serve until the new ones can come
+    assert condition(kube, c.REFUSED)["reason"] == c.REASON_FORBIDDEN
 
 
 def test_a_foreign_service_makes_the_workload_not_ready_but_pods_are_created() -> None:
