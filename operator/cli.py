@@ -20,6 +20,7 @@ import yaml
 from neuron_operator.api import InvalidSpecError, Workload, workload_from_object
 from neuron_operator.planner import Plan, plan
 from neuron_operator.pods import build_pod
+from neuron_operator.refusals import pod_size_refusal
 from neuron_operator.runner import add_run_command
 
 EXIT_INVALID = 2
@@ -76,11 +77,15 @@ def plan_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     except (OSError, yaml.YAMLError) as error:
         print(f"error: cannot read {args.file}: {error}", file=sys.stderr)
         return EXIT_INVALID
+    items: list[dict[str, Any]] = [build_pod(p, w) for w, result in plans for p in result.pods]
+    too_large = next((r for pod in items if (r := pod_size_refusal(pod))), None)
+    if too_large is not None:  # the operator would refuse to send it (PodTooLarge)
+        print(f"error: {args.file}: {too_large.describe()}", file=sys.stderr)
+        return EXIT_INVALID
     if args.output == "text":
         for workload, result in plans:
             _text_report(workload, result, out)
         return 0
-    items: list[dict[str, Any]] = [build_pod(p, w) for w, result in plans for p in result.pods]
     pod_list = {"apiVersion": "v1", "kind": "List", "items": items}
     if args.output == "json":
         json.dump(pod_list, out, indent=2)

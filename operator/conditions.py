@@ -14,7 +14,10 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 INVALID_SPEC = "InvalidSpec"
 UNSCHEDULABLE = "Unschedulable"
-CONDITION_TYPES = (READY, PROGRESSING, INVALID_SPEC, UNSCHEDULABLE)
+# True while the API server refuses a child object (a pod, the Service), or the operator refuses
+# to send one (too large) or to adopt one it does not own; the reason says which, and what to do.
+REFUSED = "Refused"
+CONDITION_TYPES = (READY, PROGRESSING, INVALID_SPEC, UNSCHEDULABLE, REFUSED)
 
 TRUE = "True"
 FALSE = "False"
@@ -34,6 +37,16 @@ REASON_SPEC_INVALID = "SpecInvalid"
 REASON_INSUFFICIENT_CORES = "InsufficientNeuronCores"
 REASON_POD_UNSCHEDULABLE = "PodsUnschedulable"
 REASON_SCHEDULED = "PodsScheduled"
+REASON_ACCEPTED = "Accepted"
+# Why a child object was refused (``refusals.py`` classifies every error into one of these).
+REASON_FORBIDDEN = "Forbidden"  # 403: Pod Security, an admission policy, RBAC
+REASON_QUOTA_EXCEEDED = "QuotaExceeded"  # 403 saying "exceeded quota"
+REASON_POD_TOO_LARGE = "PodTooLarge"  # 413, or predicted by the operator before sending
+REASON_INVALID = "InvalidSpec"  # 400/422, or the client refused to serialise the request
+REASON_NOT_OWNED = "NotOwned"  # the name is taken by an object this workload does not control
+REASON_UNAUTHORIZED = "Unauthorized"  # 401: the operator's own credentials
+REASON_REFUSED = "Refused"  # any other 4xx
+REASON_API_UNAVAILABLE = "APIUnavailable"  # 409/429/5xx or no connection: retried, not reported
 
 # Event reasons.
 EVENT_CREATED = "CreatedPods"
@@ -41,6 +54,7 @@ EVENT_DELETED = "DeletedPods"
 EVENT_SERVICE = "CreatedService"
 EVENT_INVALID = "InvalidSpec"
 EVENT_UNSCHEDULABLE = "Unschedulable"
+# A refusal's Event carries the refusal's reason (REASON_FORBIDDEN, ...).
 
 
 def condition(

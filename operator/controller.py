@@ -6,8 +6,15 @@ answered 409 and deletes answered 404 are fine), and write status last, only whe
 the watch does not echo our own writes back forever.  A bad spec never raises: it becomes the
 ``InvalidSpec`` condition and the pods that exist are left as they are (nothing is lost).
 
-A per-object lock serialises the callers (watch events of the object, of its pods, and the
-periodic resync), which run on kopf's thread pool.
+Every refusal of a child object (classified once, in ``refusals.py``) reaches status as the
+``Refused`` condition with ``Ready`` False, and a Warning Event quoting the API server; the
+refused writes then back off (exponentially, capped) while the rest of the loop goes on: reads,
+deletes, status.  A retry is scheduled for when the backoff ends; a new generation (the user
+edited the spec) ends it at once.  Transient trouble (409/429/5xx, no connection) is retried the
+same way and logged in one line, never as a traceback, and is not put on status.
+
+A per-object lock serialises the callers (watch events of the object, of its pods, the periodic
+resync and the retry timers), which run on kopf's thread pool.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
+from dataclasses import dataclass
 from typing import Any
 
 from neuron_operator import conditions as c
 from neuron_operator import metrics
 from neuron_operator.api import InvalidSpecError, workload_from_object
-from neuron_operator.kube import Kube, PodRefusedError, controller_uid, now_rfc3339
+from neuron_operator.kube import API_ERRORS, ChildRefusedError, Kube, controller_uid, now_rfc3339
 from neuron_operator.planner import plan
 from neuron_operator.pods import build_pod, build_service, selector_string, template_hash
 from neuron_operator.reconcile import (
@@ -29,12 +37,70 @@ from neuron_operator.reconcile import (
     diff,
     invalid_status,
     observe_pod,
+    refused_status,
 )
+from neuron_operator.refusals import Refusal, classify_exception, pod_size_refusal
 
 log = logging.getLogger(__name__)
 
 WARNING = "Warning"
 NORMAL = "Normal"
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 300.0
+POD, SERVICE = "Pod", "Service"
+
+Key = tuple[str, str]
+# Calls ``retry`` after ``delay`` seconds, replacing any retry still pending for ``key``.
+Schedule = Callable[[Key, float, Callable[[], None]], None]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff, capped: the delay after ``failures`` failures in a row."""
+
+    base: float = BACKOFF_BASE_SECONDS
+    cap: float = BACKOFF_MAX_SECONDS
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.cap, self.base * 2 ** min(max(failures - 1, 0), 62)))
+
+
+@dataclass(frozen=True)
+class Held:
+    """The writes of one NeuronWorkload held back after a refusal, until ``until``."""
+
+    uid: str
+    generation: int
+    failures: int
+    until: float
+    refusals: tuple[Refusal, ...]
+
+    def kinds(self, now: float) -> frozenset[str]:
+        return frozenset(r.kind for r in self.refusals) if now < self.until else frozenset()
+
+
+class TimerSchedule:
+    """The ``Schedule`` of a running operator: one daemon timer per NeuronWorkload."""
+
+    def __init__(self) -> None:
+        self._timers: dict[Key, threading.Timer] = {}
+        self._guard = threading.Lock()
+
+    def __call__(self, key: Key, delay: float, retry: Callable[[], None]) -> None:
+        timer = threading.Timer(delay, retry)
+        timer.daemon = True
+        with self._guard:
+            old = self._timers.pop(key, None)
+            if old is not None:
+                old.cancel()
+            self._timers[key] = timer
+        timer.start()
+
+    def close(self) -> None:
+        with self._guard:
+            for timer in self._timers.values():
+                timer.cancel()
+            self._timers.clear()
 
 
 def _strip_times(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,10 +125,22 @@ def _condition_true(status: Mapping[str, Any], type_: str) -> bool:
 class Reconciler:
     """Reconciles NeuronWorkloads through a ``Kube``; acts only while ``is_leader()``."""
 
-    def __init__(self, kube: Kube, is_leader: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        is_leader: Callable[[], bool] = lambda: True,
+        *,
+        backoff: Backoff | None = None,
+        schedule: Schedule | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.kube = kube
         self.is_leader = is_leader
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self.backoff = backoff or Backoff()
+        self.schedule: Schedule = schedule or TimerSchedule()
+        self.clock = clock
+        self._locks: dict[Key, threading.Lock] = {}
+        self._held: dict[Key, Held] = {}
         self._guard = threading.Lock()
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
@@ -73,9 +151,17 @@ class Reconciler:
         if not self.is_leader():
             return
         with self._lock(namespace, name):
-            body = self.kube.get_workload(namespace, name)
-            if body is not None:
-                self._reconcile_timed(body)
+            try:
+                body = self.kube.get_workload(namespace, name)
+                if body is None:
+                    self._release((namespace, name))  # deleted: nothing to retry
+                else:
+                    self._reconcile_timed(body)
+            except API_ERRORS as error:  # reads and the status write: retried, in one line
+                refusal = classify_exception(error, "NeuronWorkload", name)
+                delay = self._hold((namespace, name), None, 0, ())
+                metrics.RECONCILES.labels("retry").inc()
+                log.warning("%s/%s: %s; retrying in %.0fs", namespace, name, refusal.message, delay)
 
     def reconcile(self, body: Mapping[str, Any]) -> None:
         """Reconcile from a watch event: the object is read again under the lock."""
@@ -92,7 +178,7 @@ class Reconciler:
             try:
                 self.reconcile_by_name(meta["namespace"], meta["name"])
                 count += 1
-            except Exception:  # one bad object must not stop the others
+            except Exception:  # a bug with one object must not stop the others
                 log.exception("reconcile of %s/%s failed", meta["namespace"], meta["name"])
         return count
 
@@ -107,32 +193,79 @@ class Reconciler:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         metrics.RECONCILES.labels(result).inc()
 
+    def _held_now(self, key: Key, uid: str, generation: int) -> Held | None:
+        """The hold on this object's writes, dropped once the object is another one or edited."""
+        with self._guard:
+            held = self._held.get(key)
+            if held is not None and held.uid and (held.uid, held.generation) != (uid, generation):
+                del self._held[key]
+                return None
+            return held
+
+    def _hold(
+        self, key: Key, uid: str | None, generation: int, refusals: Sequence[Refusal]
+    ) -> float:
+        """Back off after a failure: hold the refused writes and schedule a retry."""
+        with self._guard:
+            before = self._held.get(key)
+            failures = (before.failures if before else 0) + 1
+            delay = self.backoff.delay(failures)
+            if uid is None and before is not None:  # a read failed: keep what is held, longer
+                uid, generation, refusals = before.uid, before.generation, before.refusals
+            held = Held(uid or "", generation, failures, self.clock() + delay, tuple(refusals))
+            self._held[key] = held
+        self.schedule(key, delay, lambda: self.reconcile_by_name(*key))
+        return delay
+
+    def _release(self, key: Key) -> None:
+        with self._guard:
+            self._held.pop(key, None)
+
     def _reconcile(self, body: Mapping[str, Any]) -> str:
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return "ok"  # the garbage collector removes the pods through their owner references
         previous: Mapping[str, Any] = body.get("status") or {}
         generation = int(meta.get("generation") or 0)
-        name, namespace = str(meta.get("name")), str(meta.get("namespace"))
+        name, namespace, uid = str(meta.get("name")), str(meta.get("namespace")), str(meta["uid"])
+        key = (namespace, name)
         try:
             workload = workload_from_object(body)
             result = plan(workload.spec)
         except InvalidSpecError as error:
+            self._release(key)
             return self._report_invalid(body, previous, error.problems)
         hash_ = template_hash(workload.spec)
         desired = {(p.replica, p.index): build_pod(p, workload) for p in result.pods}
         by_name = {pod["metadata"]["name"]: pod for pod in desired.values()}
-        if self.kube.ensure_service(build_service(workload)):
-            self.kube.post_event(body, NORMAL, c.EVENT_SERVICE, f"created Service {name}")
-        owned = [
-            p for p in self.kube.list_pods(namespace, name) if controller_uid(p) == meta["uid"]
-        ]
+        held = self._held_now(key, uid, generation)
+        holding = held.kinds(self.clock()) if held else frozenset()
+        kept = [r for r in (held.refusals if held else ()) if r.kind in holding]
+        fresh: list[Refusal] = []
+        if SERVICE not in holding:
+            try:
+                if self.kube.ensure_service(build_service(workload), uid):
+                    self.kube.post_event(body, NORMAL, c.EVENT_SERVICE, f"created Service {name}")
+            except ChildRefusedError as error:
+                fresh.append(error.refusal)
+        owned = [p for p in self.kube.list_pods(namespace, name) if controller_uid(p) == uid]
         observed = [observe_pod(p) for p in owned]
         actions = diff(list(by_name), hash_, observed)
-        try:
-            self._apply(body, actions.create, actions.delete, by_name)
-        except PodRefusedError as error:
-            return self._report_invalid(body, previous, [str(error)])
+        create = () if POD in holding else actions.create
+        ready_old = {p.name for p in observed if p.ready and p.template_hash != hash_}
+        fresh.extend(
+            self._apply(
+                body,
+                create,
+                actions.delete,
+                by_name,
+                ready_old=ready_old,
+                creates_held=POD in holding,
+            )
+        )
+        refusals = kept + fresh
+        if fresh or not holding:
+            self._after_attempt(key, uid, generation, refusals, fresh)
         status = compute_status(
             generation=generation,
             result=result,
@@ -148,8 +281,50 @@ class Reconciler:
         ):
             message = str((c.find(status["conditions"], c.UNSCHEDULABLE) or {}).get("message"))
             self.kube.post_event(body, WARNING, c.EVENT_UNSCHEDULABLE, message)
+        reported = [r for r in refusals if not r.transient]
+        status = refused_status(status, reported, generation)
+        self._report_refusals(body, previous, status, reported)
         self._write_status(body, previous, status)
-        return "ok"
+        return "refused" if reported else "ok"
+
+    def _after_attempt(
+        self,
+        key: Key,
+        uid: str,
+        generation: int,
+        refusals: Sequence[Refusal],
+        fresh: Sequence[Refusal],
+    ) -> None:
+        """After writes were tried: back off if any was refused, else forget past failures."""
+        if not refusals:
+            self._release(key)
+            return
+        delay = self._hold(key, uid, generation, refusals)
+        for refusal in fresh:
+            metrics.REFUSALS.labels(refusal.reason).inc()
+            log.warning(
+                "%s/%s: %s: %s; retrying in %.0fs",
+                key[0],
+                key[1],
+                refusal.reason,
+                refusal.message,
+                delay,
+            )
+
+    def _report_refusals(
+        self,
+        body: Mapping[str, Any],
+        previous: Mapping[str, Any],
+        status: Mapping[str, Any],
+        refusals: Sequence[Refusal],
+    ) -> None:
+        """A Warning Event per refusal, when the ``Refused`` condition says something new."""
+        new = c.find(status.get("conditions"), c.REFUSED) or {}
+        old = c.find(previous.get("conditions"), c.REFUSED) or {}
+        if not refusals or all(new.get(k) == old.get(k) for k in ("status", "reason", "message")):
+            return
+        for refusal in refusals:
+            self.kube.post_event(body, WARNING, refusal.reason, refusal.describe())
 
     def _report_invalid(
         self, body: Mapping[str, Any], previous: Mapping[str, Any], problems: Sequence[str]
@@ -170,28 +345,67 @@ class Reconciler:
         self._write_status(body, previous, status)
         return "invalid"
 
+    def _create(
+        self, create: Sequence[str], pods: Mapping[str, Mapping[str, Any]], owner_uid: str
+    ) -> tuple[list[str], list[Refusal]]:
+        """Create pods; none when one would be too large, and no more after a refusal of the
+        API server (the next would be refused alike), but past a name taken by someone else."""
+        too_large = next((r for n in create if (r := pod_size_refusal(pods[n]))), None)
+        if too_large is not None:
+            return [], [too_large]
+        created: list[str] = []
+        refusals: list[Refusal] = []
+        for name in create:
+            try:
+                if self.kube.create_pod(pods[name], owner_uid):
+                    created.append(name)
+            except ChildRefusedError as error:
+                refusals.append(error.refusal)
+                if error.refusal.reason != c.REASON_NOT_OWNED:
+                    break
+        return created, refusals
+
     def _apply(
         self,
         body: Mapping[str, Any],
         create: Sequence[str],
         delete: Sequence[str],
         pods: Mapping[str, Mapping[str, Any]],
-    ) -> None:
-        namespace = str(body["metadata"]["namespace"])
-        created = [n for n in create if self.kube.create_pod(pods[n])]
-        deleted = [n for n in delete if self.kube.delete_pod(namespace, n)]
+        *,
+        ready_old: Set[str],
+        creates_held: bool,
+    ) -> list[Refusal]:
+        """Create and delete pods; returns the refusals met.
+
+        While new pods are refused, the ready pods of an older template stay: a roll only
+        removes them to make room for new pods that can come, so a refused spec loses nothing.
+        Other deletes go on (a scale-down may be what frees the quota)."""
+        meta = body["metadata"]
+        namespace = str(meta["namespace"])
+        created, refusals = self._create(create, pods, str(meta["uid"]))
+        if creates_held or any(r.kind == POD for r in refusals):
+            delete = [name for name in delete if name not in ready_old]
+        deleted: list[str] = []
+        for name in delete:
+            try:
+                if self.kube.delete_pod(namespace, name):
+                    deleted.append(name)
+            except ChildRefusedError as error:
+                refusals.append(error.refusal)
+                break
         metrics.PODS_CREATED.inc(len(created))
         metrics.PODS_DELETED.inc(len(deleted))
         if created:
-            log.info("%s/%s: created pods %s", namespace, body["metadata"]["name"], created)
+            log.info("%s/%s: created pods %s", namespace, meta["name"], created)
             self.kube.post_event(
                 body, NORMAL, c.EVENT_CREATED, f"created {len(created)} pods: {', '.join(created)}"
             )
         if deleted:
-            log.info("%s/%s: deleted pods %s", namespace, body["metadata"]["name"], deleted)
+            log.info("%s/%s: deleted pods %s", namespace, meta["name"], deleted)
             self.kube.post_event(
                 body, NORMAL, c.EVENT_DELETED, f"deleted {len(deleted)} pods: {', '.join(deleted)}"
             )
+        return refusals
 
     def _write_status(
         self, body: Mapping[str, Any], previous: Mapping[str, Any], status: dict[str, Any]

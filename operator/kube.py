@@ -12,34 +12,38 @@ import datetime
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
+from neuron_operator import conditions as c
 from neuron_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from neuron_operator.pods import MANAGER, selector_labels
+from neuron_operator.refusals import Refusal, classify_exception, not_owned, quote
 
 log = logging.getLogger(__name__)
 
 CONFLICT = 409
 NOT_FOUND = 404
-BAD_REQUEST = 400
-INVALID = 422
+MAX_EVENT_MESSAGE = 1000
 
 
-class PodRefusedError(Exception):
-    """The API server refused a planned pod as invalid (400/422): a problem of the spec's pod
-    settings that no schema caught, such as ``resources.requests.cpu: lots``.  The reconciler
-    reports it on status as ``InvalidSpec``, like any other bad spec, instead of retrying blind."""
+class ChildRefusedError(Exception):
+    """A child object (pod, Service) could not be written: ``refusal`` says why, classified by
+    ``refusals.classify_exception`` (the one place), or an object of its name is not ours."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        self.refusal = refusal
+        super().__init__(refusal.describe())
 
 
-def _api_message(error: ApiException) -> str:
-    try:
-        return str(json.loads(error.body or "")["message"])
-    except (TypeError, ValueError, KeyError):
-        return str(error.reason)
+# What a call to the API can raise besides a bug: an answer, or no connection at all.
+API_ERRORS: tuple[type[BaseException], ...] = (ApiException, HTTPError, OSError)
+# What writing a child object can raise: the above, or the client refusing the request itself.
+WRITE_ERRORS: tuple[type[BaseException], ...] = (*API_ERRORS, ValueError, TypeError)
 
 
 def _any(body: object) -> Any:
@@ -72,6 +76,26 @@ def controller_name(obj: Mapping[str, Any]) -> str | None:
         if ref.get("controller") and ref.get("kind") == KIND:
             return str(ref.get("name"))
     return None
+
+
+def _owner(obj: Mapping[str, Any]) -> str | None:
+    """The object's controller, as ``Kind name``, or None."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return f"{ref.get('kind')} {ref.get('name')}"
+    return None
+
+
+def _read_for(
+    kind: str,
+    meta: Mapping[str, Any],
+    read: Callable[[str, str], dict[str, Any] | None],
+) -> dict[str, Any] | None:
+    """A read made on behalf of writing a child object: its errors are that write's refusal."""
+    try:
+        return read(meta["namespace"], meta["name"])
+    except WRITE_ERRORS as error:
+        raise ChildRefusedError(classify_exception(error, kind, meta["name"])) from None
 
 
 class Kube:
@@ -115,54 +139,106 @@ class Kube:
         )
         return list(_json(response)["items"])
 
-    def create_pod(self, body: Mapping[str, Any]) -> bool:
-        """Create a pod; False when one of that name already exists."""
+    def _find_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A pod by name, through ``list`` (the operator's RBAC has no ``get`` on pods)."""
+        response = self.core.list_namespaced_pod(
+            namespace, field_selector=f"metadata.name={name}", _preload_content=False
+        )
+        items = _json(response)["items"]
+        return dict(items[0]) if items else None
+
+    def _read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            self.core.create_namespaced_pod(body["metadata"]["namespace"], _any(body))
+            response = self.core.read_namespaced_service(name, namespace, _preload_content=False)
         except ApiException as error:
-            if error.status == CONFLICT:
-                return False
-            if error.status in (BAD_REQUEST, INVALID):
-                raise PodRefusedError(
-                    f"the API server refused pod {body['metadata']['name']}: "
-                    f"{_api_message(error)}; fix the pod settings in spec (resources, env, "
-                    "volumes, volumeMounts, tolerations, nodeSelector, image)"
-                ) from None
+            if error.status == NOT_FOUND:
+                return None
             raise
+        result: dict[str, Any] = _json(response)
+        return result
+
+    @staticmethod
+    def _check_owner(
+        existing: Mapping[str, Any] | None, kind: str, meta: Mapping[str, Any], owner_uid: str
+    ) -> None:
+        """Raise ``NotOwned`` unless ``existing`` is controlled by the NeuronWorkload ``owner_uid``;
+        an object gone between the create and the read is retried later."""
+        if existing is None:
+            message = f"a {kind} of that name existed a moment ago and is gone now"
+            refusal = Refusal(c.REASON_API_UNAVAILABLE, kind, meta["name"], message, transient=True)
+            raise ChildRefusedError(refusal)
+        if controller_uid(existing) != owner_uid:
+            owner = _owner(existing)
+            raise ChildRefusedError(not_owned(kind, meta["name"], meta["namespace"], owner))
+
+    def create_pod(self, body: Mapping[str, Any], owner_uid: str) -> bool:
+        """Create a pod; False when this workload's pod of that name already exists.
+
+        Raises ``ChildRefusedError`` for every refusal, and for a pod of that name that belongs
+        to someone else (it is never adopted)."""
+        meta = body["metadata"]
+        try:
+            self.core.create_namespaced_pod(meta["namespace"], _any(body), _preload_content=False)
+        except ApiException as error:
+            if error.status != CONFLICT:
+                raise ChildRefusedError(classify_exception(error, "Pod", meta["name"])) from None
+            existing = _read_for("Pod", meta, self._find_pod)
+            self._check_owner(existing, "Pod", meta, owner_uid)
+            return False
+        except WRITE_ERRORS as error:
+            raise ChildRefusedError(classify_exception(error, "Pod", meta["name"])) from None
         return True
 
     def delete_pod(self, namespace: str, name: str) -> bool:
         """Delete a pod; False when it is already gone."""
         try:
-            self.core.delete_namespaced_pod(name, namespace)
+            self.core.delete_namespaced_pod(name, namespace, _preload_content=False)
+        except ApiException as error:
+            if error.status == NOT_FOUND:
+                return False
+            raise ChildRefusedError(classify_exception(error, "Pod", name)) from None
+        except WRITE_ERRORS as error:
+            raise ChildRefusedError(classify_exception(error, "Pod", name)) from None
+        return True
+
+    def ensure_service(self, body: Mapping[str, Any], owner_uid: str) -> bool:
+        """Create the Service if it is missing; True when it was created.
+
+        A Service of that name that this workload does not control is never adopted or changed:
+        ``ChildRefusedError`` with ``NotOwned``; any other refusal is classified the same way."""
+        meta = body["metadata"]
+        existing = _read_for("Service", meta, self._read_service)
+        if existing is not None:
+            self._check_owner(existing, "Service", meta, owner_uid)
+            return False
+        try:
+            self.core.create_namespaced_service(
+                meta["namespace"], _any(body), _preload_content=False
+            )
+        except ApiException as error:
+            if error.status != CONFLICT:
+                raise ChildRefusedError(
+                    classify_exception(error, "Service", meta["name"])
+                ) from None
+            existing = _read_for("Service", meta, self._read_service)
+            self._check_owner(existing, "Service", meta, owner_uid)
+            return False
+        except WRITE_ERRORS as error:
+            raise ChildRefusedError(classify_exception(error, "Service", meta["name"])) from None
+        return True
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        """Write status; False when the NeuronWorkload is gone."""
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)},
+                _preload_content=False,
+            )  # fmt: skip
         except ApiException as error:
             if error.status == NOT_FOUND:
                 return False
             raise
         return True
-
-    def ensure_service(self, body: Mapping[str, Any]) -> bool:
-        """Create the Service if it is missing; True when it was created."""
-        meta = body["metadata"]
-        try:
-            self.core.read_namespaced_service(meta["name"], meta["namespace"])
-        except ApiException as error:
-            if error.status != NOT_FOUND:
-                raise
-        else:
-            return False
-        try:
-            self.core.create_namespaced_service(meta["namespace"], _any(body))
-        except ApiException as error:
-            if error.status == CONFLICT:
-                return False
-            raise
-        return True
-
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}
-        )
 
     def post_event(
         self, workload: Mapping[str, Any], type_: str, reason: str, message: str
@@ -186,7 +262,7 @@ class Kube:
             },
             "type": type_,
             "reason": reason,
-            "message": message[:1024],
+            "message": quote(message, MAX_EVENT_MESSAGE),
             "source": {"component": MANAGER},
             "reportingComponent": MANAGER,
             "reportingInstance": self.instance,
@@ -195,6 +271,8 @@ class Kube:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(str(meta.get("namespace")), _any(body))
-        except ApiException as error:
+            self.core.create_namespaced_event(
+                str(meta.get("namespace")), _any(body), _preload_content=False
+            )
+        except WRITE_ERRORS as error:
             log.warning("could not record event %s on %s: %s", reason, meta.get("name"), error)

@@ -10,7 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter(
     "neuron_operator_reconciles_total",
-    "Reconciles of NeuronWorkloads, by result (ok, invalid, error).",
+    "Reconciles of NeuronWorkloads, by result (ok, invalid, refused, retry, error).",
     ["result"],
 )
 RECONCILE_SECONDS = Histogram(
@@ -26,4 +26,10 @@ UNSCHEDULABLE_PODS = Gauge(
     "neuron_operator_unschedulable_pods",
     "Pods of a NeuronWorkload the scheduler could not place, at the last reconcile.",
     ["namespace", "workload"],
+)
+REFUSALS = Counter(
+    "neuron_operator_refusals_total",
+    "Writes of child objects refused (by the API server, or by the operator before sending), "
+    "by reason (Forbidden, QuotaExceeded, PodTooLarge, InvalidSpec, NotOwned, APIUnavailable...).",
+    ["reason"],
 )

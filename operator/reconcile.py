@@ -26,8 +26,10 @@ from neuron_operator.pods import (
     LABEL_TEMPLATE_HASH,
     NEURONCORE_RESOURCE,
 )
+from neuron_operator.refusals import Refusal, quote
 
 MAX_UNAVAILABLE_FRACTION = 0.25
+MAX_CONDITION_MESSAGE = 2000
 
 
 @dataclass(frozen=True)
@@ -204,8 +206,35 @@ def compute_status(
             progressing,
             c.condition(c.INVALID_SPEC, c.FALSE, c.REASON_SPEC_VALID, "", generation),
             _unschedulable(live, generation),
+            c.condition(c.REFUSED, c.FALSE, c.REASON_ACCEPTED, "", generation),
         ],
     }
+
+
+def refused_status(
+    status: Mapping[str, Any], refusals: Sequence[Refusal], generation: int
+) -> dict[str, Any]:
+    """``status`` (from ``compute_status``) with the refusals on it: ``Refused`` True with the
+    first refusal's reason and every refusal in the message; ``Ready`` and ``Progressing`` False
+    with that reason (the workload cannot become whole until the refusal is dealt with); and
+    ``InvalidSpec`` True when the API server found the spec's pod settings invalid."""
+    if not refusals:
+        return dict(status)
+    reason = refusals[0].reason
+    message = quote("; ".join(r.describe() for r in refusals), MAX_CONDITION_MESSAGE)
+    replaced = {
+        c.READY: c.condition(c.READY, c.FALSE, reason, message, generation),
+        c.PROGRESSING: c.condition(c.PROGRESSING, c.FALSE, reason, message, generation),
+        c.REFUSED: c.condition(c.REFUSED, c.TRUE, reason, message, generation),
+    }
+    invalid = [r.describe() for r in refusals if r.reason == c.REASON_INVALID]
+    if invalid:
+        text = quote("; ".join(invalid), MAX_CONDITION_MESSAGE)
+        replaced[c.INVALID_SPEC] = c.condition(
+            c.INVALID_SPEC, c.TRUE, c.REASON_SPEC_INVALID, text, generation
+        )
+    conditions = [replaced.get(x["type"], x) for x in status.get("conditions") or []]
+    return {**status, "conditions": conditions}
 
 
 def invalid_status(
@@ -222,6 +251,10 @@ def invalid_status(
             c.condition(c.READY, c.FALSE, c.REASON_SPEC_INVALID, message, generation),
             c.condition(c.PROGRESSING, c.FALSE, c.REASON_SPEC_INVALID, message, generation),
             c.condition(c.INVALID_SPEC, c.TRUE, c.REASON_SPEC_INVALID, message, generation),
-            *([x] if (x := c.find(previous.get("conditions"), c.UNSCHEDULABLE)) else []),
+            *(
+                x
+                for type_ in (c.UNSCHEDULABLE, c.REFUSED)
+                if (x := c.find(previous.get("conditions"), type_))
+            ),
         ],
     }

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from neuron_operator import api
-from neuron_operator.controller import Reconciler
+from neuron_operator.controller import Backoff, Reconciler, TimerSchedule
+from neuron_operator.kube import API_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ DEFAULTS = {
     "NEURON_OPERATOR_LEADER_ELECTION": "true",
     "NEURON_OPERATOR_ALLOWED_VOLUME_TYPES": ",".join(api.DEFAULT_VOLUME_TYPES),
     "NEURON_OPERATOR_ALLOWED_HOST_PATHS": "",
+    "NEURON_OPERATOR_BACKOFF_MAX_SECONDS": "300",
 }
 
 
@@ -121,9 +123,12 @@ def add_run_command(commands: Any) -> None:
     add(
         "--leader-election",
         type=_flag_bool,
+        nargs="?",
+        const=True,
+        metavar="BOOL",
         default=_env("NEURON_OPERATOR_LEADER_ELECTION"),
-        help="take a Lease so only one replica acts (false only for a single local process) "
-        "[NEURON_OPERATOR_LEADER_ELECTION, default true]",
+        help="take a Lease so only one replica acts; alone it means true, or give true/false "
+        "(false only for a single local process) [NEURON_OPERATOR_LEADER_ELECTION, default true]",
     )
     add(
         "--standalone",
@@ -168,6 +173,13 @@ def add_run_command(commands: Any) -> None:
         default=_env("NEURON_OPERATOR_RESYNC_SECONDS"),
         help="period of the full level-based resync of every NeuronWorkload "
         "[NEURON_OPERATOR_RESYNC_SECONDS, default 30]",
+    )
+    add(
+        "--backoff-max-seconds",
+        type=_number(float, 1),
+        default=_env("NEURON_OPERATOR_BACKOFF_MAX_SECONDS"),
+        help="longest wait before retrying a write the API server refused (the wait doubles "
+        "from 1 s after each refusal) [NEURON_OPERATOR_BACKOFF_MAX_SECONDS, default 300]",
     )
     add(
         "--metrics-port",
@@ -242,6 +254,8 @@ def _resync_loop(
         try:
             count = reconciler.resync(namespaces)
             log.debug("resync reconciled %d NeuronWorkloads", count)
+        except API_ERRORS as error:  # the API is away: one line, and again next period
+            log.warning("resync could not list NeuronWorkloads: %s; again in %gs", error, interval)
         except Exception:  # the loop must outlive any one failure; it retries next period
             log.exception("resync failed")
 
@@ -323,9 +337,12 @@ def run_command(args: argparse.Namespace) -> int:
             renew_seconds=args.renew_seconds,
             on_elected=wake.set,
         )
+    retries = TimerSchedule()
     reconciler = Reconciler(
         Kube(api_client, instance=identity),
         is_leader=elector.is_leader if elector else lambda: True,
+        backoff=Backoff(cap=args.backoff_max_seconds),
+        schedule=retries,
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, load_configuration)
@@ -376,6 +393,7 @@ def run_command(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        retries.close()
         stop.set()
         wake.set()
         for thread in threads:

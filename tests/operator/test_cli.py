@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ import pytest
 from neuron_operator.cli import build_parser, main, plan_command
 from neuron_operator.runner import DEFAULTS, check_run_args
 
-SAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "samples"
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "deploy" / "samples"
 
 
 def run_plan(*argv: str) -> tuple[int, str]:
@@ -47,6 +50,22 @@ def test_invalid_sample_exits_2_with_reason(capsys: pytest.CaptureFixture[str]) 
     assert main(["plan", str(SAMPLES / "06-invalid-too-large.yaml")]) == 2
     err = capsys.readouterr().err
     assert "'big-model' needs 6 NeuronCores but a node of type inf1.xlarge has 4" in err
+
+
+def test_a_pod_the_operator_would_refuse_as_too_large_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    huge = tmp_path / "huge.yaml"
+    model = {"name": "m", "path": "/models/" + "p" * 250, "cores": 1, "copies": 600}
+    document = {
+        "apiVersion": "neurongroups.dev/v1alpha1",
+        "kind": "NeuronWorkload",
+        "metadata": {"name": "huge"},
+        "spec": {"image": "i", "nodeCores": 16, "cores": 1, "models": [model]},
+    }
+    huge.write_text(json.dumps(document))
+    assert main(["plan", str(huge)]) == 2
+    assert "above the 128 KiB the kernel allows one environment string" in capsys.readouterr().err
 
 
 def test_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -93,6 +112,9 @@ RUN_FLAG_CASES = [
     ("standalone", ["--standalone"], {"leader_election": False}),
     ("peering-alias", ["--peering", "x"], {"lease_name": "x"}),
     ("explicit-false", ["--leader-election", "false"], {"leader_election": False}),
+    ("bare-leader-election", ["--leader-election"], {"leader_election": True}),
+    ("leader-election-equals", ["--leader-election=false"], {"leader_election": False}),
+    ("backoff-cap", ["--backoff-max-seconds", "30"], {"backoff_max_seconds": 30.0}),
     ("namespaces", ["--namespace", "a", "--namespace", "b"], {"namespaces": ["a", "b"]}),
 ]
 
@@ -202,3 +224,48 @@ def test_plan_refuses_an_unknown_output_from_env(
     captured = capsys.readouterr()
     assert "NEURON_OPERATOR_PLAN_OUTPUT='xml' is not one of text, yaml, json" in captured.err
     assert captured.out == ""
+
+
+def run_options() -> dict[str, argparse.Action]:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(commands.choices["run"]._option_string_actions)
+
+
+def docs_pages() -> dict[Path, str]:
+    return {page: page.read_text(encoding="utf-8") for page in (REPO / "docs").glob("*.md")}
+
+
+def flags_in(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", text))
+
+
+def documented_run_flags() -> set[str]:
+    """Every ``--flag`` the docs give ``neuron-operator run``: its flags table in operator.md,
+    and any line of any page that runs it."""
+    flags: set[str] = set()
+    for page, text in docs_pages().items():
+        if page.name == "operator.md":
+            flags |= flags_in(text.split("## `neuron-operator run` flags", 1)[1].split("\n## ")[0])
+        for line in text.splitlines():
+            if "neuron-operator run" in line:
+                flags |= flags_in(line)
+    return flags
+
+
+def test_docs_and_run_flags_agree() -> None:
+    documented = documented_run_flags()
+    known = {f for f in run_options() if f.startswith("--")}
+    assert documented, "the docs name no neuron-operator run flag"
+    assert sorted(documented - known) == []  # documented, but run does not take it
+    anywhere = set().union(*(flags_in(text) for text in docs_pages().values()))
+    assert sorted(known - anywhere) == []  # run takes it, but no docs page names it
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["--leader-election", "--leader-election=false", "--standalone", "--all-namespaces"],
+    ids=["bare-leader-election", "leader-election-value", "standalone", "all-namespaces"],
+)
+def test_documented_switches_parse_alone(form: str) -> None:
+    assert form.split("=", maxsplit=1)[0] in documented_run_flags()
+    build_parser().parse_args(["run", form])

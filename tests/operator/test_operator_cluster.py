@@ -15,21 +15,20 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from neuron_localcluster.clitools import ensure_helm
 from neuron_operator import conditions as c
+
+from .conftest import Operators, apply, chart_lease_name, kubectl_json, render_operator_rbac
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "charts/neuron-groups/crds/neuronworkloads.neurongroups.dev.yaml"
-CHART = REPO / "charts/neuron-groups"
 SAMPLES = REPO / "deploy/samples"
 NS = "nwl-e2e"
 OPERATOR_NS = "nwl-operator-e2e"
@@ -37,83 +36,6 @@ RELEASE = "nwl-e2e"
 KWOK_ONLY = {"neuron-groups.io/simulation": "kwok"}
 SELECTOR = "app.kubernetes.io/name=neuron-workload"
 TIMEOUT = 90.0
-
-
-@dataclass
-class Operators:
-    """The operator processes of this module, started and stopped by the fixture."""
-
-    cluster: Any
-    lease: str
-    kubeconfig: Path
-    log_dir: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, identity: str) -> None:
-        argv = [
-            sys.executable, "-m", "neuron_operator.cli", "run",
-            "--kubeconfig", str(self.kubeconfig),
-            "--namespace", NS,
-            "--lease-name", self.lease, "--lease-namespace", OPERATOR_NS,
-            "--identity", identity,
-            "--lease-seconds", "6", "--renew-seconds", "2",
-            "--resync-seconds", "5",
-            "--metrics-port", "0",
-            "--log-format", "json",
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONSAFEPATH": "1"}
-        with (self.log_dir / f"{identity}.log").open("wb") as log:
-            self.processes[identity] = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
-            )
-
-    def stop(self, identity: str) -> None:
-        process = self.processes.pop(identity)
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:]
-            for p in sorted(self.log_dir.glob("*.log"))
-        )
-
-
-def kubectl_json(cluster: Any, *args: str) -> Any:
-    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
-
-
-def apply(cluster: Any, document: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    result: subprocess.CompletedProcess[str] = cluster.kubectl(
-        "apply", "-f", "-", check=False, input=yaml.safe_dump(document)
-    )
-    return result
-
-
-def render_operator_rbac() -> list[dict[str, Any]]:
-    helm = ensure_helm()
-    rendered = subprocess.run(
-        [
-            str(helm), "template", RELEASE, str(CHART), "--namespace", OPERATOR_NS,
-            "--show-only", "templates/operator/rbac.yaml",
-            "--show-only", "templates/operator/serviceaccount.yaml",
-        ],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    return [d for d in yaml.safe_load_all(rendered) if d]
-
-
-def chart_lease_name(documents: list[dict[str, Any]]) -> str:
-    """The Lease the chart's RBAC lets the operator update (its resourceNames)."""
-    for document in documents:
-        for rule in document.get("rules") or []:
-            if "leases" in rule.get("resources", []) and rule.get("resourceNames"):
-                return str(rule["resourceNames"][0])
-    raise AssertionError("the chart's operator RBAC grants no named Lease")
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +53,7 @@ def operators(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> I
         namespace: dict[str, Any] = {"apiVersion": "v1", "kind": "Namespace"}
         namespace["metadata"] = {"name": name, "labels": labels}
         assert apply(cluster, namespace).returncode == 0
-    documents = render_operator_rbac()
+    documents = render_operator_rbac(RELEASE, OPERATOR_NS)
     account = next(d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount")
     for document in documents:
         result = apply(cluster, document)
@@ -141,6 +63,8 @@ def operators(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> I
         lease=chart_lease_name(documents),
         kubeconfig=cluster.impersonating_kubeconfig(OPERATOR_NS, account),
         log_dir=tmp_path_factory.mktemp("operator-logs"),
+        namespaces=[NS],
+        lease_namespace=OPERATOR_NS,
     )
     handle.start("op-a")
     try:

@@ -1,0 +1,104 @@
+"""Helpers of the cluster tests of the operator: ``neuron-operator run`` as subprocesses,
+authenticated as the chart's operator ServiceAccount (so the chart's RBAC is exercised too)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neuron_localcluster.clitools import ensure_helm
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts/neuron-groups"
+
+
+@dataclass
+class Operators:
+    """The operator processes of one test module, started and stopped by its fixture."""
+
+    cluster: Any
+    lease: str
+    kubeconfig: Path
+    log_dir: Path
+    namespaces: list[str]
+    lease_namespace: str
+    extra_args: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, identity: str) -> None:
+        argv = [
+            sys.executable, "-m", "neuron_operator.cli", "run",
+            "--kubeconfig", str(self.kubeconfig),
+            *(x for namespace in self.namespaces for x in ("--namespace", namespace)),
+            "--lease-name", self.lease, "--lease-namespace", self.lease_namespace,
+            "--identity", identity,
+            "--lease-seconds", "6", "--renew-seconds", "2",
+            "--resync-seconds", "5",
+            "--metrics-port", "0",
+            "--log-format", "json",
+            *self.extra_args,
+        ]  # fmt: skip
+        env = {**os.environ, **self.extra_env, "PYTHONSAFEPATH": "1"}
+        with (self.log_dir / f"{identity}.log").open("wb") as log:
+            self.processes[identity] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+            )
+
+    def stop(self, identity: str) -> None:
+        process = self.processes.pop(identity)
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def full_logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:]
+            for p in sorted(self.log_dir.glob("*.log"))
+        )
+
+
+def kubectl_json(cluster: Any, *args: str) -> Any:
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+def apply(cluster: Any, document: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    result: subprocess.CompletedProcess[str] = cluster.kubectl(
+        "apply", "-f", "-", check=False, input=yaml.safe_dump(document)
+    )
+    return result
+
+
+def render_operator_rbac(release: str, namespace: str) -> list[dict[str, Any]]:
+    helm = ensure_helm()
+    rendered = subprocess.run(
+        [
+            str(helm), "template", release, str(CHART), "--namespace", namespace,
+            "--show-only", "templates/operator/rbac.yaml",
+            "--show-only", "templates/operator/serviceaccount.yaml",
+        ],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def chart_lease_name(documents: list[dict[str, Any]]) -> str:
+    """The Lease the chart's RBAC lets the operator update (its resourceNames)."""
+    for document in documents:
+        for rule in document.get("rules") or []:
+            if "leases" in rule.get("resources", []) and rule.get("resourceNames"):
+                return str(rule["resourceNames"][0])
+    raise AssertionError("the chart's operator RBAC grants no named Lease")

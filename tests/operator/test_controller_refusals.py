@@ -1,0 +1,293 @@
+"""One reconcile against a scripted API: refusals reach status and Events, and writes back off."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from neuron_operator import conditions as c
+from neuron_operator.controller import Backoff, Reconciler
+from neuron_operator.kube import ChildRefusedError
+from neuron_operator.refusals import Refusal, classify_status, not_owned
+
+NS, NAME, UID = "ns", "w", "uid-1"
+QUOTA = 'pods "x" is forbidden: exceeded quota: q, requested: pods=1, used: pods=0, limited: pods=0'
+PSA = 'pods "x" is forbidden: violates PodSecurity "restricted:latest": hostPath volumes'
+
+
+def workload_body(copies: int = 1, isolation: str = "Process", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "neurongroups.dev/v1alpha1",
+        "kind": "NeuronWorkload",
+        "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 1},
+        "spec": {
+            "image": "neuron-groups/runtime:0.1.0",
+            "nodeCores": 16,
+            "isolation": isolation,
+            "models": [{"name": "m", "path": "/models/m", "cores": 1, "copies": copies}],
+            **spec,
+        },
+    }
+
+
+def ready_pod(manifest: dict[str, Any]) -> dict[str, Any]:
+    pod = copy.deepcopy(manifest)
+    pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    return pod
+
+
+class FakeKube:
+    """The ``Kube`` calls of one reconcile, answered from a script; records every write."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.create_refusal: Refusal | None = None
+        self.service_refusal: Refusal | None = None
+        self.read_error: BaseException | None = None
+        self.creates: list[str] = []
+        self.deletes: list[str] = []
+        self.events: list[tuple[str, str, str]] = []
+
+    def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.read_error is not None:
+            raise self.read_error
+        return copy.deepcopy(self.body)
+
+    def list_workloads(self, namespaces: Any) -> list[dict[str, Any]]:
+        return [copy.deepcopy(self.body)]
+
+    def list_pods(self, namespace: str, workload: str) -> list[dict[str, Any]]:
+        return list(self.pods.values())
+
+    def ensure_service(self, body: dict[str, Any], owner_uid: str) -> bool:
+        if self.service_refusal is not None:
+            raise ChildRefusedError(self.service_refusal)
+        return False
+
+    def create_pod(self, body: dict[str, Any], owner_uid: str) -> bool:
+        self.creates.append(body["metadata"]["name"])
+        if self.create_refusal is not None:
+            raise ChildRefusedError(self.create_refusal)
+        self.pods[body["metadata"]["name"]] = ready_pod(body)
+        return True
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        self.deletes.append(name)
+        return self.pods.pop(name, None) is not None
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        self.body["status"] = copy.deepcopy(status)
+        return True
+
+    def post_event(self, workload: Any, type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def harness(
+    body: dict[str, Any],
+) -> tuple[FakeKube, Reconciler, Clock, list[float], list[Callable[[], None]]]:
+    kube = FakeKube(body)
+    clock = Clock()
+    delays: list[float] = []
+    retries: list[Callable[[], None]] = []
+
+    def schedule(key: Any, delay: float, retry: Callable[[], None]) -> None:
+        delays.append(delay)
+        retries.append(retry)
+
+    reconciler = Reconciler(
+        kube,  # type: ignore[arg-type]
+        backoff=Backoff(base=1.0, cap=8.0),
+        schedule=schedule,
+        clock=clock,
+    )
+    return kube, reconciler, clock, delays, retries
+
+
+def condition(kube: FakeKube, type_: str) -> dict[str, Any]:
+    return dict(c.find(kube.body["status"]["conditions"], type_) or {})
+
+
+def refusal(status: int, message: str) -> Refusal:
+    return classify_status(status, message, "Pod", "w-pod")
+
+
+REFUSAL_CASES = [
+    ("pod-security", refusal(403, PSA), c.REASON_FORBIDDEN, "violates PodSecurity"),
+    ("quota", refusal(403, QUOTA), c.REASON_QUOTA_EXCEEDED, "exceeded quota"),
+    ("too-large", refusal(413, "Request entity too large"), c.REASON_POD_TOO_LARGE, "too large"),
+    ("invalid", refusal(422, "quantities must match"), c.REASON_INVALID, "quantities must match"),
+]
+
+
+@pytest.mark.parametrize(
+    ("refused", "reason", "quoted"),
+    [x[1:] for x in REFUSAL_CASES],
+    ids=[x[0] for x in REFUSAL_CASES],
+)
+def test_a_refused_pod_reaches_status_and_one_warning_event(
+    refused: Refusal, reason: str, quoted: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    kube, reconciler, _, delays, _ = harness(workload_body())
+    kube.create_refusal = refused
+    with caplog.at_level(logging.WARNING):
+        reconciler.reconcile_by_name(NS, NAME)
+    for type_ in (c.REFUSED, c.READY, c.PROGRESSING):
+        assert condition(kube, type_)["reason"] == reason
+        assert quoted in condition(kube, type_)["message"]
+    assert condition(kube, c.REFUSED)["status"] == c.TRUE
+    assert condition(kube, c.READY)["status"] == c.FALSE
+    invalid = condition(kube, c.INVALID_SPEC)["status"]
+    assert invalid == (c.TRUE if reason == c.REASON_INVALID else c.FALSE)
+    assert [(t, r) for t, r, _ in kube.events] == [("Warning", reason)]
+    assert quoted in kube.events[0][2]
+    assert delays == [1.0]
+    assert all(record.exc_info is None for record in caplog.records)  # no traceback
+    assert any(reason in record.getMessage() for record in caplog.records)
+
+
+def test_refused_writes_back_off_exponentially_up_to_the_cap() -> None:
+    kube, reconciler, clock, delays, retries = harness(workload_body())
+    kube.create_refusal = refusal(403, QUOTA)
+    reconciler.reconcile_by_name(NS, NAME)
+    # Events of the object (or the resync) inside the wait do not send the refused create again.
+    for _ in range(5):
+        reconciler.reconcile_by_name(NS, NAME)
+    assert len(kube.creates) == 1
+    for _ in range(6):  # each scheduled retry, when due, tries once more and waits twice as long
+        clock.now += delays[-1]
+        retries[-1]()
+    assert len(kube.creates) == 7
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
+    # Status and the Event are not repeated while the refusal stays the same.
+    assert [r for _, r, _ in kube.events] == [c.REASON_QUOTA_EXCEEDED]
+
+
+def test_the_refusal_clears_when_the_api_server_accepts_again() -> None:
+    kube, reconciler, clock, delays, retries = harness(workload_body())
+    kube.create_refusal = refusal(403, QUOTA)
+    reconciler.reconcile_by_name(NS, NAME)
+    kube.create_refusal = None  # the quota was raised
+    clock.now += delays[-1]
+    retries[-1]()
+    assert condition(kube, c.REFUSED)["status"] == c.FALSE
+    assert condition(kube, c.REFUSED)["reason"] == c.REASON_ACCEPTED
+    reconciler.reconcile_by_name(NS, NAME)  # the new pod's event
+    assert condition(kube, c.READY)["status"] == c.TRUE
+    assert len(delays) == 1  # nothing more scheduled
+
+
+def test_editing_the_spec_retries_at_once() -> None:
+    kube, reconciler, _, _, _ = harness(workload_body())
+    kube.create_refusal = refusal(403, PSA)
+    reconciler.reconcile_by_name(NS, NAME)
+    kube.create_refusal = None
+    kube.body["metadata"]["generation"] = 2
+    reconciler.reconcile_by_name(NS, NAME)
+    assert len(kube.creates) == 2
+    reconciler.reconcile_by_name(NS, NAME)  # the new pod's event
+    assert condition(kube, c.READY)["status"] == c.TRUE
+
+
+def test_a_scale_down_goes_on_while_creates_are_refused() -> None:
+    kube, reconciler, _, _, _ = harness(workload_body(replicas=3))
+    reconciler.reconcile_by_name(NS, NAME)
+    first, *surplus = sorted(kube.pods)
+    kube.body["metadata"]["generation"] = 2
+    kube.body["spec"]["replicas"] = 1
+    del kube.pods[first]  # deleted by hand: it must be created again, and the quota refuses it
+    kube.create_refusal = refusal(403, QUOTA)
+    reconciler.reconcile_by_name(NS, NAME)
+    assert sorted(kube.deletes) == surplus  # the scale-down went on, freeing quota
+    assert condition(kube, c.REFUSED)["reason"] == c.REASON_QUOTA_EXCEEDED
+
+
+def test_a_roll_to_refused_pods_keeps_every_ready_old_pod() -> None:
+    kube, reconciler, _, _, _ = harness(workload_body(copies=4))
+    reconciler.reconcile_by_name(NS, NAME)
+    assert len(kube.pods) == 4
+    kube.body["metadata"]["generation"] = 2
+    kube.body["spec"]["image"] = "neuron-groups/runtime:0.2.0"  # a new template: new pod names
+    kube.create_refusal = refusal(403, PSA)
+    reconciler.reconcile_by_name(NS, NAME)  # the refused creates
+    reconciler.reconcile_by_name(NS, NAME)  # an event inside the backoff
+    assert kube.deletes == []  # nothing lost: the old pods serve until the new ones can come
+    assert condition(kube, c.REFUSED)["reason"] == c.REASON_FORBIDDEN
+
+
+def test_a_foreign_service_makes_the_workload_not_ready_but_pods_are_created() -> None:
+    kube, reconciler, _, _, _ = harness(workload_body())
+    kube.service_refusal = not_owned("Service", NAME, NS, None)
+    reconciler.reconcile_by_name(NS, NAME)
+    reconciler.reconcile_by_name(NS, NAME)  # the pod's event, inside the Service's backoff
+    assert len(kube.pods) == 1  # every pod is ready, yet the Service selects none of them
+    assert kube.body["status"]["readyReplicas"] == 1
+    assert condition(kube, c.READY)["status"] == c.FALSE
+    assert condition(kube, c.READY)["reason"] == c.REASON_NOT_OWNED
+    assert (
+        f"Service {NS}/{NAME} exists and is not controlled" in condition(kube, c.REFUSED)["message"]
+    )
+    assert [r for _, r, _ in kube.events] == ["CreatedPods", c.REASON_NOT_OWNED]
+
+
+def test_a_pod_predicted_too_large_is_never_sent() -> None:
+    # 600 copies of one model in one group: NEURON_MODELS of 600 long name=path pairs > 128 KiB.
+    long_path = "/models/" + "p" * 250
+    body = workload_body(copies=600, isolation="Shared", cores=1)
+    body["spec"]["models"][0]["path"] = long_path
+    kube, reconciler, _, _, _ = harness(body)
+    reconciler.reconcile_by_name(NS, NAME)
+    assert kube.creates == []
+    assert condition(kube, c.REFUSED)["reason"] == c.REASON_POD_TOO_LARGE
+    assert "above the 128 KiB the kernel allows" in condition(kube, c.REFUSED)["message"]
+
+
+def test_transient_trouble_is_retried_and_not_put_on_status(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kube, reconciler, _, delays, _ = harness(workload_body())
+    kube.create_refusal = refusal(503, "etcd leader changed")
+    with caplog.at_level(logging.WARNING):
+        reconciler.reconcile_by_name(NS, NAME)
+    assert condition(kube, c.REFUSED)["status"] == c.FALSE
+    assert condition(kube, c.READY)["status"] == c.FALSE
+    assert kube.events == []
+    assert delays == [1.0]
+    assert all(record.exc_info is None for record in caplog.records)
+
+
+def test_a_failing_read_is_retried_with_backoff_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kube, reconciler, clock, delays, retries = harness(workload_body())
+    kube.read_error = ApiException(status=503, reason="Service Unavailable")
+    with caplog.at_level(logging.WARNING):
+        reconciler.reconcile_by_name(NS, NAME)
+        clock.now += delays[-1]
+        retries[-1]()
+    assert delays == [1.0, 2.0]
+    assert all(record.exc_info is None for record in caplog.records)
+    kube.read_error = None
+    clock.now += delays[-1]
+    retries[-1]()
+    assert kube.creates and condition(kube, c.REFUSED)["status"] == c.FALSE
+    assert len(delays) == 2
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    backoff = Backoff(base=1.0, cap=300.0)
+    assert [backoff.delay(n) for n in (1, 2, 3, 9, 10, 500)] == [1, 2, 4, 256, 300, 300]
