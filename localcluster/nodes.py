@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from neuron_cores import lookup_instance_type
+from neuron_cores import is_ascii_digits, lookup_instance_type
 from neuron_localcluster.layout import KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE
 
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
@@ -44,8 +44,9 @@ def parse_node_specs(text: str, *, emulated: bool) -> list[NodeSpec]:
         item = raw.strip()
         if not item:
             continue
-        count_text, sep, itype = item.partition("x") if item[0].isdigit() else ("1", "x", item)
-        if not sep or not count_text.isdigit() or int(count_text) < 1:
+        counted = is_ascii_digits(item[0])
+        count_text, sep, itype = item.partition("x") if counted else ("1", "x", item)
+        if not sep or not is_ascii_digits(count_text) or int(count_text) < 1:
             raise ValueError(
                 f"bad node list item {item!r} in {text!r}: write INSTANCE_TYPE or "
                 "COUNTxINSTANCE_TYPE, comma-separated, e.g. '2xinf1.6xlarge,inf2.xlarge'"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neuron_cores import is_ascii_digits
 from neuron_localcluster.nodes import CORE_RESOURCE, DEVICE_RESOURCE
 
 NEURON_RESOURCES = (CORE_RESOURCE, DEVICE_RESOURCE)
@@ -178,7 +179,7 @@ def readiness_check(container: Mapping[str, Any]) -> ReadinessCheck:
     if not http:
         return ReadinessCheck(None)
     port = http.get("port")
-    if isinstance(port, str) and not port.isdigit():
+    if isinstance(port, str) and not is_ascii_digits(port):
         named = {p.get("name"): p.get("containerPort") for p in container.get("ports") or []}
         if port not in named:
             raise PodSpecError(

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from neuron_cores import read_natural
 from neuron_operator import conditions as c
 from neuron_operator.planner import Plan
 from neuron_operator.pods import (
@@ -56,8 +57,8 @@ class Actions:
 
 
 def _label_int(labels: Mapping[str, str], key: str) -> int:
-    value = labels.get(key, "")
-    return int(value) if value.isdigit() else -1
+    value = read_natural(labels.get(key, ""))
+    return -1 if value is None else value
 
 
 def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:

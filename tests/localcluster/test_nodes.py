@@ -27,8 +27,10 @@ def test_parse_node_specs(text: str, expected: list[str]) -> None:
         ("0xinf1.6xlarge", ValueError),
         ("2yinf1.6xlarge", ValueError),
         ("m5.large", UnknownInstanceTypeError),
+        ("\u00b2xinf1.6xlarge", ValueError),
+        ("\u0663xinf1.6xlarge", ValueError),
     ],
-    ids=["zero-count", "bad-separator", "not-neuron"],
+    ids=["zero-count", "bad-separator", "not-neuron", "superscript-count", "arabic-indic-count"],
 )
 def test_parse_node_specs_rejects(text: str, error: type[Exception]) -> None:
     with pytest.raises(error):

@@ -232,3 +232,17 @@ def test_merge_conditions_keeps_transition_time_while_status_holds() -> None:
     same = c.merge_conditions(first, [c.condition(c.READY, c.FALSE, "Y", "m", 2)], "t2")
     flipped = c.merge_conditions(same, [c.condition(c.READY, c.TRUE, "Z", "", 2)], "t3")
     assert [x["lastTransitionTime"] for x in (*first, *same, *flipped)] == ["t1", "t1", "t3"]
+
+
+@pytest.mark.parametrize(
+    "label",
+    ["\u00b9", "\u0661", "-1", "", "1" * 40],
+    ids=["superscript", "arabic-indic", "negative", "empty", "huge"],
+)
+def test_observe_pod_reads_only_ascii_label_numbers(label: str) -> None:
+    """A hand-edited label never crashes the operator: anything but ASCII digits is no index."""
+    pod = api_pod()
+    pod["metadata"]["labels"]["neurongroups.dev/replica"] = label
+    seen = observe_pod(pod)
+    assert seen.index == 2
+    assert seen.replica == (-1 if label in ("\u00b9", "\u0661", "-1", "") else 10**18)
