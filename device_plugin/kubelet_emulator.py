@@ -49,7 +49,7 @@ _DIAL_POLL_S = 0.05
 
 
 class DialError(RuntimeError):
-    """The plugin's socket did not accept a connection."""
+    """The plugin's socket did not accept a connection, or its options call failed."""
 
 
 class RegistrationError(RuntimeError):
@@ -108,28 +108,36 @@ class PluginClient:
         self._reader: threading.Thread | None = None
         self._closed = False
 
-    def dial(self, timeout: float, still_wanted: Callable[[], bool] = lambda: True) -> None:
-        """Wait until the plugin's socket accepts a connection, as the kubelet's blocking dial.
+    def connect(
+        self, timeout: float, still_wanted: Callable[[], bool] = lambda: True
+    ) -> pb.DevicePluginOptions:
+        """Dial the plugin and ask its options, as the kubelet does inside Register.
 
-        DialError after ``timeout`` (``context deadline exceeded``, the kubelet's words), or as
-        soon as ``still_wanted`` turns false (the caller of Register went away).
+        The call waits for the socket to accept a connection (the kubelet's blocking dial).
+        DialError after ``timeout`` (``context deadline exceeded``, the kubelet's words), as soon
+        as ``still_wanted`` turns false (the caller of Register went away), or with the status of
+        a plugin that answered GetDevicePluginOptions with an error.
         """
-        ready = grpc.channel_ready_future(self._channel)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise DialError("context deadline exceeded")
+        call: grpc.Future[pb.DevicePluginOptions] = self._stub.get_device_plugin_options.future(
+            pb.Empty(), timeout=timeout, wait_for_ready=True
+        )
+        while True:
+            try:
+                return call.result(timeout=_DIAL_POLL_S)
+            except grpc.FutureTimeoutError:
                 if not still_wanted():
-                    raise DialError("context canceled")
-                try:
-                    ready.result(timeout=min(_DIAL_POLL_S, left))
-                    return
-                except grpc.FutureTimeoutError:
-                    continue
-        finally:
-            ready.cancel()
+                    call.cancel()
+                    raise DialError("failed to dial device plugin: context canceled") from None
+            except grpc.RpcError as err:
+                if isinstance(err, grpc.Call):
+                    if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise DialError(
+                            "failed to dial device plugin: context deadline exceeded"
+                        ) from None
+                    raise DialError(
+                        f"GetDevicePluginOptions failed: {err.code().name}: {err.details()}"
+                    ) from None
+                raise DialError(f"failed to dial device plugin: {err}") from None
 
     def start_watch(self) -> None:
         """Open the ListAndWatch stream and keep reading it in the background."""
@@ -300,7 +308,7 @@ class KubeletEmulator:
                 removed += 1
         return removed
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, *, wait_for_clients: bool = True) -> None:
         with self._lock:
             self._serving = False
             server, self._server = self._server, None
@@ -308,8 +316,14 @@ class KubeletEmulator:
             self._clients.clear()
         if server is not None:
             server.stop(None).wait()
-        for client in clients:
-            client.close()
+        if wait_for_clients:
+            for client in clients:
+                client.close()
+        else:
+            # Closing a channel with an open stream can take a fifth of a second; a dying kubelet
+            # does not wait for it, so it happens behind the caller's back.
+            for client in clients:
+                threading.Thread(target=client.close, name="kubelet-crash", daemon=True).start()
 
     def stop(self, *, delete_sockets: bool = False) -> None:
         """Stop serving and close every plugin connection, removing ``kubelet.sock``.
@@ -327,7 +341,7 @@ class KubeletEmulator:
         The stale file is a socket nobody listens on (connecting to it is refused), until the
         next :meth:`start` removes it.
         """
-        self._shutdown()
+        self._shutdown(wait_for_clients=False)
         if not self.socket_path.exists():
             stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -374,15 +388,10 @@ class KubeletEmulator:
             raise RegistrationError(problem)
         client = PluginClient(self.plugin_dir / request.endpoint, request.resource_name)
         try:
-            client.dial(self.dial_timeout_s, still_wanted)
-            client.options(timeout=self.dial_timeout_s)
+            client.connect(self.dial_timeout_s, still_wanted)
         except DialError as err:
             client.close()
-            raise RegistrationError(f"failed to dial device plugin: {err}") from None
-        except grpc.RpcError as err:
-            client.close()
-            details = err.details() if isinstance(err, grpc.Call) else str(err)
-            raise RegistrationError(f"failed to get device plugin options: {details}") from None
+            raise RegistrationError(str(err)) from None
         with self._lock:
             if not self._serving:
                 client.close()
