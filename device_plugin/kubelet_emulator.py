@@ -1,10 +1,19 @@
 """A stand-in for the kubelet's side of the Device Plugin API, for tests and the local cluster.
 
-It serves the Registration service on ``<plugin_dir>/kubelet.sock`` and, for every plugin that
-registers, connects back the way the kubelet does: GetDevicePluginOptions first, then a
-ListAndWatch stream kept open by a background reader, and on demand GetPreferredAllocation and
-Allocate.  :meth:`KubeletEmulator.stop` with ``delete_sockets=True`` does what a restarting kubelet
-does to the directory, so tests can check that a plugin registers again.
+It behaves like the kubelet's device manager where a plugin can tell the difference:
+
+* :meth:`KubeletEmulator.start` removes every socket in the device-plugin directory (a stale
+  ``kubelet.sock`` left by a crash, and every plugin's socket) before it listens on
+  ``kubelet.sock``, as a starting kubelet does;
+* its Register handler dials the plugin's socket and calls GetDevicePluginOptions *before* it
+  answers; any failure (a bad request, a socket that is gone) comes back as a plain error, which
+  gRPC reports as UNKNOWN, with the kubelet's wording (``failed to dial device plugin: ...``);
+* after a successful Register it keeps a ListAndWatch stream open through a background reader and
+  offers GetPreferredAllocation and Allocate on demand.
+
+:meth:`KubeletEmulator.crash` stops it the way ``kill -9`` does: the streams end and a stale
+``kubelet.sock`` stays behind, so the next :meth:`KubeletEmulator.start` is a real-looking restart.
+:meth:`KubeletEmulator.stop` with ``delete_sockets=True`` clears the directory on the way out.
 
 The local control plane uses it to emulate one node: capacity from :meth:`PluginClient.devices`,
 and :meth:`PluginClient.preferred_allocation` plus :meth:`PluginClient.allocate` per pod.
@@ -13,6 +22,7 @@ and :meth:`PluginClient.preferred_allocation` plus :meth:`PluginClient.allocate`
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +42,18 @@ from neuron_device_plugin.api.services import (
 from neuron_device_plugin.ids import HEALTHY, KUBELET_SOCKET_NAME
 
 log = logging.getLogger(__name__)
+
+# The kubelet's dial of a registering plugin gives up after 10 s.
+DIAL_TIMEOUT_S = 10.0
+_DIAL_POLL_S = 0.05
+
+
+class DialError(RuntimeError):
+    """The plugin's socket did not accept a connection, or its options call failed."""
+
+
+class RegistrationError(RuntimeError):
+    """Why the emulated kubelet answers Register with an error (UNKNOWN, as the kubelet does)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +95,11 @@ class PluginClient:
     def __init__(self, socket_path: Path, resource_name: str) -> None:
         self.socket_path = socket_path
         self.resource_name = resource_name
-        self._channel = grpc.insecure_channel(f"unix://{socket_path.resolve()}")
+        # A channel of its own (no subchannel shared with an earlier, failed dial of the same
+        # path), as each of the kubelet's dials is.
+        self._channel = grpc.insecure_channel(
+            f"unix://{socket_path.resolve()}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
         self._stub = DevicePluginStub(self._channel)
         self._lock = threading.Condition()
         self._devices: list[DeviceInfo] = []
@@ -81,6 +107,37 @@ class PluginClient:
         self._stream_error: grpc.RpcError | None = None
         self._reader: threading.Thread | None = None
         self._closed = False
+
+    def connect(
+        self, timeout: float, still_wanted: Callable[[], bool] = lambda: True
+    ) -> pb.DevicePluginOptions:
+        """Dial the plugin and ask its options, as the kubelet does inside Register.
+
+        The call waits for the socket to accept a connection (the kubelet's blocking dial).
+        DialError after ``timeout`` (``context deadline exceeded``, the kubelet's words), as soon
+        as ``still_wanted`` turns false (the caller of Register went away), or with the status of
+        a plugin that answered GetDevicePluginOptions with an error.
+        """
+        call: grpc.Future[pb.DevicePluginOptions] = self._stub.get_device_plugin_options.future(
+            pb.Empty(), timeout=timeout, wait_for_ready=True
+        )
+        while True:
+            try:
+                return call.result(timeout=_DIAL_POLL_S)
+            except grpc.FutureTimeoutError:
+                if not still_wanted():
+                    call.cancel()
+                    raise DialError("failed to dial device plugin: context canceled") from None
+            except grpc.RpcError as err:
+                if isinstance(err, grpc.Call):
+                    if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise DialError(
+                            "failed to dial device plugin: context deadline exceeded"
+                        ) from None
+                    raise DialError(
+                        f"GetDevicePluginOptions failed: {err.code().name}: {err.details()}"
+                    ) from None
+                raise DialError(f"failed to dial device plugin: {err}") from None
 
     def start_watch(self) -> None:
         """Open the ListAndWatch stream and keep reading it in the background."""
@@ -186,58 +243,111 @@ class _RegistrationService:
         self.emulator = emulator
 
     def register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.Empty:
-        problem = self.emulator.check_registration(request)
-        if problem:
-            log.warning("refusing registration of %r: %s", request.resource_name, problem)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        self.emulator.accept(request)
+        try:
+            self.emulator.register(request, context.is_active)
+        except RegistrationError as err:
+            log.warning("Register of %r failed: %s", request.resource_name, err)
+            # The kubelet returns a plain Go error, which gRPC sends as UNKNOWN.
+            context.abort(grpc.StatusCode.UNKNOWN, str(err))
         return pb.Empty()
 
 
 class KubeletEmulator:
-    """Registration server on ``kubelet.sock`` plus a :class:`PluginClient` per resource."""
+    """Registration server on ``kubelet.sock`` plus a :class:`PluginClient` per resource.
 
-    def __init__(self, plugin_dir: Path, *, refuse: str | None = None) -> None:
+    ``refuse`` makes every Register fail with that message; ``dial_timeout_s`` bounds the dial
+    of a registering plugin's socket (the kubelet's 10 s by default); ``on_register`` is called
+    with each Register request as it arrives, before the dial (tests use it to act at that moment).
+    """
+
+    def __init__(
+        self,
+        plugin_dir: Path,
+        *,
+        refuse: str | None = None,
+        dial_timeout_s: float = DIAL_TIMEOUT_S,
+        on_register: Callable[[pb.RegisterRequest], None] | None = None,
+    ) -> None:
         self.plugin_dir = Path(plugin_dir)
         self.socket_path = self.plugin_dir / KUBELET_SOCKET_NAME
         self.refuse = refuse
+        self.dial_timeout_s = dial_timeout_s
+        self.on_register = on_register
         self.registrations: dict[str, RegistrationInfo] = {}
         self._clients: dict[str, PluginClient] = {}
         self._lock = threading.Condition()
         self._server: grpc.Server | None = None
+        self._serving = False
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> KubeletEmulator:
+        """Clean the directory of sockets, as a starting kubelet does, then serve Registration."""
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
-        self.socket_path.unlink(missing_ok=True)
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        removed = self.remove_sockets()
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         add_registration_servicer(server, _RegistrationService(self))
         server.add_insecure_port(f"unix://{self.socket_path.resolve()}")
         server.start()
-        self._server = server
-        log.info("kubelet emulator serving Registration on %s", self.socket_path)
+        with self._lock:
+            self._server = server
+            self._serving = True
+        log.info(
+            "kubelet emulator serving Registration on %s (removed %d stale sockets)",
+            self.socket_path,
+            removed,
+        )
         return self
 
-    def stop(self, *, delete_sockets: bool = False) -> None:
-        """Stop serving and close every plugin connection.
+    def remove_sockets(self) -> int:
+        """Remove every socket in the directory; how many there were."""
+        removed = 0
+        for path in self.plugin_dir.iterdir():
+            if path.is_socket():
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
-        ``delete_sockets`` also removes every socket in the directory, as a restarting kubelet
-        does; plugins are expected to notice and register again with the next kubelet.
-        """
-        if self._server is not None:
-            self._server.stop(None).wait()
-            self._server = None
+    def _shutdown(self, *, wait_for_clients: bool = True) -> None:
         with self._lock:
+            self._serving = False
+            server, self._server = self._server, None
             clients = list(self._clients.values())
             self._clients.clear()
-        for client in clients:
-            client.close()
+        if server is not None:
+            server.stop(None).wait()
+        if wait_for_clients:
+            for client in clients:
+                client.close()
+        else:
+            # Closing a channel with an open stream can take a fifth of a second; a dying kubelet
+            # does not wait for it, so it happens behind the caller's back.
+            for client in clients:
+                threading.Thread(target=client.close, name="kubelet-crash", daemon=True).start()
+
+    def stop(self, *, delete_sockets: bool = False) -> None:
+        """Stop serving and close every plugin connection, removing ``kubelet.sock``.
+
+        ``delete_sockets`` also removes every other socket in the directory.
+        """
+        self._shutdown()
         self.socket_path.unlink(missing_ok=True)
         if delete_sockets:
-            for path in self.plugin_dir.iterdir():
-                if path.is_socket():
-                    path.unlink(missing_ok=True)
+            self.remove_sockets()
+
+    def crash(self) -> None:
+        """Die as ``kill -9`` would: streams end and a stale ``kubelet.sock`` stays behind.
+
+        The stale file is a socket nobody listens on (connecting to it is refused), until the
+        next :meth:`start` removes it.
+        """
+        self._shutdown(wait_for_clients=False)
+        if not self.socket_path.exists():
+            stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                stale.bind(str(self.socket_path))
+            finally:
+                stale.close()
 
     def __enter__(self) -> KubeletEmulator:
         return self.start()
@@ -264,8 +374,28 @@ class KubeletEmulator:
             return f"resource name {request.resource_name!r} is not an extended resource name"
         return None
 
-    def accept(self, request: pb.RegisterRequest) -> None:
+    def register(
+        self, request: pb.RegisterRequest, still_wanted: Callable[[], bool] = lambda: True
+    ) -> None:
+        """The kubelet's Register: check, dial the plugin, ask its options, then start watching.
+
+        RegistrationError says why not; the caller's answer is then an error (UNKNOWN).
+        """
+        if self.on_register is not None:
+            self.on_register(request)
+        problem = self.check_registration(request)
+        if problem:
+            raise RegistrationError(problem)
+        client = PluginClient(self.plugin_dir / request.endpoint, request.resource_name)
+        try:
+            client.connect(self.dial_timeout_s, still_wanted)
+        except DialError as err:
+            client.close()
+            raise RegistrationError(str(err)) from None
         with self._lock:
+            if not self._serving:
+                client.close()
+                raise RegistrationError("the kubelet is shutting down")
             previous = self.registrations.get(request.resource_name)
             self.registrations[request.resource_name] = RegistrationInfo(
                 version=request.version,
@@ -278,25 +408,11 @@ class KubeletEmulator:
                 count=previous.count + 1 if previous else 1,
             )
             old = self._clients.pop(request.resource_name, None)
+            self._clients[request.resource_name] = client
+            client.start_watch()
+            self._lock.notify_all()
         if old is not None:
             old.close()
-        # Like the kubelet: answer Register at once, connect to the plugin afterwards.
-        threading.Thread(
-            target=self._connect, args=(request,), name="kubelet-connect", daemon=True
-        ).start()
-
-    def _connect(self, request: pb.RegisterRequest) -> None:
-        client = PluginClient(self.plugin_dir / request.endpoint, request.resource_name)
-        try:
-            client.options()
-            client.start_watch()
-        except grpc.RpcError as err:
-            log.warning("cannot reach plugin %s: %s", request.resource_name, err)
-            client.close()
-            return
-        with self._lock:
-            self._clients[request.resource_name] = client
-            self._lock.notify_all()
 
     def wait_for_registration(self, resource_name: str, timeout: float = 5.0) -> PluginClient:
         """The client for ``resource_name`` once it registered and sent its first device list."""

@@ -1,13 +1,25 @@
 """Serving, registering and re-registering: the kubelet lifecycle of the two plugins.
 
 Order matters and is the API's: serve gRPC on our socket first, then call Register on
-``kubelet.sock``.  A restarting kubelet deletes every socket in the device-plugin directory and
-creates ``kubelet.sock`` again; pods have been killed in real clusters by plugins that were slow to
-notice.  So one watcher thread polls every ``watch_interval_s`` (0.2 s by default, well inside the
-2 s we promise): if our socket is gone it serves again on a fresh one, and if ``kubelet.sock`` is a
-different file than the one we registered with, it registers again.  A kubelet that is not there
-yet (UNAVAILABLE) is waited for; a kubelet that answers Register with an error has refused us, and
-that is fatal: :attr:`PluginManager.failure` says why and :meth:`PluginManager.wait` returns.
+``kubelet.sock``.  A restarting kubelet deletes every socket in the device-plugin directory
+(including the stale ``kubelet.sock`` a crash leaves) and listens again; its Register handler dials
+our socket before it answers, and answers any failure as a plain error (UNKNOWN).  Pods have been
+killed in real clusters by plugins that were slow to notice, so one watcher thread polls every
+``watch_interval_s`` (0.2 s by default, well inside the 2 s we promise) and, per resource:
+
+* if our socket is gone (or is another file), serves again on a fresh one, abandoning any
+  registration in flight, which named the old socket;
+* if ``kubelet.sock`` is a different file than the one we registered with, registers again.
+
+Register runs off the watcher thread, as a gRPC future the watcher looks at on its next step (it is
+woken as soon as the call ends), so a Register that hangs in a kubelet dialling a deleted socket
+never stops the watcher from re-serving that socket.  A registration in flight whose kubelet or
+socket has changed since it began is cancelled and started again at once.
+
+No answer of the kubelet ends the plugin: every failure, whatever its gRPC status, is retried with
+a capped exponential backoff (from ``watch_interval_s`` to ``REGISTER_BACKOFF_CAP_S``), which starts
+over whenever the kubelet's socket or ours changes.  A failure is logged once, when it first
+appears or changes, not on every retry; readiness says why a resource is not registered.
 
 Health is polled from the backend on a second thread, every ``health_interval_s``; a change bumps
 the resource manager's generation, which wakes every ListAndWatch stream to send the full list.
@@ -18,6 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,14 +66,26 @@ from neuron_device_plugin.topology import Backend, Topology
 
 log = logging.getLogger(__name__)
 
+# One Register call may take this long; the kubelet dials us inside it, which takes milliseconds
+# when our socket is there.  A call outliving its kubelet or our socket is cancelled before that.
 REGISTER_TIMEOUT_S = 5.0
+# Retries of a failing Register back off from the watch interval up to this.
+REGISTER_BACKOFF_CAP_S = 5.0
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
 _RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*$")
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Each Register call gets a channel with its own connection state: with gRPC's shared subchannels a
+# refused connection to a dead kubelet's stale socket would hold back the next call by the
+# reconnect backoff (a second or more), though a new kubelet already listens on that path.
+_CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+
+FileIdentity = tuple[int, int, int]
 
 
 class RegistrationRefusedError(RuntimeError):
-    """The kubelet answered Register with an error; retrying would not change its mind."""
+    """Register failed (any gRPC status): the message names the kubelet, resource and reason.
+
+    :func:`register_with_kubelet` raises it; the plugin's watcher never does, it retries.
+    """
 
 
 @dataclass(frozen=True)
@@ -104,7 +129,7 @@ def socket_name(resource_name: str) -> str:
     return "neuron-dp-" + re.sub(r"[^A-Za-z0-9_.-]", "_", tail) + ".sock"
 
 
-def _file_identity(path: Path) -> tuple[int, int, int] | None:
+def _file_identity(path: Path) -> FileIdentity | None:
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -122,32 +147,60 @@ def create_plugin_server(
     return server
 
 
-def register_with_kubelet(
-    kubelet_socket: Path, endpoint: str, resource_name: str, timeout: float = REGISTER_TIMEOUT_S
-) -> None:
-    """Call Register; RegistrationRefusedError if the kubelet says no, grpc.RpcError if away."""
-    request = pb.RegisterRequest(
+def register_request(endpoint: str, resource_name: str) -> pb.RegisterRequest:
+    return pb.RegisterRequest(
         version=API_VERSION,
         endpoint=endpoint,
         resource_name=resource_name,
         options=pb.DevicePluginOptions(get_preferred_allocation_available=True),
     )
-    with grpc.insecure_channel(f"unix://{kubelet_socket.resolve()}") as channel:
+
+
+def describe_rpc_error(err: BaseException) -> str:
+    """``CODE: details`` of a finished call, one line and without gRPC's debug string."""
+    if isinstance(err, grpc.Call):
+        code = err.code()
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        return f"{name}: {err.details()}"
+    return f"{type(err).__name__}: {err}"
+
+
+def register_with_kubelet(
+    kubelet_socket: Path, endpoint: str, resource_name: str, timeout: float = REGISTER_TIMEOUT_S
+) -> None:
+    """Call Register once and wait; RegistrationRefusedError, whatever the status, if it fails."""
+    request = register_request(endpoint, resource_name)
+    target = f"unix://{kubelet_socket.resolve()}"
+    with grpc.insecure_channel(target, options=_CHANNEL_OPTIONS) as channel:
         try:
             RegistrationStub(channel).register(request, timeout=timeout)
         except grpc.RpcError as err:
-            code = err.code() if isinstance(err, grpc.Call) else None
-            if code in _RETRYABLE:
-                raise
-            details = err.details() if isinstance(err, grpc.Call) else str(err)
             raise RegistrationRefusedError(
-                f"the kubelet at {kubelet_socket} refused to register {resource_name} "
-                f"(endpoint {endpoint}, API {API_VERSION}): {code}: {details}"
+                f"the kubelet at {kubelet_socket} did not register {resource_name} "
+                f"(endpoint {endpoint}, API {API_VERSION}): {describe_rpc_error(err)}"
             ) from None
 
 
+@dataclass
+class _PendingRegistration:
+    """A Register call in flight, and what it was made for."""
+
+    channel: grpc.Channel
+    call: grpc.Future[pb.Empty]
+    kubelet: FileIdentity
+    socket: FileIdentity | None
+
+    def abandon(self) -> None:
+        self.call.cancel()
+        self.channel.close()
+
+
 class PluginEndpoint:
-    """One resource's socket, gRPC server and registration state."""
+    """One resource's socket, gRPC server and registration state.
+
+    Only the watcher thread calls :meth:`serve` and :meth:`step`; a Register in flight runs in
+    gRPC's threads and calls ``wake`` when it ends.
+    """
 
     def __init__(
         self,
@@ -156,6 +209,9 @@ class PluginEndpoint:
         metrics: PluginMetrics,
         stopping: threading.Event,
         max_workers: int,
+        *,
+        initial_backoff_s: float = 0.2,
+        wake: threading.Event | None = None,
     ) -> None:
         self.manager = manager
         self.plugin_dir = plugin_dir
@@ -163,10 +219,18 @@ class PluginEndpoint:
         self.metrics = metrics
         self.servicer = DevicePluginService(manager, metrics, stopping)
         self.max_workers = max_workers
+        self.initial_backoff_s = initial_backoff_s
+        self.wake = wake or threading.Event()
         self._server: grpc.Server | None = None
-        self._socket_identity: tuple[int, int, int] | None = None
-        self.registered_with: tuple[int, int, int] | None = None
+        self._socket_identity: FileIdentity | None = None
+        self.registered_with: FileIdentity | None = None
         self.registrations = 0
+        self._pending: _PendingRegistration | None = None
+        # Retry state: what the last failure was against, when to try again, the next delay.
+        self._failed_for: tuple[FileIdentity, FileIdentity | None] | None = None
+        self._retry_at = 0.0
+        self._backoff_s = initial_backoff_s
+        self.last_failure: str | None = None
 
     @property
     def resource_name(self) -> str:
@@ -178,11 +242,23 @@ class PluginEndpoint:
                 f"socket path {self.socket_path} is longer than the {MAX_SOCKET_PATH} bytes a unix "
                 "socket allows; choose a shorter --device-plugin-dir"
             )
+        self._abandon_pending()
         self.stop_serving()
+        if not self.plugin_dir.is_dir():
+            raise FileNotFoundError(
+                f"device-plugin directory {self.plugin_dir} is gone; serving "
+                f"{self.resource_name} again once it is back"
+            )
         self.socket_path.unlink(missing_ok=True)
-        self._server = create_plugin_server(
-            self.servicer, self.socket_path, max_workers=self.max_workers
-        )
+        try:
+            server = create_plugin_server(
+                self.servicer, self.socket_path, max_workers=self.max_workers
+            )
+        except RuntimeError as err:  # gRPC's way of saying it could not bind
+            raise OSError(
+                f"cannot serve {self.resource_name} on {self.socket_path}: {err}"
+            ) from None
+        self._server = server
         self._server.start()
         self._socket_identity = _file_identity(self.socket_path)
         self.registered_with = None
@@ -193,6 +269,7 @@ class PluginEndpoint:
         return identity is None or identity != self._socket_identity
 
     def stop_serving(self, grace: float | None = None) -> None:
+        self._abandon_pending()
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
@@ -200,18 +277,92 @@ class PluginEndpoint:
             self.socket_path.unlink(missing_ok=True)
         self._socket_identity = None
 
-    def register(self, kubelet_socket: Path, kubelet_identity: tuple[int, int, int]) -> None:
-        register_with_kubelet(kubelet_socket, self.socket_path.name, self.resource_name)
-        self.registered_with = kubelet_identity
+    # --- registration ---------------------------------------------------------------------------
+
+    def step(self, kubelet_socket: Path, kubelet: FileIdentity | None, now: float) -> None:
+        """One watcher step for this resource: serve again if needed, then (re-)register.
+
+        ``kubelet`` is the identity of ``kubelet.sock`` read *before* our socket is checked: a
+        starting kubelet removes the sockets before it listens, so a new ``kubelet.sock`` seen
+        first means its clean-up is already visible to the check of our socket.
+        """
+        if self.socket_lost():
+            log.warning("socket %s was removed (kubelet restart?); serving again", self.socket_path)
+            self.serve()
+        if kubelet is None:
+            self._abandon_pending()
+            return
+        target = (kubelet, self._socket_identity)
+        pending = self._pending
+        if pending is not None:
+            if (pending.kubelet, pending.socket) != target:
+                log.info(
+                    "abandoning a Register of %s: the kubelet or our socket changed meanwhile",
+                    self.resource_name,
+                )
+                self._abandon_pending()
+            elif not pending.call.done():
+                return
+            else:
+                self._pending = None
+                pending.channel.close()
+                self._finish(pending, now)
+        if self.registered_with == kubelet:
+            return
+        if self._failed_for == target and now < self._retry_at:
+            return
+        self._begin(kubelet_socket, kubelet)
+
+    def _begin(self, kubelet_socket: Path, kubelet: FileIdentity) -> None:
+        channel = grpc.insecure_channel(
+            f"unix://{kubelet_socket.resolve()}", options=_CHANNEL_OPTIONS
+        )
+        request = register_request(self.socket_path.name, self.resource_name)
+        call = RegistrationStub(channel).register.future(request, timeout=REGISTER_TIMEOUT_S)
+        self._pending = _PendingRegistration(channel, call, kubelet, self._socket_identity)
+        call.add_done_callback(lambda _: self.wake.set())
+
+    def _finish(self, pending: _PendingRegistration, now: float) -> None:
+        error = pending.call.exception()
+        if error is None:
+            self._registered(pending.kubelet)
+            return
+        reason = describe_rpc_error(error)
+        target = (pending.kubelet, pending.socket)
+        if self._failed_for != target:
+            self._backoff_s = self.initial_backoff_s
+        self._failed_for = target
+        self._retry_at = now + self._backoff_s
+        if reason != self.last_failure:
+            log.warning(
+                "Register of %s with the kubelet failed, retrying (backoff up to %.0fs): %s",
+                self.resource_name,
+                REGISTER_BACKOFF_CAP_S,
+                reason,
+            )
+            self.last_failure = reason
+        self._backoff_s = min(2 * self._backoff_s, REGISTER_BACKOFF_CAP_S)
+
+    def _registered(self, kubelet: FileIdentity) -> None:
+        self.registered_with = kubelet
         self.registrations += 1
+        self._failed_for = None
+        self._backoff_s = self.initial_backoff_s
         self.metrics.registrations.labels(resource=self.resource_name).inc()
         if self.registrations > 1:
             self.metrics.reregistrations.labels(resource=self.resource_name).inc()
         log.info(
-            "registered %s with the kubelet (registration %d)",
+            "registered %s with the kubelet (registration %d%s)",
             self.resource_name,
             self.registrations,
+            f", after: {self.last_failure}" if self.last_failure else "",
         )
+        self.last_failure = None
+
+    def _abandon_pending(self) -> None:
+        if self._pending is not None:
+            self._pending.abandon()
+            self._pending = None
 
 
 class PluginManager:
@@ -227,15 +378,18 @@ class PluginManager:
         self.config = config or PluginConfig()
         self.metrics = metrics or PluginMetrics()
         self.kubelet_socket = self.config.plugin_dir / KUBELET_SOCKET_NAME
+        # A fatal failure, for the command to report; no answer of the kubelet is one.
         self.failure: str | None = None
         self.topology: Topology | None = None
         self.endpoints: dict[str, PluginEndpoint] = {}
         self._stopping = threading.Event()
+        self._wake = threading.Event()
         self._done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._waiting_logged = False
         self.ledger: SiliconLedger | None = None
         self.holds: HoldRefresher | None = None
+        self._step_error: str | None = None
 
     def start(self) -> None:
         """Discover devices, serve both sockets, then register from the watcher thread."""
@@ -266,6 +420,8 @@ class PluginManager:
                 self.metrics,
                 self._stopping,
                 self.config.max_workers,
+                initial_backoff_s=self.config.watch_interval_s,
+                wake=self._wake,
             )
         self._poll_health()
         for endpoint in self.endpoints.values():
@@ -281,35 +437,34 @@ class PluginManager:
         while not self._stopping.is_set():
             try:
                 self.check_kubelet()
-            except RegistrationRefusedError as err:
-                self._fail(str(err))
-                return
-            self._stopping.wait(self.config.watch_interval_s)
+            except Exception as err:  # the watcher must outlive any one step
+                message = f"{type(err).__name__}: {err}"
+                if message != self._step_error:
+                    # A file-system or configuration problem is said in one line; anything else
+                    # is a bug of ours, worth its traceback (once).
+                    log.error(
+                        "kubelet watcher step failed, retrying: %s",
+                        message,
+                        exc_info=not isinstance(err, OSError | ValueError),
+                    )
+                    self._step_error = message
+            else:
+                self._step_error = None
+            self._wake.wait(self.config.watch_interval_s)
+            self._wake.clear()
 
     def check_kubelet(self) -> None:
         """One watcher step: re-serve lost sockets, (re-)register where the kubelet is new."""
-        for endpoint in self.endpoints.values():
-            if endpoint.socket_lost():
-                log.warning(
-                    "socket %s was removed (kubelet restart?); serving again", endpoint.socket_path
-                )
-                endpoint.serve()
         kubelet = _file_identity(self.kubelet_socket)
         if kubelet is None:
             if not self._waiting_logged:
                 log.info("waiting for the kubelet socket %s", self.kubelet_socket)
                 self._waiting_logged = True
-            return
-        self._waiting_logged = False
+        else:
+            self._waiting_logged = False
+        now = time.monotonic()
         for endpoint in self.endpoints.values():
-            if endpoint.registered_with == kubelet:
-                continue
-            try:
-                endpoint.register(self.kubelet_socket, kubelet)
-            except grpc.RpcError as err:
-                log.warning(
-                    "kubelet not answering Register for %s yet: %s", endpoint.resource_name, err
-                )
+            endpoint.step(self.kubelet_socket, kubelet, now)
 
     # --- health ---------------------------------------------------------------------------------
 
@@ -350,17 +505,24 @@ class PluginManager:
 
     def readiness(self) -> tuple[bool, str]:
         """Ready when every resource is registered with the current kubelet."""
-        waiting = [e.resource_name for e in self.endpoints.values() if e.registered_with is None]
-        if self.failure or not self.endpoints or waiting:
-            return False, self.failure or f"not registered yet: {waiting or 'not started'}"
+        kubelet = _file_identity(self.kubelet_socket)
+        waiting = [
+            e
+            for e in self.endpoints.values()
+            if e.registered_with is None or e.registered_with != kubelet
+        ]
+        if self.failure:
+            return False, self.failure
+        if not self.endpoints:
+            return False, "not started"
+        if waiting:
+            return False, "not registered yet: " + "; ".join(
+                e.resource_name + (f" (last Register: {e.last_failure})" if e.last_failure else "")
+                for e in waiting
+            )
         return True, "registered: " + ", ".join(self.endpoints)
 
     # --- shutdown -------------------------------------------------------------------------------
-
-    def _fail(self, message: str) -> None:
-        log.error("%s", message)
-        self.failure = message
-        self._done.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until stop() or a fatal failure; True if that happened within ``timeout``."""
@@ -369,6 +531,7 @@ class PluginManager:
     def stop(self) -> None:
         """Stop serving, end the streams and remove our sockets."""
         self._stopping.set()
+        self._wake.set()
         for endpoint in self.endpoints.values():
             endpoint.manager.wake_watchers()
         for thread in self._threads:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -59,6 +60,16 @@ class RunningNode:
             PluginConfig(plugin_dir=plugin_dir, health_interval_s=0.1, watch_interval_s=0.05),
         )
         self.manager.start()
+
+    def wait_ready(self, timeout: float = 2.0) -> None:
+        """Until the plugin has read the answers of its Register calls to the current kubelet.
+
+        The kubelet dials the plugin inside Register, so it may stream devices a moment before.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.manager.readiness()[0]:
+            assert time.monotonic() < deadline, self.manager.readiness()
+            time.sleep(0.01)
 
     def stop(self) -> None:
         self.manager.stop()

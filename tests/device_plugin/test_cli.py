@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -272,19 +273,54 @@ def test_the_docs_list_every_flag_and_env_var() -> None:
         assert f"| `{action.option_strings[0]}` | `{env_var}` |" in docs, action.option_strings
 
 
-def test_process_exits_with_the_kubelets_reason_when_refused(sock_dir: Path) -> None:
-    with KubeletEmulator(sock_dir, refuse="this node takes no Neuron plugins"):
-        result = _run_cli(
-            "--backend",
-            "simulated",
-            "--instance-type",
-            "inf1.xlarge",
-            "--device-plugin-dir",
-            str(sock_dir),
-            "--metrics-port",
-            "0",
+def test_process_stays_up_when_refused_saying_why_once(sock_dir: Path) -> None:
+    log_path = sock_dir / "plugin.log"
+    with (
+        KubeletEmulator(sock_dir, refuse="this node takes no Neuron plugins"),
+        log_path.open("w") as log_file,
+    ):
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "neuron_device_plugin.cli",
+                "--backend",
+                "simulated",
+                "--instance-type",
+                "inf1.xlarge",
+                "--device-plugin-dir",
+                str(sock_dir),
+                "--metrics-port",
+                "0",
+            ],
+            env={**os.environ, "PYTHONSAFEPATH": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
         )
-    assert result.returncode == 1, result.stderr
-    assert "refused to register" in result.stderr
-    assert "this node takes no Neuron plugins" in result.stderr
+        try:
+            deadline = time.monotonic() + 30
+            while log_path.read_text().count("this node takes no Neuron plugins") < 2:
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.05)
+            # Retries back off from 0.2 s: a second later several more have been refused.
+            time.sleep(1.0)
+            assert process.poll() is None, "a refused registration must not end the plugin"
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=15)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    stderr = log_path.read_text()
+    assert process.returncode == 0, stderr
+    for resource in ("aws.amazon.com/neuroncore", "aws.amazon.com/neuron"):
+        said = [
+            line
+            for line in stderr.splitlines()
+            if f"Register of {resource} " in line and "this node takes no Neuron plugins" in line
+        ]
+        assert len(said) == 1, stderr
+        assert "UNKNOWN: this node takes no Neuron plugins" in said[0]
+    assert "Traceback" not in stderr
     assert not any(p.is_socket() for p in sock_dir.iterdir())

@@ -141,6 +141,7 @@ def test_kubelet_restart_is_followed_by_registration_within_two_seconds(
 ) -> None:
     old = node.kubelet.wait_for_registration(CORES)
     node.kubelet.wait_for_registration(DEVICES)
+    node.wait_ready()
     # A restarting kubelet deletes every socket in the directory, then serves again.
     node.kubelet.stop(delete_sockets=True)
     assert not any(p.is_socket() for p in node.plugin_dir.iterdir())
@@ -153,6 +154,7 @@ def test_kubelet_restart_is_followed_by_registration_within_two_seconds(
     assert old.stream_ended or old.updates >= 1
     cores = node.kubelet.wait_for_registration(CORES)
     assert cores.allocate([core(0)]).envs == {"NEURON_RT_VISIBLE_CORES": "0"}
+    node.wait_ready(1.0)
     metrics = node.manager.metrics
     for resource in (CORES, DEVICES):
         assert metrics.registrations.labels(resource=resource)._value.get() == 2
@@ -190,20 +192,30 @@ def test_plugin_waits_for_a_kubelet_that_starts_later(sock_dir: Path) -> None:
         manager.stop()
 
 
-def test_refused_registration_is_fatal_with_a_clear_message(sock_dir: Path) -> None:
-    with KubeletEmulator(sock_dir, refuse="resource name is not allowed here"):
-        manager = PluginManager(
-            SimulatedBackend(1, 4), PluginConfig(plugin_dir=sock_dir, watch_interval_s=0.05)
-        )
-        manager.start()
-        try:
-            assert manager.wait(timeout=5.0)
-            assert manager.failure is not None
-            assert "refused to register" in manager.failure
-            assert "resource name is not allowed here" in manager.failure
-            assert manager.liveness()[0] is False
-        finally:
-            manager.stop()
+def test_refused_registration_is_retried_not_fatal(sock_dir: Path) -> None:
+    kubelet = KubeletEmulator(sock_dir, refuse="resource name is not allowed here").start()
+    manager = PluginManager(
+        SimulatedBackend(1, 4), PluginConfig(plugin_dir=sock_dir, watch_interval_s=0.05)
+    )
+    manager.start()
+    try:
+        deadline = time.monotonic() + 5.0
+        while "resource name is not allowed here" not in manager.readiness()[1]:
+            assert time.monotonic() < deadline, manager.readiness()
+            time.sleep(0.02)
+        ready, why = manager.readiness()
+        assert not ready
+        assert f"{CORES} (last Register: UNKNOWN: resource name is not allowed here)" in why
+        assert not manager.wait(timeout=0.3), "a refusal must not end the plugin"
+        assert manager.failure is None
+        assert manager.liveness() == (True, "ok")
+        # The kubelet changes its mind: the retries (backoff capped at 5 s) get through.
+        kubelet.refuse = None
+        for resource in (CORES, DEVICES):
+            kubelet.wait_for_registration(resource, timeout=7.0)
+    finally:
+        manager.stop()
+        kubelet.stop()
     assert not any(p.is_socket() for p in sock_dir.iterdir()), "sockets removed on stop"
 
 
