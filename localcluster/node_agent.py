@@ -41,7 +41,12 @@ from typing import Any
 from kubernetes import client as k8s
 
 from neuron_cores.logs import configure_logging
-from neuron_device_plugin.kubelet_emulator import KubeletEmulator, PluginClient
+from neuron_device_plugin.kubelet_emulator import (
+    ContainerHolding,
+    KubeletEmulator,
+    PluginClient,
+    PodResourcesServer,
+)
 from neuron_localcluster import nodes, pods
 from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
 from neuron_localcluster.podnet import PodNetwork, PodNetworkError
@@ -84,14 +89,24 @@ class RunningPod:
     restart_policy: str
     containers: list[RunningContainer] = field(default_factory=list)
     devices: dict[str, list[str]] = field(default_factory=dict)
+    holdings: list[ContainerHolding] = field(default_factory=list)
     last_status: dict[str, Any] | None = None
     failed: str | None = None
 
 
 def plugin_dir_for(workdir: Path) -> Path:
     """A short folder for the plugin sockets: a unix socket path must stay under 108 bytes."""
-    digest = hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"ng-dp-{digest}"
+    return Path(tempfile.gettempdir()) / f"ng-dp-{_digest(workdir)}"
+
+
+def pod_resources_socket_for(workdir: Path) -> Path:
+    """The PodResources socket, in its own folder as on a real node (a kubelet restart cleans the
+    device-plugin folder, not this one)."""
+    return Path(tempfile.gettempdir()) / f"ng-pr-{_digest(workdir)}" / "kubelet.sock"
+
+
+def _digest(workdir: Path) -> str:
+    return hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:12]
 
 
 class NodeAgent:
@@ -112,6 +127,7 @@ class NodeAgent:
         self.plugin_argv = plugin_argv
         self.bin_dirs = bin_dirs or (Path(sys.executable).parent,)
         self.emulator = KubeletEmulator(self.plugin_dir)
+        self.pod_resources = PodResourcesServer(pod_resources_socket_for(workdir))
         self.plugin: subprocess.Popen[bytes] | None = None
         self.net = PodNetwork(workdir)
         self.running: dict[str, RunningPod] = {}
@@ -126,6 +142,7 @@ class NodeAgent:
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
         self.net.setup()
         self.emulator.start()
+        self.pod_resources.start()
         argv = self.plugin_argv or [
             str(self._program("neuron-device-plugin")),
             "--backend",
@@ -136,6 +153,8 @@ class NodeAgent:
             str(self.plugin_dir),
             "--metrics-port",
             "0",
+            "--pod-resources-socket",
+            str(self.pod_resources.socket_path),
         ]
         plugin_log = self.workdir / "device-plugin.log"
         with plugin_log.open("ab") as out:
@@ -189,8 +208,10 @@ class NodeAgent:
                 )
                 self.plugin.kill()
                 self.plugin.wait()
+        self.pod_resources.stop()
         self.net.teardown()
         shutil.rmtree(self.plugin_dir, ignore_errors=True)
+        shutil.rmtree(self.pod_resources.socket_path.parent, ignore_errors=True)
         log.info("node agent for %s stopped", self.spec.name)
 
     # ---- node ------------------------------------------------------------------------------
@@ -389,9 +410,12 @@ class NodeAgent:
     def _write_allocations(self) -> None:
         """``allocations.json``: which devices and Allocate envs each running pod holds.
 
-        The kubelet keeps this in its checkpoint and serves it over the PodResources API; here a
-        file in the node's folder plays that part (``make demo`` prints its core map from it).
+        The kubelet keeps this in its checkpoint and serves it over the PodResources API: so does
+        the agent (:class:`PodResourcesServer`, which the device plugin lists to learn that
+        silicon came back), and the file in the node's folder carries the envs too (``make demo``
+        prints its core map from it).
         """
+        self.pod_resources.set([h for pod in self.running.values() for h in pod.holdings])
         data = {
             pod.uid: {
                 "namespace": pod.namespace,
@@ -432,6 +456,11 @@ class NodeAgent:
             ids = self._choose(plugin, resource, count)
             result = plugin.allocate(ids)
             running.devices.setdefault(resource, []).extend(ids)
+            running.holdings.append(
+                ContainerHolding(
+                    running.namespace, running.name, str(container["name"]), resource, tuple(ids)
+                )
+            )
             envs.update(result.envs)
         return envs
 

@@ -13,18 +13,20 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
 
-from neuron_device_plugin.api import podresources_pb2 as pr
 from neuron_device_plugin.ids import UNHEALTHY, DeviceInUseError
-from neuron_device_plugin.kubelet_emulator import DeviceInfo, KubeletEmulator
+from neuron_device_plugin.kubelet_emulator import (
+    ContainerHolding,
+    DeviceInfo,
+    KubeletEmulator,
+    PodResourcesServer,
+)
 from neuron_device_plugin.plugin import PluginConfig, PluginManager
 from neuron_device_plugin.podresources import (
-    POD_RESOURCES_SERVICE,
     HoldRefresher,
     PodResourcesClient,
 )
@@ -208,69 +210,20 @@ def test_a_failed_listing_keeps_every_hold(caplog: pytest.LogCaptureFixture) -> 
     assert "fake answers again" in caplog.text
 
 
-class FakePodResources:
-    """The kubelet's PodResources List on a unix socket, answering what ``pods`` holds."""
-
-    def __init__(self, socket_path: Path) -> None:
-        self.socket_path = socket_path
-        self.pods: dict[str, list[tuple[str, list[str]]]] = {}
-        self.calls = 0
-        self._lock = threading.Lock()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        handler = grpc.unary_unary_rpc_method_handler(
-            self._list,
-            request_deserializer=pr.ListPodResourcesRequest.FromString,
-            response_serializer=pr.ListPodResourcesResponse.SerializeToString,
-        )
-        self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(POD_RESOURCES_SERVICE, {"List": handler}),)
-        )
-        self.server.add_insecure_port(f"unix://{socket_path}")
-
-    def set(self, pods: dict[str, list[tuple[str, list[str]]]]) -> int:
-        """Replace the listing; return the call count at the moment it changed."""
-        with self._lock:
-            self.pods = pods
-            return self.calls
-
-    def _list(
-        self, request: pr.ListPodResourcesRequest, context: grpc.ServicerContext
-    ) -> pr.ListPodResourcesResponse:
-        with self._lock:
-            self.calls += 1
-            pods = dict(self.pods)
-        return pr.ListPodResourcesResponse(
-            pod_resources=[
-                pr.PodResources(
-                    name=name,
-                    namespace="default",
-                    containers=[
-                        pr.ContainerResources(
-                            name="main",
-                            devices=[
-                                pr.ContainerDevices(resource_name=r, device_ids=ids)
-                                for r, ids in held
-                            ],
-                        )
-                    ],
-                )
-                for name, held in pods.items()
-            ]
-        )
+def held(pod: str, *entries: tuple[str, list[str]]) -> list[ContainerHolding]:
+    return [ContainerHolding("default", pod, "main", r, tuple(ids)) for r, ids in entries]
 
 
 @pytest.fixture
-def pod_resources() -> Iterator[FakePodResources]:
+def pod_resources() -> Iterator[PodResourcesServer]:
     folder = Path(tempfile.mkdtemp(prefix="pr-", dir="/tmp"))
-    fake = FakePodResources(folder / "kubelet.sock")
-    fake.server.start()
-    yield fake
-    fake.server.stop(None).wait()
+    with PodResourcesServer(folder / "kubelet.sock") as server:
+        yield server
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_the_client_reads_a_listing_from_the_socket(pod_resources: FakePodResources) -> None:
-    pod_resources.set({"a": [(CORES, [core(1), core(2)]), (DEVICES, [device(3)])], "b": []})
+def test_the_client_reads_a_listing_from_the_socket(pod_resources: PodResourcesServer) -> None:
+    pod_resources.set(held("a", (CORES, [core(1), core(2)]), (DEVICES, [device(3)])))
     client = PodResourcesClient(pod_resources.socket_path)
     assert client.list_devices() == [(CORES, [core(1), core(2)]), (DEVICES, [device(3)])]
     missing = PodResourcesClient(pod_resources.socket_path.with_name("absent.sock"), timeout=0.5)
@@ -297,9 +250,9 @@ def test_issue_13_device_and_cores_cannot_run_together_over_the_socket(node: Run
 
 
 def test_restart_recovers_holds_and_release_follows_the_listing(
-    sock_dir: Path, pod_resources: FakePodResources
+    sock_dir: Path, pod_resources: PodResourcesServer
 ) -> None:
-    pod_resources.set({"whole-device": [(DEVICES, [device(0)])]})
+    pod_resources.set(held("whole-device", (DEVICES, [device(0)])))
     with (
         KubeletEmulator(sock_dir) as kubelet,
         PluginManager(
@@ -321,7 +274,7 @@ def test_restart_recovers_holds_and_release_follows_the_listing(
         assert isinstance(info.value, grpc.Call)
         assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
         # The pod ends: the kubelet stops listing it, and the cores come back.
-        pod_resources.set({})
+        pod_resources.set([])
         cores.wait_for_devices(lambda ds: not _unhealthy(ds), timeout=5)
         assert cores.allocate([core(1)]).envs == {"NEURON_RT_VISIBLE_CORES": "1"}
 
