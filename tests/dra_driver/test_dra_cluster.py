@@ -1,0 +1,174 @@
+"""The DRA driver on the real local control plane: kube-scheduler allocates the published blocks.
+
+The kwok nodes are inf1.6xlarge (16 cores).  The driver's own entry point publishes their pools
+(``--backend simulated --once``), the DeviceClasses are the ones the chart installs, and every
+claim is pinned to one node so the expected block is exactly what first-fit over the published
+order gives (:func:`neuron_dra_driver.layout.first_fit`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from neuron_dra_driver.classes import block_claim, device_classes
+from neuron_dra_driver.cli import main
+from neuron_dra_driver.layout import DRIVER_NAME, Block, NodeShape, first_fit, placement_order
+from neuron_localcluster import LocalCluster
+from neuron_localcluster.kube import ApiException, body, raw_json
+
+pytestmark = pytest.mark.cluster
+
+SHAPE = NodeShape("inf1.6xlarge", 4, 4)
+TOLERATE_NEURON = [{"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def _publish(cluster: LocalCluster, node: str, *extra: str) -> None:
+    argv = ["--node-name", node, "--backend", "simulated", "--instance-type", SHAPE.instance_type]
+    argv += ["--kubeconfig", str(cluster.kubeconfig), "--once", "--log-level", "WARNING", *extra]
+    assert main(argv) == 0
+
+
+@pytest.fixture(scope="module")
+def dra(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """DeviceClasses and both kwok nodes' pools, removed afterwards."""
+    resource = k8s.ResourceV1Api(local_cluster.api_client())
+    for item in device_classes():
+        try:
+            resource.create_device_class(body(item))
+        except ApiException as err:
+            if err.status != 409:
+                raise
+    for node in local_cluster.kwok_nodes:
+        _publish(local_cluster, node)
+    yield local_cluster
+    for node in local_cluster.kwok_nodes:
+        assert (
+            main(["--node-name", node, "--kubeconfig", str(local_cluster.kubeconfig), "--cleanup"])
+            == 0
+        )
+    for item in device_classes():
+        resource.delete_device_class(item["metadata"]["name"])
+
+
+@pytest.fixture
+def namespace(dra: LocalCluster) -> Iterator[str]:
+    name = f"dra-{uuid.uuid4().hex[:8]}"
+    core = k8s.CoreV1Api(dra.api_client())
+    core.create_namespace(body({"metadata": {"name": name}}))
+    dra.wait_for(
+        lambda: core.read_namespaced_service_account("default", name), 60, f"the SA in {name}"
+    )
+    yield name
+    core.delete_namespace(name)
+
+
+def _claim_pod(cluster: LocalCluster, ns: str, name: str, cores: int, node: str) -> None:
+    resource = k8s.ResourceV1Api(cluster.api_client())
+    resource.create_namespaced_resource_claim(ns, body(block_claim(name, cores)))
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "tolerations": TOLERATE_NEURON,
+            "resourceClaims": [{"name": "cores", "resourceClaimName": name}],
+            "containers": [
+                {"name": "c", "image": "busybox", "resources": {"claims": [{"name": "cores"}]}}
+            ],
+        },
+    }
+    k8s.CoreV1Api(cluster.api_client()).create_namespaced_pod(ns, body(pod))
+
+
+def _allocated(cluster: LocalCluster, ns: str, name: str) -> tuple[str, str] | None:
+    resource = k8s.ResourceV1Api(cluster.api_client())
+    claim = raw_json(resource.read_namespaced_resource_claim(name, ns, _preload_content=False))
+    allocation = claim.get("status", {}).get("allocation")
+    if not allocation:
+        return None
+    (result,) = allocation["devices"]["results"]
+    assert result["driver"] == DRIVER_NAME
+    return result["pool"], result["device"]
+
+
+def _wait_allocated(cluster: LocalCluster, ns: str, name: str) -> tuple[str, str]:
+    return cluster.wait_for(lambda: _allocated(cluster, ns, name), 60, f"claim {name} allocated")
+
+
+def _pod_scheduled(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any] | None:
+    pod = raw_json(
+        k8s.CoreV1Api(cluster.api_client()).read_namespaced_pod(name, ns, _preload_content=False)
+    )
+    for condition in pod.get("status", {}).get("conditions", []):
+        if condition["type"] == "PodScheduled":
+            return dict(condition)
+    return None
+
+
+def _unschedulable(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any] | None:
+    condition = _pod_scheduled(cluster, ns, name)
+    return condition if condition and condition.get("reason") == "Unschedulable" else None
+
+
+def test_blocks_of_6_4_2_2_1_1_are_contiguous_disjoint_and_in_published_order(
+    dra: LocalCluster, namespace: str
+) -> None:
+    node = dra.kwok_nodes[0]
+    order = placement_order(SHAPE)
+    free = set(range(SHAPE.cores))
+    got = []
+    for index, cores in enumerate([6, 4, 2, 2, 1, 1]):
+        name = f"c{index}-{cores}"
+        _claim_pod(dra, namespace, name, cores, node)
+        pool, device = _wait_allocated(dra, namespace, name)
+        expected = first_fit(order, free, cores)
+        assert expected is not None
+        assert (pool, device) == (node, expected.name)
+        free -= set(expected.cores)
+        got.append(device)
+    # Large and whole-device blocks from core 0 up, small ones from core 15 down: no gap left.
+    assert got == ["cores-0-5", "cores-8-11", "cores-14-15", "cores-12-13", "core-7", "core-6"]
+    assert free == set()
+
+
+def test_a_block_size_no_node_has_stays_pending_with_the_schedulers_reason(
+    dra: LocalCluster, namespace: str
+) -> None:
+    _claim_pod(dra, namespace, "too-big", SHAPE.cores + 1, dra.kwok_nodes[0])
+    condition = dra.wait_for(
+        lambda: _unschedulable(dra, namespace, "too-big"), 60, "a 17-core claim to be refused"
+    )
+    assert condition["status"] == "False"
+    assert "cannot allocate all claims" in condition["message"], condition["message"]
+    assert _allocated(dra, namespace, "too-big") is None
+
+
+def test_a_tainted_cores_blocks_are_not_allocated_and_recovery_frees_them(
+    dra: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    node = dra.kwok_nodes[1]
+    health = tmp_path / "unhealthy"
+    health.write_text("15\n")
+    _publish(dra, node, "--health-file", str(health))
+    # 1-core blocks are tried from core 15 down: the taint moves the claim to core 14.
+    _claim_pod(dra, namespace, "one", 1, node)
+    assert _wait_allocated(dra, namespace, "one") == (node, Block(14, 1).name)
+    _claim_pod(dra, namespace, "fourteen", 14, node)
+    assert _wait_allocated(dra, namespace, "fourteen") == (node, Block(0, 14).name)
+    # Only the tainted core 15 is left: a 1-core claim waits, with the scheduler's reason.
+    _claim_pod(dra, namespace, "last", 1, node)
+    dra.wait_for(
+        lambda: _unschedulable(dra, namespace, "last"), 60, "the last claim to be unschedulable"
+    )
+    assert _allocated(dra, namespace, "last") is None
+    # Recovery republishes without the taint (next generation); the waiting pod gets core 15.
+    health.write_text("")
+    _publish(dra, node, "--health-file", str(health))
+    assert _wait_allocated(dra, namespace, "last") == (node, Block(15, 1).name)
