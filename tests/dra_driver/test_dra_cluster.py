@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from neuron_dra_driver.classes import block_claim, device_classes
+from neuron_dra_driver.classes import EXTENDED_RESOURCE, block_claim, device_classes
 from neuron_dra_driver.cli import main
 from neuron_dra_driver.layout import DRIVER_NAME, Block, NodeShape, first_fit, placement_order
 from neuron_localcluster import LocalCluster
 from neuron_localcluster.kube import ApiException, body, raw_json
+from neuron_localcluster.nodes import NodeSpec, node_manifest
 
 pytestmark = pytest.mark.cluster
 
@@ -172,3 +173,70 @@ def test_a_tainted_cores_blocks_are_not_allocated_and_recovery_frees_them(
     health.write_text("")
     _publish(dra, node, "--health-file", str(health))
     assert _wait_allocated(dra, namespace, "last") == (node, Block(15, 1).name)
+
+
+@pytest.fixture
+def dra_only_node(dra: LocalCluster) -> Iterator[str]:
+    """A kwok inf1.6xlarge node with no device-plugin capacity: only DRA serves its cores."""
+    spec = NodeSpec(f"kwok-dra-only-{uuid.uuid4().hex[:6]}", SHAPE.instance_type)
+    core = k8s.CoreV1Api(dra.api_client())
+    core.create_node(body(node_manifest(spec, capacity={}, allocatable={})))
+    try:
+        dra.wait_for(lambda: _ready(core, spec.name), 60, f"node {spec.name} Ready")
+        _publish(dra, spec.name)
+        yield spec.name
+    finally:
+        main(["--node-name", spec.name, "--kubeconfig", str(dra.kubeconfig), "--cleanup"])
+        core.delete_node(spec.name)
+
+
+def _ready(core: k8s.CoreV1Api, name: str) -> bool:
+    node = raw_json(core.read_node(name, _preload_content=False))
+    conditions = node.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def test_the_extended_resource_class_serves_neuroncore_requests_with_1_core_blocks(
+    dra: LocalCluster, namespace: str, dra_only_node: str
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "plain-request"},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": dra_only_node},
+            "tolerations": TOLERATE_NEURON,
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "busybox",
+                    "resources": {"limits": {EXTENDED_RESOURCE: "2"}},
+                }
+            ],
+        },
+    }
+    core = k8s.CoreV1Api(dra.api_client())
+    core.create_namespaced_pod(namespace, body(pod))
+
+    def claim_status() -> dict[str, Any] | None:
+        got = raw_json(core.read_namespaced_pod("plain-request", namespace, _preload_content=False))
+        status = got.get("status", {}).get("extendedResourceClaimStatus")
+        return dict(status) if status else None
+
+    status = dra.wait_for(claim_status, 60, "the scheduler to make a claim for the pod")
+    claim = status["resourceClaimName"]
+    pool, device = _wait_allocated_any(dra, namespace, claim)
+    assert pool == {dra_only_node}
+    assert device == {"core-15", "core-14"}  # 1-core blocks from the last core down
+
+
+def _wait_allocated_any(cluster: LocalCluster, ns: str, name: str) -> tuple[set[str], set[str]]:
+    resource = k8s.ResourceV1Api(cluster.api_client())
+
+    def results() -> list[dict[str, Any]] | None:
+        claim = raw_json(resource.read_namespaced_resource_claim(name, ns, _preload_content=False))
+        allocation = claim.get("status", {}).get("allocation")
+        return list(allocation["devices"]["results"]) if allocation else None
+
+    found = cluster.wait_for(results, 60, f"claim {name} allocated")
+    return {r["pool"] for r in found}, {r["device"] for r in found}
