@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,3 +143,11 @@ def test_run_retries_a_failed_publication_and_stops_when_asked() -> None:
     worker.join(timeout=5)
     assert not worker.is_alive()
     assert len(api.pool("kwok-0")) == 4
+
+
+def test_the_docs_list_every_flag_and_env_var() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "dra.md").read_text()
+    for action in _flags(build_parser(environ={})):
+        assert action.help is not None
+        env_var = action.help.split("[env ", 1)[1].split("=")[0].rstrip("]")
+        assert f"| `{action.option_strings[0]}` | `{env_var}` |" in docs, action.option_strings
