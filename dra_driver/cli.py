@@ -4,7 +4,9 @@ One process per node.  It discovers the node through the device plugin's backend
 real node, ``simulated`` for kwok and emulated nodes, which need not be the node it runs on),
 publishes the pool, then polls health every ``--poll-seconds`` and republishes when the set of
 unhealthy cores changes.  ``--once`` publishes and exits; ``--cleanup`` deletes the node's slices
-and exits.  Every flag has an environment variable, shown in ``--help``; the flag wins.
+and exits; ``--kubelet-plugin`` also serves the kubelet side
+(:mod:`neuron_dra_driver.kubeletplugin`).  Every flag has an environment variable, shown in
+``--help``; the flag wins.
 """
 
 from __future__ import annotations
@@ -31,7 +33,18 @@ from neuron_device_plugin.sysfs_backend import (
     SysfsBackend,
 )
 from neuron_device_plugin.topology import Backend, DiscoveryError, Topology
+from neuron_dra_driver.kubeletplugin import (
+    CHECKPOINT_FILE,
+    DEFAULT_CDI_DIR,
+    DEFAULT_PLUGIN_DIR,
+    DEFAULT_REGISTRY_DIR,
+    ClaimReader,
+    DRAKubeletPlugin,
+    KubeClaimReader,
+    KubeletPluginServer,
+)
 from neuron_dra_driver.layout import DRIVER_NAME, LayoutError, shape_from_topology
+from neuron_dra_driver.prepare import Checkpoint, CheckpointError
 from neuron_dra_driver.publisher import (
     KubeSliceApi,
     Publisher,
@@ -208,6 +221,30 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "NEURON_DRA_CLEANUP",
         "delete every slice this driver published for the node and exit (uninstall)",
     )
+    flags.switch(
+        "--kubelet-plugin",
+        "NEURON_DRA_KUBELET_PLUGIN",
+        "also serve the kubelet side (DRA v1 NodePrepareResources/NodeUnprepareResources and "
+        "plugin registration) on unix sockets; only for the node this process runs on",
+    )
+    add(
+        "--plugin-dir",
+        "NEURON_DRA_PLUGIN_DIR",
+        "kubelet plugin: folder of the DRA socket (dra.sock) and the checkpoint",
+        str(DEFAULT_PLUGIN_DIR),
+    )
+    add(
+        "--registry-dir",
+        "NEURON_DRA_REGISTRY_DIR",
+        "kubelet plugin: the kubelet's plugin registry folder, where the registration socket goes",
+        str(DEFAULT_REGISTRY_DIR),
+    )
+    add(
+        "--cdi-dir",
+        "NEURON_DRA_CDI_DIR",
+        "kubelet plugin: where CDI specs of prepared claims are written (one file per claim)",
+        str(DEFAULT_CDI_DIR),
+    )
     add("--log-format", "NEURON_DRA_LOG_FORMAT", "log format", "text", choices=LOG_FORMATS)
     add(
         "--log-level",
@@ -327,6 +364,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DiscoveryError, LayoutError, PublishError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return EXIT_FAILED
+    server = None
+    if args.kubelet_plugin:
+        try:
+            server = make_kubelet_server(args, driver, KubeClaimReader(client))
+            server.start()
+        except (CheckpointError, OSError, RuntimeError) as err:
+            print(f"{PROG}: cannot serve the kubelet plugin: {err}", file=sys.stderr)
+            return EXIT_FAILED
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -335,8 +380,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    driver.run(stop, args.poll_seconds)
+    try:
+        driver.run(stop, args.poll_seconds)
+    finally:
+        if server is not None:
+            server.stop()
     return 0
+
+
+def make_kubelet_server(
+    args: argparse.Namespace, driver: Driver, reader: ClaimReader
+) -> KubeletPluginServer:
+    plugin_dir = Path(args.plugin_dir)
+    plugin = DRAKubeletPlugin(
+        node=args.node_name,
+        shape=driver.publisher.shape,
+        topology=driver.topology,
+        reader=reader,
+        cdi_dir=Path(args.cdi_dir),
+        checkpoint=Checkpoint(plugin_dir / CHECKPOINT_FILE),
+    )
+    return KubeletPluginServer(plugin, plugin_dir, Path(args.registry_dir))
 
 
 if __name__ == "__main__":

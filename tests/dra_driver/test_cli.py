@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,10 +13,11 @@ from typing import Any
 import pytest
 
 from neuron_device_plugin.simulated_backend import SimulatedBackend
-from neuron_dra_driver.cli import Driver, build_parser, main, make_driver
-from neuron_dra_driver.layout import NodeShape
+from neuron_dra_driver.cli import Driver, build_parser, main, make_driver, make_kubelet_server
+from neuron_dra_driver.layout import DRIVER_NAME, NodeShape
 from neuron_dra_driver.publisher import Publisher, PublishError
 
+from .test_kubelet_plugin import FakeReader
 from .test_publisher import FakeSliceApi
 
 
@@ -151,3 +154,27 @@ def test_the_docs_list_every_flag_and_env_var() -> None:
         assert action.help is not None
         env_var = action.help.split("[env ", 1)[1].split("=")[0].rstrip("]")
         assert f"| `{action.option_strings[0]}` | `{env_var}` |" in docs, action.option_strings
+
+
+def test_the_kubelet_plugin_flags_build_a_server_on_the_given_folders(tmp_path: Path) -> None:
+    short = Path(tempfile.mkdtemp(prefix="dra-", dir="/tmp"))  # unix socket paths stay short
+    try:
+        node = ["--node-name", "kwok-0", "--backend", "simulated", "--instance-type", "inf1.xlarge"]
+        folders = ["--plugin-dir", str(short / "p"), "--registry-dir", str(short / "r")]
+        cdi = ["--cdi-dir", str(tmp_path / "cdi")]
+        args = build_parser(environ={}).parse_args([*node, "--kubelet-plugin", *folders, *cdi])
+        assert args.kubelet_plugin is True
+        driver = make_driver(args, FakeSliceApi(), {"uid": "u", "labels": {}})
+        server = make_kubelet_server(args, driver, FakeReader())
+        server.start()
+        try:
+            assert server.plugin_socket == short / "p" / "dra.sock"
+            assert server.registry_socket == short / "r" / f"{DRIVER_NAME}-reg.sock"
+            assert server.registry_socket.exists()
+            assert server.plugin.checkpoint.path == short / "p" / "checkpoint.json"
+            assert server.plugin.cdi_dir == tmp_path / "cdi"
+            assert server.plugin.shape == NodeShape("inf1.xlarge", 1, 4)
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
