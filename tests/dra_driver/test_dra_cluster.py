@@ -8,6 +8,9 @@ order gives (:func:`neuron_dra_driver.layout.first_fit`).
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +19,18 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from neuron_device_plugin.topology import contiguous_topology
 from neuron_dra_driver.classes import EXTENDED_RESOURCE, block_claim, device_classes
 from neuron_dra_driver.cli import main
+from neuron_dra_driver.kubeletplugin import DRAKubeletPlugin, KubeClaimReader
 from neuron_dra_driver.layout import DRIVER_NAME, Block, NodeShape, first_fit, placement_order
+from neuron_dra_driver.prepare import (
+    Checkpoint,
+    ClaimRef,
+    PrepareError,
+    cdi_spec_path,
+    parse_block,
+)
 from neuron_localcluster import LocalCluster
 from neuron_localcluster.kube import ApiException, body, raw_json
 from neuron_localcluster.nodes import NodeSpec, node_manifest
@@ -240,3 +252,82 @@ def _wait_allocated_any(cluster: LocalCluster, ns: str, name: str) -> tuple[set[
 
     found = cluster.wait_for(results, 60, f"claim {name} allocated")
     return {r["pool"] for r in found}, {r["device"] for r in found}
+
+
+def test_the_kubelet_side_prepares_a_claim_the_scheduler_allocated(
+    dra: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    node = dra.kwok_nodes[0]
+    _claim_pod(dra, namespace, "prep", 4, node)
+    _, device = _wait_allocated(dra, namespace, "prep")
+    block = parse_block(device, SHAPE)
+    assert block is not None
+    resource = k8s.ResourceV1Api(dra.api_client())
+    uid = raw_json(
+        resource.read_namespaced_resource_claim("prep", namespace, _preload_content=False)
+    )["metadata"]["uid"]
+    plugin = DRAKubeletPlugin(
+        node=node,
+        shape=SHAPE,
+        topology=contiguous_topology(SHAPE.devices, SHAPE.cores_per_device),
+        reader=KubeClaimReader(dra.api_client()),
+        cdi_dir=tmp_path / "cdi",
+        checkpoint=Checkpoint(tmp_path / "checkpoint.json"),
+    )
+    prepared = plugin.prepare(ClaimRef(namespace, "prep", uid))
+    (cdi,) = prepared.cdi_spec["devices"]
+    assert cdi["containerEdits"]["env"] == [f"NEURON_RT_VISIBLE_CORES={block.first}-{block.last}"]
+    assert cdi_spec_path(tmp_path / "cdi", uid).exists()
+    with pytest.raises(PrepareError, match="has uid"):
+        plugin.prepare(ClaimRef(namespace, "prep", "not-" + uid))
+    with pytest.raises(PrepareError, match="does not exist on the API server"):
+        plugin.prepare(ClaimRef(namespace, "nothing", "u-0"))
+
+
+def test_the_running_driver_follows_the_health_file_and_stops_on_sigterm(
+    dra: LocalCluster, tmp_path: Path
+) -> None:
+    node = dra.kwok_nodes[1]
+    health = tmp_path / "unhealthy"
+    resource = k8s.ResourceV1Api(dra.api_client())
+
+    def pool() -> list[dict[str, Any]]:
+        listed = resource.list_resource_slice(
+            field_selector=f"spec.driver={DRIVER_NAME},spec.nodeName={node}",
+            _preload_content=False,
+        )
+        return list(raw_json(listed)["items"])
+
+    def tainted() -> set[str]:
+        return {d["name"] for s in pool() for d in s["spec"].get("devices", []) if d.get("taints")}
+
+    before = max(s["spec"]["pool"]["generation"] for s in pool())
+    argv = ["--node-name", node, "--backend", "simulated", "--instance-type", SHAPE.instance_type]
+    argv += ["--health-file", str(health), "--poll-seconds", "0.2"]
+    argv += ["--kubeconfig", str(dra.kubeconfig), "--log-format", "json"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "neuron_dra_driver.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        dra.wait_for(
+            lambda: min(s["spec"]["pool"]["generation"] for s in pool()) > before,
+            60,
+            "the driver to publish the next generation at start",
+        )
+        health.write_text("0\n")
+        got = dra.wait_for(lambda: tainted() or None, 60, "blocks covering core 0 tainted")
+        assert got == {"core-0"} | {f"cores-0-{last}" for last in range(1, 16)}
+        health.write_text("")
+        dra.wait_for(lambda: not tainted(), 60, "the taints to go on recovery")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "the slices stay published" in stderr
+    assert len(pool()) == 4 and {s["spec"]["pool"]["resourceSliceCount"] for s in pool()} == {4}
