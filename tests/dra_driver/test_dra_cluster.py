@@ -19,11 +19,21 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from neuron_cores import INSTANCE_TYPES
 from neuron_device_plugin.topology import contiguous_topology
 from neuron_dra_driver.classes import EXTENDED_RESOURCE, block_claim, device_classes
 from neuron_dra_driver.cli import main
 from neuron_dra_driver.kubeletplugin import DRAKubeletPlugin, KubeClaimReader
-from neuron_dra_driver.layout import DRIVER_NAME, Block, NodeShape, first_fit, placement_order
+from neuron_dra_driver.layout import (
+    DRIVER_NAME,
+    Block,
+    LayoutError,
+    NodeShape,
+    check_slices,
+    first_fit,
+    placement_order,
+    pool_slices,
+)
 from neuron_dra_driver.prepare import (
     Checkpoint,
     ClaimRef,
@@ -31,6 +41,7 @@ from neuron_dra_driver.prepare import (
     cdi_spec_path,
     parse_block,
 )
+from neuron_dra_driver.publisher import KubeSliceApi, Publisher, PublishError, delete_pool
 from neuron_localcluster import LocalCluster
 from neuron_localcluster.kube import ApiException, body, raw_json
 from neuron_localcluster.nodes import NodeSpec, node_manifest
@@ -331,3 +342,63 @@ def test_the_running_driver_follows_the_health_file_and_stops_on_sigterm(
     assert process.returncode == 0, stderr
     assert "the slices stay published" in stderr
     assert len(pool()) == 4 and {s["spec"]["pool"]["resourceSliceCount"] for s in pool()} == {4}
+
+
+SHAPES_BY_CORES = {
+    t.cores: NodeShape(name, t.devices, t.cores_per_device)
+    for name, t in sorted(INSTANCE_TYPES.items(), reverse=True)
+}
+
+
+@pytest.mark.parametrize(
+    "cores", sorted(SHAPES_BY_CORES), ids=[f"{c}-cores" for c in sorted(SHAPES_BY_CORES)]
+)
+def test_the_api_server_accepts_every_instance_types_pool_with_taints(
+    dra: LocalCluster, cores: int
+) -> None:
+    shape = SHAPES_BY_CORES[cores]
+    pool = f"dra-limits-{cores}"  # a pool for no real node: only the API server's validation
+    api = KubeSliceApi(dra.api_client())
+    publisher = Publisher(api, pool, shape)
+    try:
+        assert publisher.publish({0, cores - 1})  # taints on the first and last blocks too
+        listed = api.list_slices(pool)
+        assert len(listed) == len(pool_slices(pool, shape, generation=0))
+        assert {s.generation for s in listed} == {0}
+    finally:
+        assert publisher.cleanup() > 0
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("65-devices", r"spec.devices: Too many: 65: must have at most 64 items"),
+        ("3-counter-sets", r"consumesCounters: Too many: 3: must have at most 2 items"),
+    ],
+    ids=["65-devices-in-a-slice", "a-device-consuming-from-3-sets"],
+)
+def test_the_api_server_refuses_what_check_slices_refuses(
+    dra: LocalCluster, how: str, message: str
+) -> None:
+    """The limits ``check_slices`` applies are the API server's: one over each is refused."""
+    pool = f"dra-over-{how}"
+    slices = pool_slices(pool, SHAPES_BY_CORES[64], generation=0)
+    target = slices[0]
+    if how == "65-devices":
+        target["spec"]["devices"].append(slices[1]["spec"]["devices"][0])
+    else:
+        counters = slices[-1]["spec"]["sharedCounters"]
+        counters.append({"name": "extra", "counters": {"core-x": {"value": "1"}}})
+        device = target["spec"]["devices"][0]
+        device["consumesCounters"] += [
+            {"counterSet": s["name"], "counters": {next(iter(s["counters"])): {"value": "1"}}}
+            for s in counters[1:]
+        ]
+    with pytest.raises(LayoutError):
+        check_slices(slices)
+    api = KubeSliceApi(dra.api_client())
+    try:
+        with pytest.raises(PublishError, match=message):
+            api.create_slice(target)
+    finally:
+        delete_pool(api, pool)
