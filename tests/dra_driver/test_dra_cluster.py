@@ -41,7 +41,13 @@ from neuron_dra_driver.prepare import (
     cdi_spec_path,
     parse_block,
 )
-from neuron_dra_driver.publisher import KubeSliceApi, Publisher, PublishError, delete_pool
+from neuron_dra_driver.publisher import (
+    ConflictError,
+    KubeSliceApi,
+    Publisher,
+    PublishError,
+    delete_pool,
+)
 from neuron_localcluster import LocalCluster
 from neuron_localcluster.kube import ApiException, body, raw_json
 from neuron_localcluster.nodes import NodeSpec, node_manifest
@@ -402,3 +408,24 @@ def test_the_api_server_refuses_what_check_slices_refuses(
             api.create_slice(target)
     finally:
         delete_pool(api, pool)
+
+
+def test_the_api_adapter_maps_a_stale_write_to_a_conflict_and_a_missing_delete_to_done(
+    dra: LocalCluster,
+) -> None:
+    pool = "dra-adapter"
+    api = KubeSliceApi(dra.api_client())
+    publisher = Publisher(api, pool, SHAPE)
+    try:
+        publisher.publish(set())
+        (first, *_) = api.list_slices(pool)
+        body = pool_slices(pool, SHAPE, generation=1)[0]
+        body["metadata"]["resourceVersion"] = str(int(first.resource_version) - 1)
+        with pytest.raises(ConflictError, match=f"replace ResourceSlice {first.name}"):
+            api.replace_slice(first.name, body)
+        api.delete_slice("dra-adapter-no-such-slice")  # already gone: not an error
+        # The refused write changed nothing: the next publication is generation 1.
+        assert publisher.publish({2})
+        assert {s.generation for s in api.list_slices(pool)} == {1}
+    finally:
+        publisher.cleanup()
