@@ -215,10 +215,19 @@ def taint_value(bad: Sequence[int]) -> str:
 
 
 def block_taints(block: Block, unhealthy: Collection[int]) -> list[dict[str, str]]:
+    """The block's taint if it covers an unhealthy core.
+
+    ``unhealthy`` may map each core to the RFC 3339 time it became unhealthy: the taint's
+    ``timeAdded`` is then the earliest of its cores' (otherwise the API server sets it to the time
+    of each write, so a rewrite for another core would move it).
+    """
     bad = [core for core in block.cores if core in unhealthy]
     if not bad:
         return []
-    return [{"key": UNHEALTHY_TAINT_KEY, "value": taint_value(bad), "effect": TAINT_EFFECT}]
+    taint = {"key": UNHEALTHY_TAINT_KEY, "value": taint_value(bad), "effect": TAINT_EFFECT}
+    if isinstance(unhealthy, Mapping):
+        taint["timeAdded"] = min(str(unhealthy[core]) for core in bad)
+    return [taint]
 
 
 def device_body(

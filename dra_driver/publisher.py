@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from neuron_dra_driver.layout import DRIVER_NAME, DRIVER_VERSION, NodeShape, pool_slices
@@ -67,6 +68,7 @@ class Publisher:
         *,
         owner: Mapping[str, str] | None = None,
         driver_version: str = DRIVER_VERSION,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.api = api
         self.node = node
@@ -75,6 +77,8 @@ class Publisher:
         self.driver_version = driver_version
         self.generation: int | None = None
         self._published: frozenset[int] | None = None
+        self._since: dict[int, str] = {}  # core -> when it was first published unhealthy
+        self.clock = clock
 
     @property
     def published_unhealthy(self) -> frozenset[int] | None:
@@ -89,14 +93,17 @@ class Publisher:
         wanted = frozenset(unhealthy)
         if wanted == self._published:
             return False
+        now = self.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        since = {core: self._since.get(core, now) for core in wanted}
         for attempt in range(1, CONFLICT_RETRIES + 1):
             self._published = None  # until this write completes, nothing is known to be there
             try:
-                self._write(wanted)
+                self._write(since)
             except ConflictError as err:
                 log.warning("slice conflict on attempt %d, listing again: %s", attempt, err)
                 continue
             self._published = wanted
+            self._since = since
             return True
         raise PublishError(
             f"slices of node {self.node} kept changing under the driver ({CONFLICT_RETRIES} "
@@ -107,7 +114,7 @@ class Publisher:
         """Forget the last publication, so the next :meth:`publish` rewrites the pool."""
         self._published = None
 
-    def _write(self, unhealthy: frozenset[int]) -> None:
+    def _write(self, unhealthy: Mapping[int, str]) -> None:
         existing = {s.name: s for s in self.api.list_slices(self.node)}
         floor = max((s.generation for s in existing.values()), default=-1)
         generation = max(floor, -1 if self.generation is None else self.generation) + 1

@@ -318,3 +318,14 @@ def test_shape_from_topology_takes_the_regular_layout_and_refuses_gaps() -> None
     )
     with pytest.raises(LayoutError, match="device 0 holds cores"):
         shape_from_topology(swapped, "x")
+
+
+def test_a_mapping_of_unhealthy_cores_sets_each_taints_time_added_to_the_earliest() -> None:
+    since = {3: "2026-01-01T00:05:00Z", 4: "2026-01-01T00:01:00Z"}
+    devices = {
+        d["name"]: d for d in _devices(pool_slices("n", INF1_6XL, generation=1, unhealthy=since))
+    }
+    assert devices["core-3"]["taints"][0]["timeAdded"] == "2026-01-01T00:05:00Z"
+    assert devices["cores-3-4"]["taints"][0]["timeAdded"] == "2026-01-01T00:01:00Z"
+    plain = _devices(pool_slices("n", INF1_6XL, generation=1, unhealthy={3}))
+    assert all("timeAdded" not in t for d in plain for t in d.get("taints", []))

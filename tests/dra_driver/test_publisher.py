@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,27 @@ def test_the_health_file_taints_and_recovery_untaints_through_the_driver(tmp_pat
     health.write_text("")
     assert driver.step() is True
     assert _tainted(api, "kwok-0") == set()
+
+
+def test_a_taints_time_added_is_when_its_core_first_became_unhealthy() -> None:
+    times = iter(datetime(2026, 1, 1, 0, minute, tzinfo=UTC) for minute in range(10))
+    api = FakeSliceApi()
+    publisher = Publisher(api, "kwok-0", SHAPE, clock=lambda: next(times))
+
+    def added() -> dict[str, str]:
+        return {
+            d["name"]: d["taints"][0]["timeAdded"]
+            for s in api.pool("kwok-0")
+            for d in s["spec"].get("devices", [])
+            if d.get("taints")
+        }
+
+    publisher.publish({3})  # 00:00
+    publisher.publish({3, 5})  # 00:01: core 3's taints keep 00:00
+    got = added()
+    assert got["core-3"] == got["cores-3-5"] == "2026-01-01T00:00:00Z"
+    assert got["core-5"] == got["cores-4-5"] == "2026-01-01T00:01:00Z"
+    publisher.publish({5})  # 00:02: core 5 keeps 00:01
+    assert set(added().values()) == {"2026-01-01T00:01:00Z"}
+    publisher.publish({3, 5})  # 00:03: core 3 is unhealthy again, from now
+    assert added()["core-3"] == "2026-01-01T00:03:00Z"
