@@ -2,22 +2,26 @@
 
 REST and gRPC differ only in how tensors are spelled on the wire; loading the models in the order
 the operator wrote them, refusing requests until every one is loaded, picking the least-loaded
-copy, running the runtime's blocking predictor off the event loop and counting all of it happen
-here, once.
+copy, handing the request to the runtime and counting all of it happen here, once.
 
-Threads: a ``Predictor`` call blocks until the runtime's worker process answers (the numpy work
-happens there, not under our GIL), so each NeuronCore Group gets a small thread pool whose threads
-only wait.  Pools are per group so that a burst for one group cannot occupy the threads another
-group's requests need.
+Hand-over: ``Predictor.submit`` queues a request with the NeuronCore Group and returns a
+``concurrent.futures.Future`` at once (the numpy work happens in the runtime's worker processes).
+The event loop submits directly and awaits that future; the group's thread wakes the loop once
+when the answer is in.  No thread of ours waits on the runtime: an earlier design that ran the
+blocking ``Predictor.__call__`` in per-group thread pools cost two extra thread hand-offs and a
+GIL hand-over per request, which profiling showed as the largest part of the server's own CPU.
+``--threads-per-group`` still bounds how many requests one group holds at once (an asyncio
+semaphore per group), so a burst for one group waits here, where it is cheap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy.typing as npt
@@ -25,7 +29,9 @@ import numpy.typing as npt
 from neuron_runtime.serving.config import ModelEntry
 from neuron_runtime.serving.errors import ErrorKind, InferenceError, not_found
 from neuron_runtime.serving.metrics import UNKNOWN_MODEL, ServingMetrics
+from neuron_runtime.serving.model_config import max_batch_size, model_config
 from neuron_runtime.serving.router import GroupLoad, ModelRouter
+from neuron_runtime.serving.statistics import ModelStatistics, RequestTiming
 from neuron_runtime.serving.tensors import TensorSpecLike, signature_of
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,7 @@ MODEL_VERSION = "1"
 PLATFORM = "neuron_runtime"
 
 Arrays = dict[str, npt.NDArray[Any]]
+Outputs = Mapping[str, npt.NDArray[Any]]
 
 
 class PredictorLike(Protocol):
@@ -51,7 +58,9 @@ class PredictorLike(Protocol):
     @property
     def fetch_tensors(self) -> Mapping[str, TensorSpecLike]: ...
 
-    def __call__(self, feeds: Arrays, /) -> Mapping[str, npt.NDArray[Any]]: ...
+    def submit(self, feeds: Arrays, /) -> concurrent.futures.Future[Outputs]:
+        """Queue one request without blocking; the future holds the outputs or the error."""
+        ...
 
 
 class ModelLoader(Protocol):
@@ -59,7 +68,14 @@ class ModelLoader(Protocol):
 
 
 class ServedModel:
-    def __init__(self, name: str, copies: Sequence[PredictorLike], load: GroupLoad) -> None:
+    def __init__(
+        self,
+        name: str,
+        copies: Sequence[PredictorLike],
+        load: GroupLoad,
+        *,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         first = copies[0]
         self.name = name
         self.signature = signature_of(name, first.feed_tensors, first.fetch_tensors)
@@ -70,6 +86,21 @@ class ServedModel:
                     "models different names"
                 )
         self.router: ModelRouter[PredictorLike] = ModelRouter(copies, load)
+        self.max_batch_size = max_batch_size(self.signature, max_message_bytes)
+        self.config = model_config(
+            self.signature,
+            platform=PLATFORM,
+            groups=self.groups,
+            max_message_bytes=max_message_bytes,
+        )
+        self.statistics = ModelStatistics(name, MODEL_VERSION)
+        self.output_names = tuple(m.name for m in self.signature.outputs)
+
+    def rows(self, inputs: Arrays) -> int:
+        """How many inferences a request is: its batch when the model batches, else 1."""
+        if self.max_batch_size == 0 or not inputs:
+            return 1
+        return int(next(iter(inputs.values())).shape[0])
 
     @property
     def groups(self) -> tuple[int, ...]:
@@ -84,6 +115,7 @@ class InferenceService:
         loader: ModelLoader,
         metrics: ServingMetrics,
         threads_per_group: int = 4,
+        max_message_bytes: int = 64 * 1024 * 1024,
         resource_exhausted: tuple[type[BaseException], ...] = (),
         invalid_input: tuple[type[BaseException], ...] = (),
         unavailable: tuple[type[BaseException], ...] = (),
@@ -94,12 +126,13 @@ class InferenceService:
         self.load = GroupLoad()
         self._loader = loader
         self._threads = threads_per_group
+        self._max_message_bytes = max_message_bytes
         self._exhausted = resource_exhausted
         self._invalid = invalid_input
         self._unavailable = unavailable
         self._failure = failure
         self._models: dict[str, ServedModel] = {}
-        self._executors: dict[int, ThreadPoolExecutor] = {}
+        self._slots: dict[int, asyncio.Semaphore] = {}
         self._loaded = False
         self._draining = False
         self.load_error: str | None = None
@@ -122,13 +155,13 @@ class InferenceService:
                 predictor.group,
                 time.monotonic() - started,
             )
-        models = {name: ServedModel(name, found, self.load) for name, found in copies.items()}
+        models = {
+            name: ServedModel(name, found, self.load, max_message_bytes=self._max_message_bytes)
+            for name, found in copies.items()
+        }
         for model in models.values():
             for index in model.groups:
-                if index not in self._executors:
-                    self._executors[index] = ThreadPoolExecutor(
-                        max_workers=self._threads, thread_name_prefix=f"group{index}"
-                    )
+                self._slots.setdefault(index, asyncio.Semaphore(self._threads))
         self._models = models
         self._loaded = True
 
@@ -151,8 +184,7 @@ class InferenceService:
         self._draining = True
 
     def close(self) -> None:
-        for executor in self._executors.values():
-            executor.shutdown(wait=True)
+        """Nothing of the service's own to release: requests in flight belong to the runtime."""
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -182,22 +214,30 @@ class InferenceService:
             return False
         return not self._draining
 
+    def served(self) -> tuple[ServedModel, ...]:
+        """The loaded models, in load order of their first copy."""
+        return tuple(self._models.values())
+
     def metric_label(self, name: str) -> str:
         return name if name in self.expected_names else UNKNOWN_MODEL
 
     # -- inference -------------------------------------------------------------------------
 
-    async def infer(self, model: ServedModel, inputs: Arrays) -> Mapping[str, npt.NDArray[Any]]:
-        loop = asyncio.get_running_loop()
+    async def infer(
+        self, model: ServedModel, inputs: Arrays, timing: RequestTiming | None = None
+    ) -> Outputs:
         with model.router.route() as predictor:
             group = predictor.group
             gauge = self.metrics.in_flight.labels(str(group))
             gauge.inc()
             started = time.perf_counter()
             try:
-                outputs = await loop.run_in_executor(
-                    self._executors[group], _call, predictor, inputs
-                )
+                async with self._slots[group]:
+                    if timing is not None:
+                        timing.submitted = time.perf_counter_ns()
+                    outputs = await _answer(predictor.submit(inputs))
+                    if timing is not None:
+                        timing.answered = time.perf_counter_ns()
             except self._exhausted as exc:
                 raise InferenceError(ErrorKind.EXHAUSTED, str(exc)) from exc
             except self._invalid as exc:
@@ -211,6 +251,17 @@ class InferenceService:
             )
             return outputs
 
+    def statistics(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
+        """Triton's ``model_stats`` entries: of one model, or of every model for an empty name."""
+        if not name:
+            if version:
+                raise InferenceError(
+                    ErrorKind.BAD_REQUEST,
+                    f"version '{version}' was given without a model name; name the model too",
+                )
+            return [m.statistics.as_json() for m in self._models.values()]
+        return [self.model(name, version).statistics.as_json()]
+
     def count_request(self, model: str, protocol: str) -> None:
         self.metrics.requests.labels(self.metric_label(model), protocol).inc()
 
@@ -218,7 +269,29 @@ class InferenceService:
         self.metrics.failures.labels(self.metric_label(model), protocol, reason).inc()
 
 
-def _call(
-    predictor: Callable[[Arrays], Mapping[str, npt.NDArray[Any]]], inputs: Arrays
-) -> Mapping[str, npt.NDArray[Any]]:
-    return predictor(inputs)
+def _answer(future: concurrent.futures.Future[Outputs]) -> asyncio.Future[Outputs]:
+    """An asyncio future that the runtime's future completes, without ever cancelling it.
+
+    ``asyncio.wrap_future`` would cancel the runtime's future when the request is cancelled (a
+    client that hangs up), and the group's thread would then fail to set its result.  The request
+    keeps running in the runtime either way; only the waiting stops.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[Outputs] = loop.create_future()
+
+    def settle(done: concurrent.futures.Future[Outputs]) -> None:
+        if waiter.cancelled():
+            return
+        error = done.exception()
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(done.result())
+
+    def on_done(done: concurrent.futures.Future[Outputs]) -> None:
+        # A loop closed meanwhile (the server stopped) has nobody left to tell.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, done)
+
+    future.add_done_callback(on_done)
+    return waiter
