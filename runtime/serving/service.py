@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import numpy.typing as npt
 
 from neuron_runtime.serving.config import ModelEntry
@@ -41,6 +42,8 @@ PLATFORM = "neuron_runtime"
 
 Arrays = dict[str, npt.NDArray[Any]]
 Outputs = Mapping[str, npt.NDArray[Any]]
+# What ``Predictor.submit``'s future holds (a future's type is invariant: spelled as the runtime's).
+Answer = dict[str, np.ndarray[Any, Any]]
 
 
 class PredictorLike(Protocol):
@@ -58,7 +61,7 @@ class PredictorLike(Protocol):
     @property
     def fetch_tensors(self) -> Mapping[str, TensorSpecLike]: ...
 
-    def submit(self, feeds: Arrays, /) -> concurrent.futures.Future[Outputs]:
+    def submit(self, feeds: Mapping[str, Any], /) -> concurrent.futures.Future[Answer]:
         """Queue one request without blocking; the future holds the outputs or the error."""
         ...
 
@@ -269,7 +272,7 @@ class InferenceService:
         self.metrics.failures.labels(self.metric_label(model), protocol, reason).inc()
 
 
-def _answer(future: concurrent.futures.Future[Outputs]) -> asyncio.Future[Outputs]:
+def _answer(future: concurrent.futures.Future[Answer]) -> asyncio.Future[Answer]:
     """An asyncio future that the runtime's future completes, without ever cancelling it.
 
     ``asyncio.wrap_future`` would cancel the runtime's future when the request is cancelled (a
@@ -277,9 +280,9 @@ def _answer(future: concurrent.futures.Future[Outputs]) -> asyncio.Future[Output
     keeps running in the runtime either way; only the waiting stops.
     """
     loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[Outputs] = loop.create_future()
+    waiter: asyncio.Future[Answer] = loop.create_future()
 
-    def settle(done: concurrent.futures.Future[Outputs]) -> None:
+    def settle(done: concurrent.futures.Future[Answer]) -> None:
         if waiter.cancelled():
             return
         error = done.exception()
@@ -288,7 +291,7 @@ def _answer(future: concurrent.futures.Future[Outputs]) -> asyncio.Future[Output
         else:
             waiter.set_result(done.result())
 
-    def on_done(done: concurrent.futures.Future[Outputs]) -> None:
+    def on_done(done: concurrent.futures.Future[Answer]) -> None:
         # A loop closed meanwhile (the server stopped) has nobody left to tell.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(settle, done)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -65,11 +64,11 @@ class FakePredictor:
         }
 
     def submit(
-        self, feeds: Mapping[str, npt.NDArray[Any]], /
-    ) -> concurrent.futures.Future[dict[str, npt.NDArray[Any]]]:
+        self, feeds: Mapping[str, Any], /
+    ) -> concurrent.futures.Future[dict[str, np.ndarray[Any, Any]]]:
         return _RUNTIME_THREADS.submit(self, feeds)
 
-    def __call__(self, feeds: Mapping[str, npt.NDArray[Any]], /) -> dict[str, npt.NDArray[Any]]:
+    def __call__(self, feeds: Mapping[str, Any], /) -> dict[str, np.ndarray[Any, Any]]:
         self.calls += 1
         self.entered.release()
         if self.gate is not None:
