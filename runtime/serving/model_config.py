@@ -5,10 +5,11 @@ the dimensions, and whether the first dimension is a batch dimension (``max_batc
 A model here batches along its first dimension when every input and output starts with ``-1``
 (the runtime's variable batch dimension).  Its largest batch is the most rows whose raw input
 bytes fit in one request (``--max-body-bytes``): a larger batch cannot arrive, whatever the
-encoding.  Copies show as one instance group of kind ``KIND_MODEL`` (devices the model manages:
-NeuronCore Groups), with the groups' indexes in the ``neuroncore_groups`` parameter.  Triton's
-scheduling fields (dynamic or sequence batching, ensembles) are absent, because this server runs
-each request as it comes.
+encoding.  Such a model also shows ``dynamic_batching`` with no queue delay: requests that wait
+for a busy group are merged into one run (``batching``), but none is held back on purpose.
+Copies show as one instance group of kind ``KIND_MODEL`` (devices the model manages: NeuronCore
+Groups), with the groups' indexes in the ``neuroncore_groups`` parameter.  Sequence batching and
+ensembles are absent: this server has neither.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def model_config(
     def dims(meta: TensorMeta) -> list[int]:
         return list(meta.shape[1:] if batch > 0 else meta.shape)
 
-    return {
+    config: dict[str, Any] = {
         "name": signature.name,
         "platform": platform,
         "backend": platform,
@@ -98,3 +99,6 @@ def model_config(
             "neuroncore_groups": {"string_value": ",".join(str(g) for g in groups)},
         },
     }
+    if batch > 0:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": 0}
+    return config

@@ -6,27 +6,26 @@ copy, handing the request to the runtime and counting all of it happen here, onc
 
 Hand-over: ``Predictor.submit`` queues a request with the NeuronCore Group and returns a
 ``concurrent.futures.Future`` at once (the numpy work happens in the runtime's worker processes).
-The event loop submits directly and awaits that future; the group's thread wakes the loop once
-when the answer is in.  No thread of ours waits on the runtime: an earlier design that ran the
-blocking ``Predictor.__call__`` in per-group thread pools cost two extra thread hand-offs and a
-GIL hand-over per request, which profiling showed as the largest part of the server's own CPU.
-``--threads-per-group`` still bounds how many requests one group holds at once (an asyncio
-semaphore per group), so a burst for one group waits here, where it is cheap.
+The event loop submits directly and the group's thread wakes the loop once when the answer is in
+(``batching``).  No thread of ours waits on the runtime: an earlier design that ran the blocking
+``Predictor.__call__`` in per-group thread pools cost two extra thread hand-offs and a GIL
+hand-over per request.  ``--threads-per-group`` bounds how many runs one group holds at once;
+requests that find it full wait here and are merged into one run when their model has a batch
+dimension (see ``batching``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import numpy as np
 import numpy.typing as npt
 
+from neuron_runtime.serving import batching
+from neuron_runtime.serving.batching import Answer, CopyQueue, GroupGate
 from neuron_runtime.serving.config import ModelEntry
 from neuron_runtime.serving.errors import ErrorKind, InferenceError, not_found
 from neuron_runtime.serving.metrics import UNKNOWN_MODEL, ServingMetrics
@@ -42,8 +41,6 @@ PLATFORM = "neuron_runtime"
 
 Arrays = dict[str, npt.NDArray[Any]]
 Outputs = Mapping[str, npt.NDArray[Any]]
-# What ``Predictor.submit``'s future holds (a future's type is invariant: spelled as the runtime's).
-Answer = dict[str, np.ndarray[Any, Any]]
 
 
 class PredictorLike(Protocol):
@@ -76,6 +73,7 @@ class ServedModel:
         name: str,
         copies: Sequence[PredictorLike],
         load: GroupLoad,
+        gates: Mapping[int, GroupGate],
         *,
         max_message_bytes: int = 64 * 1024 * 1024,
     ) -> None:
@@ -88,15 +86,25 @@ class ServedModel:
                     f"copies of model '{name}' have different inputs or outputs; give different "
                     "models different names"
                 )
-        self.router: ModelRouter[PredictorLike] = ModelRouter(copies, load)
         self.max_batch_size = max_batch_size(self.signature, max_message_bytes)
+        self.statistics = ModelStatistics(name, MODEL_VERSION)
+        queues = [
+            CopyQueue(
+                c,
+                c.group,
+                gates[c.group],
+                self.max_batch_size,
+                on_run=self.statistics.record_execution,
+            )
+            for c in copies
+        ]
+        self.router: ModelRouter[CopyQueue] = ModelRouter(queues, load)
         self.config = model_config(
             self.signature,
             platform=PLATFORM,
             groups=self.groups,
             max_message_bytes=max_message_bytes,
         )
-        self.statistics = ModelStatistics(name, MODEL_VERSION)
         self.output_names = tuple(m.name for m in self.signature.outputs)
 
     def rows(self, inputs: Arrays) -> int:
@@ -135,7 +143,7 @@ class InferenceService:
         self._unavailable = unavailable
         self._failure = failure
         self._models: dict[str, ServedModel] = {}
-        self._slots: dict[int, asyncio.Semaphore] = {}
+        self._gates: dict[int, GroupGate] = {}
         self._loaded = False
         self._draining = False
         self.load_error: str | None = None
@@ -158,14 +166,15 @@ class InferenceService:
                 predictor.group,
                 time.monotonic() - started,
             )
-        models = {
-            name: ServedModel(name, found, self.load, max_message_bytes=self._max_message_bytes)
+        for found in copies.values():
+            for predictor in found:
+                self._gates.setdefault(predictor.group, GroupGate(self._threads))
+        self._models = {
+            name: ServedModel(
+                name, found, self.load, self._gates, max_message_bytes=self._max_message_bytes
+            )
             for name, found in copies.items()
         }
-        for model in models.values():
-            for index in model.groups:
-                self._slots.setdefault(index, asyncio.Semaphore(self._threads))
-        self._models = models
         self._loaded = True
 
     @property
@@ -229,18 +238,13 @@ class InferenceService:
     async def infer(
         self, model: ServedModel, inputs: Arrays, timing: RequestTiming | None = None
     ) -> Outputs:
-        with model.router.route() as predictor:
-            group = predictor.group
+        with model.router.route() as copy:
+            group = copy.group
             gauge = self.metrics.in_flight.labels(str(group))
             gauge.inc()
             started = time.perf_counter()
             try:
-                async with self._slots[group]:
-                    if timing is not None:
-                        timing.submitted = time.perf_counter_ns()
-                    outputs = await _answer(predictor.submit(inputs))
-                    if timing is not None:
-                        timing.answered = time.perf_counter_ns()
+                outputs = await batching.run(copy, inputs, model.rows(inputs), timing)
             except self._exhausted as exc:
                 raise InferenceError(ErrorKind.EXHAUSTED, str(exc)) from exc
             except self._invalid as exc:
@@ -270,31 +274,3 @@ class InferenceService:
 
     def count_failure(self, model: str, protocol: str, reason: str) -> None:
         self.metrics.failures.labels(self.metric_label(model), protocol, reason).inc()
-
-
-def _answer(future: concurrent.futures.Future[Answer]) -> asyncio.Future[Answer]:
-    """An asyncio future that the runtime's future completes, without ever cancelling it.
-
-    ``asyncio.wrap_future`` would cancel the runtime's future when the request is cancelled (a
-    client that hangs up), and the group's thread would then fail to set its result.  The request
-    keeps running in the runtime either way; only the waiting stops.
-    """
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[Answer] = loop.create_future()
-
-    def settle(done: concurrent.futures.Future[Answer]) -> None:
-        if waiter.cancelled():
-            return
-        error = done.exception()
-        if error is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(done.result())
-
-    def on_done(done: concurrent.futures.Future[Answer]) -> None:
-        # A loop closed meanwhile (the server stopped) has nobody left to tell.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, done)
-
-    future.add_done_callback(on_done)
-    return waiter

@@ -14,6 +14,10 @@ as this server measures them:
 - ``compute_output``: encoding the answer;
 - ``success``/``fail``: the whole request, per outcome.
 
+``inference_count`` counts rows (a request of batch N is N inferences); ``execution_count`` counts
+runs of the model, which is fewer than requests when waiting requests were merged into one run.
+Per-batch-size statistics (Triton's ``batch_stats``) are not kept.
+
 Everything is updated on the event loop's thread, so no lock is needed.
 """
 
@@ -52,13 +56,6 @@ class RequestTiming:
         self.decoded = time.perf_counter_ns()
 
 
-@dataclass(slots=True)
-class _BatchStats:
-    compute_input: Duration = field(default_factory=Duration)
-    compute_infer: Duration = field(default_factory=Duration)
-    compute_output: Duration = field(default_factory=Duration)
-
-
 @dataclass
 class ModelStatistics:
     """The statistics of one served model (all its copies together)."""
@@ -74,10 +71,13 @@ class ModelStatistics:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
-    batches: dict[int, _BatchStats] = field(default_factory=dict)
+
+    def record_execution(self) -> None:
+        """One run of the model in the runtime, of one request or of several merged."""
+        self.execution_count += 1
 
     def record_success(self, timing: RequestTiming, rows: int) -> None:
-        """A request answered: ``rows`` inferences in one execution (requests are not merged)."""
+        """A request answered: ``rows`` inferences."""
         done = time.perf_counter_ns()
         input_ns = timing.decoded - timing.started
         infer_ns = timing.answered - timing.submitted
@@ -87,14 +87,7 @@ class ModelStatistics:
         self.compute_input.add(input_ns)
         self.compute_infer.add(infer_ns)
         self.compute_output.add(output_ns)
-        batch = self.batches.get(rows)
-        if batch is None:
-            batch = self.batches[rows] = _BatchStats()
-        batch.compute_input.add(input_ns)
-        batch.compute_infer.add(infer_ns)
-        batch.compute_output.add(output_ns)
         self.inference_count += rows
-        self.execution_count += 1
         self.last_inference_ms = time.time_ns() // 1_000_000
 
     def record_failure(self, timing: RequestTiming) -> None:
@@ -121,13 +114,4 @@ class ModelStatistics:
                 "cache_hit": zero,
                 "cache_miss": zero,
             },
-            "batch_stats": [
-                {
-                    "batch_size": rows,
-                    "compute_input": stats.compute_input.as_json(),
-                    "compute_infer": stats.compute_infer.as_json(),
-                    "compute_output": stats.compute_output.as_json(),
-                }
-                for rows, stats in sorted(self.batches.items())
-            ],
         }

@@ -82,5 +82,9 @@ def test_config_spells_what_triton_reads(
     ]
     assert config["instance_group"] == [{"name": "m", "kind": "KIND_MODEL", "count": 2}]
     assert config["parameters"] == {"neuroncore_groups": {"string_value": "0,2"}}
-    # No scheduler of Triton's is claimed: perf_analyzer would otherwise send sequences.
-    assert not {"dynamic_batching", "sequence_batching", "ensemble_scheduling"} & config.keys()
+    # Waiting requests of a batching model are merged, never held back; no sequences, no
+    # ensembles (perf_analyzer would send sequences to a sequence-batching model).
+    assert config.get("dynamic_batching") == (
+        {"max_queue_delay_microseconds": 0} if batch else None
+    )
+    assert not {"sequence_batching", "ensemble_scheduling"} & config.keys()

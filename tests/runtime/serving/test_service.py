@@ -2,7 +2,8 @@
 
 No thread of the server waits on the runtime: the loop submits and awaits the runtime's future.
 A request cancelled while the runtime works (a client hanging up) must not cancel the runtime's
-future, whose owner, the group's thread, would then fail to set its result.
+future, whose owner, the group's thread, would then fail to set its result.  Requests that find
+their group full wait, and go in together as one run, each getting its own rows back.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class HandPredictor:
         default_factory=list
     )
     submit_threads: list[int] = field(default_factory=list)
+    submitted: list[Mapping[str, Any]] = field(default_factory=list)
 
     @property
     def feed_tensors(self) -> Mapping[str, Spec]:
@@ -54,6 +56,7 @@ class HandPredictor:
         self, feeds: Mapping[str, Any], /
     ) -> concurrent.futures.Future[dict[str, np.ndarray[Any, Any]]]:
         self.submit_threads.append(threading.get_ident())
+        self.submitted.append(feeds)
         future: concurrent.futures.Future[dict[str, np.ndarray[Any, Any]]] = (
             concurrent.futures.Future()
         )
@@ -134,25 +137,56 @@ def test_a_cancelled_request_leaves_the_runtime_future_alone(outcome: str) -> No
     assert errors == []
 
 
-def test_threads_per_group_bounds_what_one_group_holds() -> None:
+def test_requests_waiting_for_a_full_group_run_merged_and_get_their_own_rows() -> None:
     predictor = HandPredictor()
     service = service_with(predictor, threads_per_group=2)
 
-    async def scenario() -> None:
+    async def scenario() -> list[Any]:
         served = service.model("m")
+        rows = [1, 1, 2, 3, 1]
         tasks = [
-            asyncio.create_task(service.infer(served, {"x": np.ones((1, 2), np.float32)}))
-            for _ in range(5)
+            asyncio.create_task(service.infer(served, {"x": np.full((n, 2), index, np.float32)}))
+            for index, n in enumerate(rows)
         ]
         await _settle(predictor, 2)
         await asyncio.sleep(0.05)
-        assert len(predictor.futures) == 2  # the other three wait in the server
-        answered = 0
-        while answered < 5:
-            await _settle(predictor, answered + 1)
-            predictor.futures[answered].set_result({"y": np.zeros((1, 2), np.float32)})
-            answered += 1
-        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert len(predictor.futures) == 2  # the group is full: three requests wait here
+        predictor.futures[0].set_result({"y": np.zeros((1, 2), np.float32)})
+        await _settle(predictor, 3)
+        # The three waiting requests went in as one run of 2 + 3 + 1 rows; answer it as a model
+        # with a batch dimension would, row by row.
+        (merged,) = predictor.submitted[2:]
+        assert merged["x"].shape == (6, 2)
+        predictor.futures[2].set_result({"y": merged["x"] * 10})
+        predictor.futures[1].set_result({"y": np.ones((1, 2), np.float32)})
+        return list(await asyncio.wait_for(asyncio.gather(*tasks), 10))
 
-    asyncio.run(scenario())
-    assert len(predictor.futures) == 5
+    answers = asyncio.run(scenario())
+    assert len(predictor.futures) == 3
+    for index, (answer, n) in enumerate(zip(answers, [1, 1, 2, 3, 1], strict=True)):
+        assert answer["y"].shape == (n, 2)
+        if index >= 2:
+            assert (answer["y"] == index * 10).all()
+
+
+def test_a_merged_answer_without_one_row_per_input_row_fails_every_request_in_it() -> None:
+    predictor = HandPredictor()
+    service = service_with(predictor, threads_per_group=1)
+
+    async def scenario() -> list[Any]:
+        served = service.model("m")
+        tasks = [
+            asyncio.create_task(service.infer(served, {"x": np.ones((1, 2), np.float32)}))
+            for _ in range(3)
+        ]
+        await _settle(predictor, 1)
+        predictor.futures[0].set_result({"y": np.zeros((1, 2), np.float32)})
+        await _settle(predictor, 2)
+        predictor.futures[1].set_result({"y": np.zeros((1, 2), np.float32)})  # 1 row for 2
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    first, *merged = asyncio.run(scenario())
+    assert first["y"].shape == (1, 2)
+    for outcome in merged:
+        assert isinstance(outcome, RuntimeError)
+        assert "one row per input row" in str(outcome)
