@@ -46,7 +46,7 @@ class Submitter(Protocol):
 class Pending:
     """One request waiting for, or inside, a run."""
 
-    __slots__ = ("inputs", "rows", "timing", "waiter")
+    __slots__ = ("inputs", "kind", "rows", "timing", "waiter")
 
     def __init__(
         self,
@@ -59,6 +59,9 @@ class Pending:
         self.rows = rows
         self.timing = timing
         self.waiter = waiter
+        # Requests join only when every input agrees past the first dimension (a model may take
+        # a variable inner dimension) and in dtype.
+        self.kind = tuple((name, a.shape[1:], a.dtype.str) for name, a in inputs.items())
 
 
 def merge_inputs(batch: Sequence[Pending]) -> Arrays:
@@ -143,7 +146,9 @@ class CopyQueue:
             if item.waiter.done():  # cancelled while waiting: nobody wants the answer
                 self.items.popleft()
                 continue
-            if batch and (self.max_rows == 0 or rows + item.rows > self.max_rows):
+            if batch and (
+                self.max_rows == 0 or rows + item.rows > self.max_rows or item.kind != batch[0].kind
+            ):
                 break
             batch.append(self.items.popleft())
             rows += item.rows

@@ -190,3 +190,30 @@ def test_a_merged_answer_without_one_row_per_input_row_fails_every_request_in_it
     for outcome in merged:
         assert isinstance(outcome, RuntimeError)
         assert "one row per input row" in str(outcome)
+
+
+@pytest.mark.parametrize(
+    ("second", "runs"),
+    [
+        (np.ones((2, 2), np.float32), 2),
+        (np.ones((2, 3), np.float32), 3),
+        (np.ones((2, 2), np.float64), 3),
+    ],
+    ids=["same-kind-joins", "other-inner-shape-runs-alone", "other-dtype-runs-alone"],
+)
+def test_only_requests_of_one_shape_and_dtype_join(second: np.ndarray[Any, Any], runs: int) -> None:
+    predictor = HandPredictor()
+    service = service_with(predictor, threads_per_group=1)
+
+    async def scenario() -> None:
+        served = service.model("m")
+        inputs = [np.ones((1, 2), np.float32), np.ones((1, 2), np.float32), second]
+        tasks = [asyncio.create_task(service.infer(served, {"x": x})) for x in inputs]
+        for index in range(runs):
+            await _settle(predictor, index + 1)
+            feeds = predictor.submitted[index]["x"]
+            predictor.futures[index].set_result({"y": np.zeros((feeds.shape[0], 2), np.float32)})
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+    asyncio.run(scenario())
+    assert len(predictor.futures) == runs
