@@ -240,7 +240,7 @@ class InferenceService:
     ) -> Outputs:
         with model.router.route() as copy:
             group = copy.group
-            gauge = self.metrics.in_flight.labels(str(group))
+            gauge = self.metrics.in_flight_of(group)
             gauge.inc()
             started = time.perf_counter()
             try:
@@ -253,9 +253,7 @@ class InferenceService:
                 raise InferenceError(ErrorKind.UNAVAILABLE, str(exc)) from exc
             finally:
                 gauge.dec()
-            self.metrics.latency.labels(model.name, str(group)).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.latency_of(model.name, group).observe(time.perf_counter() - started)
             return outputs
 
     def statistics(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
@@ -270,7 +268,7 @@ class InferenceService:
         return [self.model(name, version).statistics.as_json()]
 
     def count_request(self, model: str, protocol: str) -> None:
-        self.metrics.requests.labels(self.metric_label(model), protocol).inc()
+        self.metrics.requests_of(self.metric_label(model), protocol).inc()
 
     def count_failure(self, model: str, protocol: str, reason: str) -> None:
         self.metrics.failures.labels(self.metric_label(model), protocol, reason).inc()
