@@ -1,17 +1,25 @@
 """Benchmark: ``neuron-runtime serve`` against KServe's own Python model server, same model.
 
 One small model (the runtime's ``mlp``, compiled here) is served by each server in its own
-process, one after the other, and hammered by the same asyncio client with the same JSON request
-bodies over the Open Inference Protocol's REST ``/infer``.  The peer is KServe's ``ModelServer``
-(the ``kserve`` PyPI package) wrapping the *same numpy weights and layer code*: it imports the
-runtime's artifact reader and ``run_layer`` and runs them in its predict handler, so both servers
-compute the same thing and the bench checks that their answers agree before timing anything.
+process, and both are driven by tritonclient's asyncio clients, over REST (binary tensor
+extension, as tritonclient sends it) and over gRPC (``raw_input_contents``), at several
+concurrencies.  The peer is KServe's ``ModelServer`` (the ``kserve`` PyPI package) wrapping the
+*same numpy weights and layer code*: it imports the runtime's artifact reader and ``run_layer`` and
+runs them in its predict handler, so both servers compute the same thing, and the bench checks
+that their answers agree, on both protocols, before timing anything.
 
 KServe pins its own dependencies, so it lives in a separate virtual environment, ``.venv-kserve/``,
 which this script creates on first use (``pip install kserve``); pass ``--kserve-python`` to use
-another interpreter.  Each server is measured ``--rounds`` times, alternating, and the median
-round is reported.  Output: requests/s, p50 and p99 latency for each, and the ratios
-(target: >= 1.5x KServe's throughput at no worse p99).
+another interpreter.
+
+Both servers run for the whole bench.  One *round* measures every (protocol, concurrency) cell
+once for each server, back to back, in an order that alternates between rounds, so drifting load
+on the machine affects both alike.  Each measurement is a fixed time window after a short warm-up.
+Reported per cell: requests/s, p50 and p99 latency and server CPU per request (the servers'
+processes, workers included), the median over rounds; and the per-round ratios ours/KServe and
+their median.  The last line is one JSON object:
+``{"http": {"1": R, ...}, "grpc": {...}, "p99_ratio": {"http": {...}, "grpc": {...}},
+"cpu_ratio": {...}, "load_average": [...]}`` where R is our throughput over KServe's.
 
 Run: ``PYTHONSAFEPATH=1 .venv/bin/python bench/bench_serving.py``
 """
@@ -28,18 +36,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
+import tritonclient.grpc.aio as grpcclient
+import tritonclient.http.aio as httpclient
+from tritonclient.utils import InferenceServerException
 
 from neuron_runtime import compile_model
 
 REPO = Path(__file__).resolve().parent.parent
 KSERVE_VENV = REPO / ".venv-kserve"
 MODEL_NAME = "mlp"
+SERVERS = ("neuron-runtime", "kserve")
+PROTOCOLS = ("http", "grpc")
 
 # The peer server, run by the kserve venv's interpreter.  Configuration arrives in the
 # environment because kserve parses sys.argv when it is imported.
@@ -63,27 +77,41 @@ class NumpyModel(Model):
         x = payload.inputs[0].as_numpy().astype(np.float32, copy=False)
         for layer in self.layers:
             x = run_layer(layer, self.weights[layer.name], x)
+        # Raw bytes out when the client asks for them (tritonclient does, on both protocols).
+        binary = payload.use_binary_outputs or any(
+            o.binary_data for o in payload.request_outputs or []
+        )
         output = InferOutput(name="output", shape=list(x.shape), datatype="FP32")
-        output.set_data_from_numpy(x, binary_data=False)
-        return InferResponse(response_id=payload.id, model_name=self.name, infer_outputs=[output])
+        output.set_data_from_numpy(x, binary_data=binary)
+        return InferResponse(
+            response_id=payload.id,
+            model_name=self.name,
+            infer_outputs=[output],
+            use_binary_outputs=binary,
+        )
 
 
 model = NumpyModel(os.environ["BENCH_MODEL_NAME"], os.environ["BENCH_MODEL_PATH"])
-ModelServer(http_port=int(os.environ["BENCH_HTTP_PORT"]), enable_grpc=False, workers=1).start(
-    [model]
-)
+ModelServer(
+    http_port=int(os.environ["BENCH_HTTP_PORT"]),
+    grpc_port=int(os.environ["BENCH_GRPC_PORT"]),
+    enable_grpc=True,
+    workers=1,
+).start([model])
 """
 
 
 @dataclass(frozen=True)
 class Result:
-    name: str
+    server: str
+    protocol: str
+    concurrency: int
     requests: int
     seconds: float
     latencies_ms: tuple[float, ...]
     # CPU seconds the server's processes (the server and, for ours, its core workers) used per
     # request: less sensitive than throughput to whatever else this machine is running.
-    cpu_ms_per_request: float = 0.0
+    cpu_ms_per_request: float
 
     @property
     def rps(self) -> float:
@@ -91,6 +119,13 @@ class Result:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q))
+
+
+@dataclass(frozen=True)
+class Running:
+    process: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
 
 
 def free_port() -> int:
@@ -148,70 +183,8 @@ def link_tree(root: Path) -> Path:
     return tree
 
 
-async def wait_ready(port: int, process: subprocess.Popen[bytes], limit_s: float = 120) -> None:
-    deadline = time.monotonic() + limit_s
-    url = f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/ready"
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode} before it was ready")
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"server on port {port} not ready after {limit_s}s")
-
-
-async def probe(port: int, body: bytes) -> list[float]:
-    url = f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/infer"
-    headers = {"Content-Type": "application/json"}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url, data=body, headers=headers) as response,
-    ):
-        document = await response.json(content_type=None)
-        if response.status != 200:
-            raise RuntimeError(f"probe failed with {response.status}: {document}")
-    data: list[float] = document["outputs"][0]["data"]
-    return [float(v) for v in np.asarray(data).ravel()]
-
-
-async def load(
-    name: str, port: int, body: bytes, *, concurrency: int, requests: int, warmup: int
-) -> Result:
-    url = f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/infer"
-    headers = {"Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    latencies: list[float] = []
-    remaining = warmup + requests
-    started_at = 0.0
-
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def worker() -> None:
-            nonlocal remaining, started_at
-            while remaining > 0:
-                remaining -= 1
-                measured = remaining < requests
-                if measured and started_at == 0.0:
-                    started_at = time.perf_counter()
-                began = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"{name}: status {response.status}")
-                if measured:
-                    latencies.append((time.perf_counter() - began) * 1000)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started_at
-    return Result(name, len(latencies), elapsed, tuple(latencies))
-
-
-def start_ours(model: Path, port: int, state: Path) -> subprocess.Popen[bytes]:
+def start_ours(model: Path, state: Path) -> Running:
+    http_port, grpc_port = free_port(), free_port()
     env = dict(
         os.environ,
         PYTHONSAFEPATH="1",
@@ -220,32 +193,36 @@ def start_ours(model: Path, port: int, state: Path) -> subprocess.Popen[bytes]:
         NEURON_SIM_CORES="1",
         NEURON_SIM_STATE_DIR=str(state),
         NEURON_SERVE_HOST="127.0.0.1",
-        NEURON_HTTP_PORT=str(port),
-        NEURON_GRPC_PORT="0",
+        NEURON_HTTP_PORT=str(http_port),
+        NEURON_GRPC_PORT=str(grpc_port),
         NEURON_LOG_LEVEL="warning",
     )
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "neuron_runtime.serving"], env=env, stdout=subprocess.DEVNULL
     )
+    return Running(process, http_port, grpc_port)
 
 
-def start_peer(python: str, model: Path, port: int, tree: Path) -> subprocess.Popen[bytes]:
+def start_peer(python: str, model: Path, tree: Path) -> Running:
+    http_port, grpc_port = free_port(), free_port()
     env = dict(
         os.environ,
         PYTHONPATH=str(tree),
         PYTHONSAFEPATH="1",
         BENCH_MODEL_NAME=MODEL_NAME,
         BENCH_MODEL_PATH=str(model),
-        BENCH_HTTP_PORT=str(port),
+        BENCH_HTTP_PORT=str(http_port),
+        BENCH_GRPC_PORT=str(grpc_port),
         OMP_NUM_THREADS="1",
         OPENBLAS_NUM_THREADS="1",
     )
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [python, "-c", PEER_SERVER],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    return Running(process, http_port, grpc_port)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -257,12 +234,197 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def summarize(rounds: Mapping[str, Sequence[Result]]) -> dict[str, Result]:
-    """The median round (by throughput) of each server."""
+class Client:
+    """One tritonclient asyncio client of one server over one protocol."""
+
+    def __init__(self, server: Running, protocol: str, x: np.ndarray[Any, Any]) -> None:
+        self.protocol = protocol
+        self.client: Any
+        if protocol == "http":
+            self.client = httpclient.InferenceServerClient(
+                f"127.0.0.1:{server.http_port}", conn_limit=64
+            )
+            tensor: Any = httpclient.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=True)
+            self.outputs: list[Any] = [httpclient.InferRequestedOutput("output", binary_data=True)]
+        else:
+            self.client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+            tensor = grpcclient.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            self.outputs = [grpcclient.InferRequestedOutput("output")]
+        self.inputs = [tensor]
+
+    async def infer(self) -> np.ndarray[Any, Any]:
+        result = await self.client.infer(MODEL_NAME, self.inputs, outputs=self.outputs)
+        array: np.ndarray[Any, Any] = result.as_numpy("output")
+        return array
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self.client.is_model_ready(MODEL_NAME))
+        except (InferenceServerException, aiohttp.ClientError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def wait_ready(client: Client, process: subprocess.Popen[bytes], limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+        if await client.ready():
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{client.protocol} not ready after {limit_s}s")
+
+
+async def measure(
+    client: Client,
+    *,
+    server: str,
+    pid: int,
+    concurrency: int,
+    seconds: float,
+    warmup_s: float,
+) -> Result:
+    latencies: list[float] = []
+    state = {"measuring": False, "stop": False}
+
+    async def worker() -> None:
+        while not state["stop"]:
+            began = time.perf_counter()
+            await client.infer()
+            if state["measuring"] and not state["stop"]:
+                latencies.append((time.perf_counter() - began) * 1000)
+
+    workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    try:
+        await asyncio.sleep(warmup_s)
+        cpu_before = process_tree_cpu_s(pid)
+        started = time.perf_counter()
+        state["measuring"] = True
+        await asyncio.sleep(seconds)
+        state["stop"] = True
+        elapsed = time.perf_counter() - started
+        cpu = process_tree_cpu_s(pid) - cpu_before
+        await asyncio.gather(*workers)
+    finally:
+        state["stop"] = True
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    count = len(latencies)
+    return Result(
+        server,
+        client.protocol,
+        concurrency,
+        count,
+        elapsed,
+        tuple(latencies),
+        cpu * 1000 / max(count, 1),
+    )
+
+
+def ratio_table(
+    rounds: Sequence[dict[tuple[str, str, int], Result]],
+    concurrencies: Sequence[int],
+    value: Callable[[Result], float],
+) -> dict[str, dict[str, list[float]]]:
+    """Per protocol and concurrency, the per-round ratios ours / KServe."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for protocol in PROTOCOLS:
+        table[protocol] = {}
+        for c in concurrencies:
+            table[protocol][str(c)] = [
+                value(r[(SERVERS[0], protocol, c)]) / value(r[(SERVERS[1], protocol, c)])
+                for r in rounds
+            ]
+    return table
+
+
+def medians(table: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
     return {
-        name: sorted(results, key=lambda r: r.rps)[len(results) // 2]
-        for name, results in rounds.items()
+        protocol: {c: round(statistics.median(v), 3) for c, v in cells.items()}
+        for protocol, cells in table.items()
     }
+
+
+async def run_rounds(
+    clients: dict[tuple[str, str], Client],
+    pids: dict[str, int],
+    args: argparse.Namespace,
+) -> list[dict[tuple[str, str, int], Result]]:
+    rounds: list[dict[tuple[str, str, int], Result]] = []
+    for index in range(args.rounds):
+        cells: dict[tuple[str, str, int], Result] = {}
+        order = SERVERS if index % 2 == 0 else SERVERS[::-1]
+        for protocol in PROTOCOLS:
+            for concurrency in args.concurrency:
+                for server in order:
+                    result = await measure(
+                        clients[(server, protocol)],
+                        server=server,
+                        pid=pids[server],
+                        concurrency=concurrency,
+                        seconds=args.seconds,
+                        warmup_s=args.warmup,
+                    )
+                    cells[(server, protocol, concurrency)] = result
+                    print(
+                        f"round {index + 1} {protocol:>4} c={concurrency:<3} {server:>15}: "
+                        f"{result.rps:8.1f} req/s  p50 {result.percentile(50):7.2f} ms  "
+                        f"p99 {result.percentile(99):7.2f} ms  "
+                        f"server CPU {result.cpu_ms_per_request:.3f} ms/request",
+                        flush=True,
+                    )
+        rounds.append(cells)
+    return rounds
+
+
+def report(
+    rounds: list[dict[tuple[str, str, int], Result]], args: argparse.Namespace
+) -> dict[str, Any]:
+    print()
+    print(
+        f"model mlp input_dim={args.input_dim} width={args.width} depth={args.depth}, "
+        f"batch {args.batch} FP32, {args.seconds}s windows, {args.rounds} interleaved rounds; "
+        "medians over rounds"
+    )
+    print(
+        f"{'protocol':>8} {'conc':>4} {'server':>15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'CPU ms/req':>11}"
+    )
+    for protocol in PROTOCOLS:
+        for c in args.concurrency:
+            for server in SERVERS:
+                cell = [r[(server, protocol, c)] for r in rounds]
+                print(
+                    f"{protocol:>8} {c:>4} {server:>15} "
+                    f"{statistics.median(x.rps for x in cell):9.1f} "
+                    f"{statistics.median(x.percentile(50) for x in cell):8.2f} "
+                    f"{statistics.median(x.percentile(99) for x in cell):8.2f} "
+                    f"{statistics.median(x.cpu_ms_per_request for x in cell):11.3f}"
+                )
+    throughput = ratio_table(rounds, args.concurrency, lambda r: r.rps)
+    p99 = ratio_table(rounds, args.concurrency, lambda r: r.percentile(99))
+    cpu = ratio_table(rounds, args.concurrency, lambda r: r.cpu_ms_per_request)
+    print()
+    print("throughput ratio neuron-runtime/kserve, per round (min / median / max):")
+    for protocol in PROTOCOLS:
+        for c, values in throughput[protocol].items():
+            print(
+                f"  {protocol:>4} c={c:<3} {min(values):.2f} / {statistics.median(values):.2f} / "
+                f"{max(values):.2f}   p99 ratio median {statistics.median(p99[protocol][c]):.2f}"
+                f"   CPU/request ratio median {statistics.median(cpu[protocol][c]):.2f}"
+            )
+    summary: dict[str, Any] = medians(throughput)
+    summary["p99_ratio"] = medians(p99)
+    summary["cpu_ratio"] = medians(cpu)
+    summary["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    summary["cpus"] = os.cpu_count()
+    return summary
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -272,106 +434,48 @@ async def main_async(args: argparse.Namespace) -> int:
         model = compile_model(
             "mlp", 1, root / "mlp", input_dim=args.input_dim, width=args.width, depth=args.depth
         )
-        tree = link_tree(root)
         x = np.random.default_rng(0).standard_normal((args.batch, args.input_dim))
-        body = json.dumps(
-            {
-                "id": "bench",
-                "inputs": [
-                    {
-                        "name": "input",
-                        "shape": [args.batch, args.input_dim],
-                        "datatype": "FP32",
-                        "data": x.astype(np.float32).ravel().tolist(),
-                    }
-                ],
-            }
-        ).encode()
-        servers: dict[str, Callable[[int], subprocess.Popen[bytes]]] = {
-            "neuron-runtime": lambda port: start_ours(model, port, root / "state"),
-            "kserve": lambda port: start_peer(python, model, port, tree),
+        x = x.astype(np.float32)
+        running = {
+            "neuron-runtime": start_ours(model, root / "state"),
+            "kserve": start_peer(python, model, link_tree(root)),
         }
-        rounds: dict[str, list[Result]] = {name: [] for name in servers}
-        answers: dict[str, list[float]] = {}
-        for round_index in range(args.rounds):
-            for name, start in servers.items():
-                port = free_port()
-                process = start(port)
-                try:
-                    await wait_ready(port, process)
-                    answers.setdefault(name, await probe(port, body))
-                    cpu_before = process_tree_cpu_s(process.pid)
-                    result = await load(
-                        name,
-                        port,
-                        body,
-                        concurrency=args.concurrency,
-                        requests=args.requests,
-                        warmup=args.warmup,
-                    )
-                    cpu = process_tree_cpu_s(process.pid) - cpu_before
-                    result = replace(
-                        result, cpu_ms_per_request=cpu * 1000 / (args.requests + args.warmup)
-                    )
-                finally:
-                    stop(process)
-                rounds[name].append(result)
-                print(
-                    f"round {round_index + 1} {name:>15}: {result.rps:8.1f} req/s  "
-                    f"p50 {result.percentile(50):7.2f} ms  p99 {result.percentile(99):7.2f} ms  "
-                    f"server CPU {result.cpu_ms_per_request:.3f} ms/request",
-                    flush=True,
-                )
-    if not np.allclose(answers["neuron-runtime"], answers["kserve"], rtol=1e-4, atol=1e-5):
-        print("ERROR: the two servers disagree on the model's output", file=sys.stderr)
-        return 1
-    best = summarize(rounds)
-    ours, peer = best["neuron-runtime"], best["kserve"]
-    print()
-    print(
-        f"model mlp input_dim={args.input_dim} width={args.width} depth={args.depth}, "
-        f"batch {args.batch}, {args.concurrency} concurrent clients, {args.requests} requests "
-        f"per round, median of {args.rounds} rounds; outputs agree"
-    )
-    print(f"{'server':>15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11}")
-    for result in (ours, peer):
-        print(
-            f"{result.name:>15} {result.rps:9.1f} {result.percentile(50):8.2f} "
-            f"{result.percentile(99):8.2f} {result.cpu_ms_per_request:11.3f}"
-        )
-    # Ratios per round (the two servers measured back to back), then their median: steadier than
-    # a ratio of medians when the machine's load drifts between rounds.
-    pairs = list(zip(rounds["neuron-runtime"], rounds["kserve"], strict=True))
-    throughputs = [a.rps / b.rps for a, b in pairs]
-    p99s = [a.percentile(99) / b.percentile(99) for a, b in pairs]
-    p50s = [a.percentile(50) / b.percentile(50) for a, b in pairs]
-    cpus = [a.cpu_ms_per_request / b.cpu_ms_per_request for a, b in pairs]
-    throughput, p99 = statistics.median(throughputs), statistics.median(p99s)
-
-    def listed(values: list[float]) -> str:
-        return ", ".join(f"{v:.2f}" for v in values)
-
-    print(
-        f"throughput ratio neuron-runtime/kserve: {throughput:.2f}x median "
-        f"(rounds: {listed(throughputs)}; target >= 1.5x)"
-    )
-    print(f"p50 latency ratio neuron-runtime/kserve: {statistics.median(p50s):.2f} median")
-    print(
-        f"p99 latency ratio neuron-runtime/kserve: {p99:.2f} median "
-        f"(rounds: {listed(p99s)}; target <= 1.0)"
-    )
-    print(f"server CPU per request ratio neuron-runtime/kserve: {statistics.median(cpus):.2f}")
-    verdict = "MET" if throughput >= 1.5 and p99 <= 1.0 else "MISSED"
-    print(f"target {verdict}")
+        clients: dict[tuple[str, str], Client] = {}
+        try:
+            for server, run in running.items():
+                for protocol in PROTOCOLS:
+                    clients[(server, protocol)] = Client(run, protocol, x)
+                    await wait_ready(clients[(server, protocol)], run.process, 120)
+            answers = {key: await client.infer() for key, client in clients.items()}
+            first = answers[("neuron-runtime", "http")]
+            for key, answer in answers.items():
+                if not np.allclose(first, answer, rtol=1e-4, atol=1e-5):
+                    print(f"ERROR: {key} disagrees on the model's output", file=sys.stderr)
+                    return 1
+            print("outputs agree across both servers and both protocols", flush=True)
+            pids = {name: run.process.pid for name, run in running.items()}
+            rounds = await run_rounds(clients, pids, args)
+        finally:
+            for client in clients.values():
+                await client.close()
+            for run in running.values():
+                stop(run.process)
+    summary = report(rounds, args)
+    print(json.dumps(summary))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--requests", type=int, default=2000, help="measured requests per round")
-    parser.add_argument("--warmup", type=int, default=200, help="unmeasured requests first")
-    parser.add_argument("--concurrency", type=int, default=16, help="concurrent client loops")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per server, alternating")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured window per cell")
+    parser.add_argument("--warmup", type=float, default=0.3, help="unmeasured seconds first")
+    parser.add_argument(
+        "--concurrency",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=[1, 4, 16],
+        help="comma-separated concurrencies (default 1,4,16)",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--batch", type=int, default=8, help="rows per request")
     parser.add_argument("--input-dim", type=int, default=64, help="model input features")
     parser.add_argument("--width", type=int, default=256, help="model hidden width")
@@ -380,11 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--kserve-python", help="interpreter with kserve installed (default: .venv-kserve)"
     )
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main_async(args))
-    return uvloop.run(main_async(args))  # the client costs less CPU, for both servers alike
+    return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Layers, from the wire in: ``rest_codec`` / ``grpc_codec`` and ``tensors`` (pure decoding and
 validation), ``http_frontend`` / ``grpc_frontend`` (thin protocol adapters), ``service`` (models,
-readiness, routing over copies), ``router`` (least-loaded group choice), ``metrics``, and
-``server`` (assembly and the SIGTERM life cycle).  ``runtime_binding`` is the one place that
+readiness, routing over copies), ``router`` (least-loaded group choice), ``batching`` (handing
+requests to a group, merging those that wait), ``model_config`` and ``statistics`` (Triton's
+configuration and statistics extensions), ``metrics``, and ``server`` (assembly and the SIGTERM
+life cycle).  ``runtime_binding`` is the one place that
 touches ``neuron_runtime.NeuronRuntime``.
 """
 

@@ -186,8 +186,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--threads-per-group",
         metavar="N",
-        help=f"requests handed to each NeuronCore Group at once; more queue in the server "
-        f"(env {THREADS_ENV}; default 4)",
+        help=f"runs handed to each NeuronCore Group at once; more requests wait in the server "
+        f"and go in merged along the batch dimension (env {THREADS_ENV}; default 4)",
     )
 
 

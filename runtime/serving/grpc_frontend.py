@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from neuron_runtime.serving import grpc_codec
@@ -22,6 +23,7 @@ from neuron_runtime.serving import inference_pb2 as pb
 from neuron_runtime.serving.errors import ErrorKind, InferenceError
 from neuron_runtime.serving.http_frontend import EXTENSIONS, SERVER_NAME
 from neuron_runtime.serving.service import MODEL_VERSION, PLATFORM, InferenceService
+from neuron_runtime.serving.statistics import RequestTiming
 
 log = logging.getLogger(__name__)
 
@@ -93,30 +95,59 @@ class GrpcFrontend:
     async def model_infer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
+        timing = RequestTiming()
         name = request.model_name
         self.service.count_request(name, "grpc")
+        served = None
         try:
             served = self.service.model(name, request.model_version)
             inputs, wanted = grpc_codec.decode_infer_request(request, served.signature)
-            outputs = await self.service.infer(served, inputs)
-            return grpc_codec.encode_infer_response(
+            timing.mark_decoded()
+            outputs = await self.service.infer(served, inputs, timing)
+            response = grpc_codec.encode_infer_response(
                 model_name=served.name,
                 model_version=request.model_version,
                 request_id=request.id,
                 outputs=outputs,
-                names=wanted or tuple(m.name for m in served.signature.outputs),
+                names=wanted or served.output_names,
             )
+            served.statistics.record_success(timing, served.rows(inputs))
+            return response
         except InferenceError as exc:
             self.service.count_failure(name, "grpc", exc.kind.value)
+            if served is not None:
+                served.statistics.record_failure(timing)
             await context.abort(GRPC_STATUS[exc.kind], exc.message)
             raise
         except Exception:
             self.service.count_failure(name, "grpc", "internal")
+            if served is not None:
+                served.statistics.record_failure(timing)
             log.exception("inference on model %s failed", name)
             await context.abort(
                 grpc.StatusCode.INTERNAL, f"internal error while running model '{name}'"
             )
             raise
+
+    async def model_config(
+        self, request: pb.ModelConfigRequest, context: Context
+    ) -> pb.ModelConfigResponse:
+        try:
+            served = self.service.model(request.name, request.version)
+        except InferenceError as exc:
+            await context.abort(GRPC_STATUS[exc.kind], exc.message)
+            raise  # unreachable: abort raises
+        return pb.ModelConfigResponse(config=json_format.ParseDict(served.config, pb.ModelConfig()))
+
+    async def model_statistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        try:
+            entries = self.service.statistics(request.name, request.version)
+        except InferenceError as exc:
+            await context.abort(GRPC_STATUS[exc.kind], exc.message)
+            raise  # unreachable: abort raises
+        return json_format.ParseDict({"model_stats": entries}, pb.ModelStatisticsResponse())
 
     async def _abort_if_not_found(self, name: str, version: str, context: Context) -> None:
         try:
@@ -144,6 +175,8 @@ class GrpcFrontend:
                 "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest),
                 "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest),
                 "ModelInfer": unary(self.model_infer, pb.ModelInferRequest),
+                "ModelConfig": unary(self.model_config, pb.ModelConfigRequest),
+                "ModelStatistics": unary(self.model_statistics, pb.ModelStatisticsRequest),
             },
         )
 

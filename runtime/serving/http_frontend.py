@@ -25,12 +25,13 @@ from neuron_runtime.serving.config import DEFAULT_READ_TIMEOUT_S, READ_TIMEOUT_E
 from neuron_runtime.serving.errors import ErrorKind, InferenceError, bad_request
 from neuron_runtime.serving.http_connection import close_after
 from neuron_runtime.serving.service import MODEL_VERSION, PLATFORM, InferenceService, ServedModel
+from neuron_runtime.serving.statistics import RequestTiming
 from neuron_runtime.serving.tensors import TensorMeta
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "neuron-runtime"
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")
 # Bodies larger than this are decoded off the event loop.
 _OFFLOAD_BYTES = 256 * 1024
 
@@ -103,10 +104,16 @@ class RestFrontend:
                 get("/v2/health/live", self.live),
                 get("/v2/health/ready", self.ready),
                 get("/v2", self.server_metadata),
+                # Before the model routes, which would read "stats" as a model's name.
+                get("/v2/models/stats", self.statistics),
                 get(model, self.model_metadata),
                 get(versioned, self.model_metadata),
                 get(f"{model}/ready", self.model_ready),
                 get(f"{versioned}/ready", self.model_ready),
+                get(f"{model}/config", self.model_config),
+                get(f"{versioned}/config", self.model_config),
+                get(f"{model}/stats", self.statistics),
+                get(f"{versioned}/stats", self.statistics),
                 post(f"{model}/infer", self.infer),
                 post(f"{versioned}/infer", self.infer),
                 get("/metrics", self.metrics),
@@ -139,6 +146,15 @@ class RestFrontend:
                 "outputs": [_tensor_json(m) for m in signature.outputs],
             }
         )
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        return _json(self._model(request).config)
+
+    async def statistics(self, request: web.Request) -> web.Response:
+        entries = self.service.statistics(
+            request.match_info.get("model", ""), request.match_info.get("version")
+        )
+        return _json({"model_stats": entries})
 
     async def model_ready(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
@@ -176,7 +192,18 @@ class RestFrontend:
             return _error(500, f"internal error while running model '{name}'; see server logs")
 
     async def _infer(self, request: web.Request) -> web.Response:
+        timing = RequestTiming()
         served = self._model(request)
+        try:
+            response = await self._run(request, served, timing)
+        except BaseException:
+            served.statistics.record_failure(timing)
+            raise
+        return response
+
+    async def _run(
+        self, request: web.Request, served: ServedModel, timing: RequestTiming
+    ) -> web.Response:
         body = await self._read_body(request)
         header_length = rest_codec.parse_header_length(
             request.headers.get(rest_codec.HEADER_LENGTH), len(body)
@@ -187,7 +214,8 @@ class RestFrontend:
             )
         else:
             decoded = rest_codec.parse_infer_request(body, header_length, served.signature)
-        outputs = await self.service.infer(served, decoded.inputs)
+        timing.mark_decoded()
+        outputs = await self.service.infer(served, decoded.inputs, timing)
         payload, json_length = rest_codec.encode_infer_response(
             model_name=served.name,
             model_version=request.match_info.get("version"),
@@ -196,9 +224,11 @@ class RestFrontend:
             selected=rest_codec.select_outputs(decoded, served.signature),
         )
         if json_length is None:
-            return web.Response(body=payload, content_type=rest_codec.JSON_CONTENT_TYPE)
-        response = web.Response(body=payload, content_type=rest_codec.BINARY_CONTENT_TYPE)
-        response.headers[rest_codec.HEADER_LENGTH] = str(json_length)
+            response = web.Response(body=payload, content_type=rest_codec.JSON_CONTENT_TYPE)
+        else:
+            response = web.Response(body=payload, content_type=rest_codec.BINARY_CONTENT_TYPE)
+            response.headers[rest_codec.HEADER_LENGTH] = str(json_length)
+        served.statistics.record_success(timing, served.rows(decoded.inputs))
         return response
 
     async def _read_body(self, request: web.Request) -> bytes:

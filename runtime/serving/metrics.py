@@ -148,3 +148,27 @@ class ServingMetrics:
             "1 when every model is loaded and the server is not draining",
             registry=registry,
         )
+        # Labelled children, looked up once: ``labels()`` validates and locks on every call, a
+        # cost each request paid four times.  Label values are bounded (served names, protocols,
+        # groups), so these stay small.
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self._latency: dict[tuple[str, int], Histogram] = {}
+        self._in_flight: dict[int, Gauge] = {}
+
+    def requests_of(self, model: str, protocol: str) -> Counter:
+        child = self._requests.get((model, protocol))
+        if child is None:
+            child = self._requests[(model, protocol)] = self.requests.labels(model, protocol)
+        return child
+
+    def latency_of(self, model: str, group: int) -> Histogram:
+        child = self._latency.get((model, group))
+        if child is None:
+            child = self._latency[(model, group)] = self.latency.labels(model, str(group))
+        return child
+
+    def in_flight_of(self, group: int) -> Gauge:
+        child = self._in_flight.get(group)
+        if child is None:
+            child = self._in_flight[group] = self.in_flight.labels(str(group))
+        return child

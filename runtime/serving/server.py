@@ -205,6 +205,7 @@ def create_server(
         loader=loader,
         metrics=metrics,
         threads_per_group=config.threads_per_group,
+        max_message_bytes=config.max_body_bytes,
         resource_exhausted=hooks.resource_exhausted,
         invalid_input=hooks.invalid_input,
         unavailable=hooks.unavailable,

@@ -2,30 +2,36 @@
 
 REST and gRPC differ only in how tensors are spelled on the wire; loading the models in the order
 the operator wrote them, refusing requests until every one is loaded, picking the least-loaded
-copy, running the runtime's blocking predictor off the event loop and counting all of it happen
-here, once.
+copy, handing the request to the runtime and counting all of it happen here, once.
 
-Threads: a ``Predictor`` call blocks until the runtime's worker process answers (the numpy work
-happens there, not under our GIL), so each NeuronCore Group gets a small thread pool whose threads
-only wait.  Pools are per group so that a burst for one group cannot occupy the threads another
-group's requests need.
+Hand-over: ``Predictor.submit`` queues a request with the NeuronCore Group and returns a
+``concurrent.futures.Future`` at once (the numpy work happens in the runtime's worker processes).
+The event loop submits directly and the group's thread wakes the loop once when the answer is in
+(``batching``).  No thread of ours waits on the runtime: an earlier design that ran the blocking
+``Predictor.__call__`` in per-group thread pools cost two extra thread hand-offs and a GIL
+hand-over per request.  ``--threads-per-group`` bounds how many runs one group holds at once;
+requests that find it full wait here and are merged into one run when their model has a batch
+dimension (see ``batching``).
 """
 
 from __future__ import annotations
 
-import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy.typing as npt
 
+from neuron_runtime.serving import batching
+from neuron_runtime.serving.batching import Answer, CopyQueue, GroupGate
 from neuron_runtime.serving.config import ModelEntry
 from neuron_runtime.serving.errors import ErrorKind, InferenceError, not_found
 from neuron_runtime.serving.metrics import UNKNOWN_MODEL, ServingMetrics
+from neuron_runtime.serving.model_config import max_batch_size, model_config
 from neuron_runtime.serving.router import GroupLoad, ModelRouter
+from neuron_runtime.serving.statistics import ModelStatistics, RequestTiming
 from neuron_runtime.serving.tensors import TensorSpecLike, signature_of
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,7 @@ MODEL_VERSION = "1"
 PLATFORM = "neuron_runtime"
 
 Arrays = dict[str, npt.NDArray[Any]]
+Outputs = Mapping[str, npt.NDArray[Any]]
 
 
 class PredictorLike(Protocol):
@@ -51,7 +58,9 @@ class PredictorLike(Protocol):
     @property
     def fetch_tensors(self) -> Mapping[str, TensorSpecLike]: ...
 
-    def __call__(self, feeds: Arrays, /) -> Mapping[str, npt.NDArray[Any]]: ...
+    def submit(self, feeds: Mapping[str, Any], /) -> concurrent.futures.Future[Answer]:
+        """Queue one request without blocking; the future holds the outputs or the error."""
+        ...
 
 
 class ModelLoader(Protocol):
@@ -59,7 +68,15 @@ class ModelLoader(Protocol):
 
 
 class ServedModel:
-    def __init__(self, name: str, copies: Sequence[PredictorLike], load: GroupLoad) -> None:
+    def __init__(
+        self,
+        name: str,
+        copies: Sequence[PredictorLike],
+        load: GroupLoad,
+        gates: Mapping[int, GroupGate],
+        *,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         first = copies[0]
         self.name = name
         self.signature = signature_of(name, first.feed_tensors, first.fetch_tensors)
@@ -69,7 +86,32 @@ class ServedModel:
                     f"copies of model '{name}' have different inputs or outputs; give different "
                     "models different names"
                 )
-        self.router: ModelRouter[PredictorLike] = ModelRouter(copies, load)
+        self.max_batch_size = max_batch_size(self.signature, max_message_bytes)
+        self.statistics = ModelStatistics(name, MODEL_VERSION)
+        queues = [
+            CopyQueue(
+                c,
+                c.group,
+                gates[c.group],
+                self.max_batch_size,
+                on_run=self.statistics.record_execution,
+            )
+            for c in copies
+        ]
+        self.router: ModelRouter[CopyQueue] = ModelRouter(queues, load)
+        self.config = model_config(
+            self.signature,
+            platform=PLATFORM,
+            groups=self.groups,
+            max_message_bytes=max_message_bytes,
+        )
+        self.output_names = tuple(m.name for m in self.signature.outputs)
+
+    def rows(self, inputs: Arrays) -> int:
+        """How many inferences a request is: its batch when the model batches, else 1."""
+        if self.max_batch_size == 0 or not inputs:
+            return 1
+        return int(next(iter(inputs.values())).shape[0])
 
     @property
     def groups(self) -> tuple[int, ...]:
@@ -84,6 +126,7 @@ class InferenceService:
         loader: ModelLoader,
         metrics: ServingMetrics,
         threads_per_group: int = 4,
+        max_message_bytes: int = 64 * 1024 * 1024,
         resource_exhausted: tuple[type[BaseException], ...] = (),
         invalid_input: tuple[type[BaseException], ...] = (),
         unavailable: tuple[type[BaseException], ...] = (),
@@ -94,12 +137,13 @@ class InferenceService:
         self.load = GroupLoad()
         self._loader = loader
         self._threads = threads_per_group
+        self._max_message_bytes = max_message_bytes
         self._exhausted = resource_exhausted
         self._invalid = invalid_input
         self._unavailable = unavailable
         self._failure = failure
         self._models: dict[str, ServedModel] = {}
-        self._executors: dict[int, ThreadPoolExecutor] = {}
+        self._gates: dict[int, GroupGate] = {}
         self._loaded = False
         self._draining = False
         self.load_error: str | None = None
@@ -122,14 +166,15 @@ class InferenceService:
                 predictor.group,
                 time.monotonic() - started,
             )
-        models = {name: ServedModel(name, found, self.load) for name, found in copies.items()}
-        for model in models.values():
-            for index in model.groups:
-                if index not in self._executors:
-                    self._executors[index] = ThreadPoolExecutor(
-                        max_workers=self._threads, thread_name_prefix=f"group{index}"
-                    )
-        self._models = models
+        for found in copies.values():
+            for predictor in found:
+                self._gates.setdefault(predictor.group, GroupGate(self._threads))
+        self._models = {
+            name: ServedModel(
+                name, found, self.load, self._gates, max_message_bytes=self._max_message_bytes
+            )
+            for name, found in copies.items()
+        }
         self._loaded = True
 
     @property
@@ -151,8 +196,7 @@ class InferenceService:
         self._draining = True
 
     def close(self) -> None:
-        for executor in self._executors.values():
-            executor.shutdown(wait=True)
+        """Nothing of the service's own to release: requests in flight belong to the runtime."""
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -182,22 +226,25 @@ class InferenceService:
             return False
         return not self._draining
 
+    def served(self) -> tuple[ServedModel, ...]:
+        """The loaded models, in load order of their first copy."""
+        return tuple(self._models.values())
+
     def metric_label(self, name: str) -> str:
         return name if name in self.expected_names else UNKNOWN_MODEL
 
     # -- inference -------------------------------------------------------------------------
 
-    async def infer(self, model: ServedModel, inputs: Arrays) -> Mapping[str, npt.NDArray[Any]]:
-        loop = asyncio.get_running_loop()
-        with model.router.route() as predictor:
-            group = predictor.group
-            gauge = self.metrics.in_flight.labels(str(group))
+    async def infer(
+        self, model: ServedModel, inputs: Arrays, timing: RequestTiming | None = None
+    ) -> Outputs:
+        with model.router.route() as copy:
+            group = copy.group
+            gauge = self.metrics.in_flight_of(group)
             gauge.inc()
             started = time.perf_counter()
             try:
-                outputs = await loop.run_in_executor(
-                    self._executors[group], _call, predictor, inputs
-                )
+                outputs = await batching.run(copy, inputs, model.rows(inputs), timing)
             except self._exhausted as exc:
                 raise InferenceError(ErrorKind.EXHAUSTED, str(exc)) from exc
             except self._invalid as exc:
@@ -206,19 +253,22 @@ class InferenceService:
                 raise InferenceError(ErrorKind.UNAVAILABLE, str(exc)) from exc
             finally:
                 gauge.dec()
-            self.metrics.latency.labels(model.name, str(group)).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.latency_of(model.name, group).observe(time.perf_counter() - started)
             return outputs
 
+    def statistics(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
+        """Triton's ``model_stats`` entries: of one model, or of every model for an empty name."""
+        if not name:
+            if version:
+                raise InferenceError(
+                    ErrorKind.BAD_REQUEST,
+                    f"version '{version}' was given without a model name; name the model too",
+                )
+            return [m.statistics.as_json() for m in self._models.values()]
+        return [self.model(name, version).statistics.as_json()]
+
     def count_request(self, model: str, protocol: str) -> None:
-        self.metrics.requests.labels(self.metric_label(model), protocol).inc()
+        self.metrics.requests_of(self.metric_label(model), protocol).inc()
 
     def count_failure(self, model: str, protocol: str, reason: str) -> None:
         self.metrics.failures.labels(self.metric_label(model), protocol, reason).inc()
-
-
-def _call(
-    predictor: Callable[[Arrays], Mapping[str, npt.NDArray[Any]]], inputs: Arrays
-) -> Mapping[str, npt.NDArray[Any]]:
-    return predictor(inputs)

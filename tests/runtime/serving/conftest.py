@@ -1,7 +1,8 @@
 """Fixtures for the serving tests: a fake runtime and a server running on its own loop thread.
 
 The fake predictors follow ``neuron_runtime.Predictor``'s public shape (name, group,
-feed_tensors, fetch_tensors, a blocking ``__call__``) so the protocol layers are tested without
+feed_tensors, fetch_tensors, a non-blocking ``submit`` returning a future, which a thread of the
+fake's own completes, as a NeuronCore Group's thread does) so the protocol layers are tested without
 worker processes; tests against the real runtime live in test_with_runtime.py and
 test_shutdown.py.
 """
@@ -9,13 +10,13 @@ test_shutdown.py.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -33,6 +34,10 @@ class Spec:
 
 class FakeExhaustedError(Exception):
     pass
+
+
+# Stands in for the runtime's group threads; its threads only run fake predictions.
+_RUNTIME_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=32)
 
 
 @dataclass
@@ -58,7 +63,12 @@ class FakePredictor:
             "label": Spec("label", (-1,), "int64"),
         }
 
-    def __call__(self, feeds: Mapping[str, npt.NDArray[Any]], /) -> dict[str, npt.NDArray[Any]]:
+    def submit(
+        self, feeds: Mapping[str, Any], /
+    ) -> concurrent.futures.Future[dict[str, np.ndarray[Any, Any]]]:
+        return _RUNTIME_THREADS.submit(self, feeds)
+
+    def __call__(self, feeds: Mapping[str, Any], /) -> dict[str, np.ndarray[Any, Any]]:
         self.calls += 1
         self.entered.release()
         if self.gate is not None:

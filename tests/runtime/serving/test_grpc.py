@@ -56,7 +56,10 @@ def test_health_and_metadata(client: Client) -> None:
     ready = client.call("ModelReady", pb.ModelReadyRequest(name="mlp"), pb.ModelReadyResponse)
     assert ready.ready
     meta = client.call("ServerMetadata", pb.ServerMetadataRequest(), pb.ServerMetadataResponse)
-    assert (meta.name, list(meta.extensions)) == ("neuron-runtime", ["binary_tensor_data"])
+    assert (meta.name, list(meta.extensions)) == (
+        "neuron-runtime",
+        ["binary_tensor_data", "model_configuration", "statistics"],
+    )
     model = client.call(
         "ModelMetadata", pb.ModelMetadataRequest(name="mlp"), pb.ModelMetadataResponse
     )

@@ -56,7 +56,14 @@ def expected_output(rows: int = 2) -> list[float]:
     [
         ("/v2/health/live", 200, {"live": True}),
         ("/v2/health/ready", 200, {"ready": True}),
-        ("/v2", 200, {"name": "neuron-runtime", "extensions": ["binary_tensor_data"]}),
+        (
+            "/v2",
+            200,
+            {
+                "name": "neuron-runtime",
+                "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+            },
+        ),
         ("/v2/models/mlp/ready", 200, {"name": "mlp", "ready": True}),
         ("/v2/models/mlp/versions/1/ready", 200, {"ready": True}),
         (

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from prometheus_client import CollectorRegistry
 
 from neuron_runtime.api import GroupStats, RuntimeStats
-from neuron_runtime.serving.metrics import RuntimeCollector, busy_fractions
+from neuron_runtime.serving.metrics import RuntimeCollector, ServingMetrics, busy_fractions
 
 
 @pytest.mark.parametrize(
@@ -60,3 +63,35 @@ def test_collector_without_a_runtime_exports_nothing() -> None:
     registry = CollectorRegistry()
     registry.register(RuntimeCollector(lambda: None))
     assert list(registry.collect()) == []
+
+
+@pytest.mark.parametrize(
+    ("read", "sample", "labels"),
+    [
+        (
+            lambda m: m.requests_of("mlp", "grpc"),
+            "neuron_serving_requests_total",
+            {"model": "mlp", "protocol": "grpc"},
+        ),
+        (lambda m: m.in_flight_of(3), "neuron_serving_in_flight", {"group": "3"}),
+    ],
+    ids=["requests", "in-flight"],
+)
+def test_labelled_children_are_looked_up_once_and_still_count(
+    read: Callable[[ServingMetrics], Any], sample: str, labels: dict[str, str]
+) -> None:
+    registry = CollectorRegistry()
+    metrics = ServingMetrics(registry)
+    assert read(metrics) is read(metrics)
+    read(metrics).inc()
+    read(metrics).inc()
+    assert registry.get_sample_value(sample, labels) == 2
+
+
+def test_latency_children_are_looked_up_once_and_still_observe() -> None:
+    registry = CollectorRegistry()
+    metrics = ServingMetrics(registry)
+    assert metrics.latency_of("mlp", 1) is metrics.latency_of("mlp", 1)
+    metrics.latency_of("mlp", 1).observe(0.002)
+    count = "neuron_serving_request_duration_seconds_count"
+    assert registry.get_sample_value(count, {"model": "mlp", "group": "1"}) == 1
