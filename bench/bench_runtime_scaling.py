@@ -3,8 +3,12 @@
 Each group's worker is a separate process (facts §9: threads stop scaling), so N groups should
 serve close to N times the requests of one.  "busy" is the fraction of wall time the workers
 spent computing (the rest is waiting on the parent's dispatch or on a CPU held by something
-else).  Every N is measured in this same run against the
-N=1 baseline; the target is a scaling ratio of at least 0.9 x N on N physical cores.
+else).  "parent us/req" is the CPU time (user + system, all threads) the runtime's own process
+spends per request: client threads, dispatchers, copies into and out of shared memory.  On a
+machine with as many cores as groups that time is taken from the workers, so it is what limits
+the scaling at small batches; unlike a rate it means something on a loaded machine too (median
+over the rounds).  Every N is measured in this same run against the N=1 baseline; the target is
+a scaling ratio of at least 0.9 x N on N physical cores, which needs N cores free of other work.
 
     python bench/bench_runtime_scaling.py [--max-groups N] [--seconds S] [--batch 64,512]
 """
@@ -13,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import statistics
 import tempfile
 import threading
 import time
@@ -27,10 +33,17 @@ MODEL: dict[str, Any] = {"input_dim": 512, "width": 512, "depth": 4, "classes": 
 CLIENTS_PER_GROUP = 3
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process so far, every thread, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(
     groups: int, *, node_cores: int, model: Path, state: Path, seconds: float, batch: int
-) -> tuple[float, float]:
-    """(requests per second, mean busy fraction of the used cores) for ``groups`` 1-core groups."""
+) -> tuple[float, float, float]:
+    """(requests per second, mean busy fraction of the used cores, parent CPU microseconds per
+    request) for ``groups`` 1-core groups."""
     env = {
         "NEURON_SIM_CORES": str(node_cores),
         "NEURONCORE_GROUP_SIZES": f"{groups}x1",
@@ -53,16 +66,19 @@ def measure(
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(len(counts))]
         started = time.perf_counter()
+        cpu_before = cpu_seconds()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds() - cpu_before
         after = runtime.stats()
     busy = [
         after.core_busy_seconds[c] - before.core_busy_seconds[c] for c in after.core_busy_seconds
     ]
-    return sum(counts) / elapsed, sum(busy) / (len(busy) * elapsed)
+    requests = sum(counts)
+    return requests / elapsed, sum(busy) / (len(busy) * elapsed), 1e6 * cpu / max(1, requests)
 
 
 def main() -> None:
@@ -90,20 +106,23 @@ def main() -> None:
             print(
                 f"\nmodel: mlp {MODEL}, batch {batch}; {os.cpu_count()} CPUs; "
                 f"{CLIENTS_PER_GROUP} client threads per group; best of {args.rounds} x "
-                f"{args.seconds}s"
+                f"{args.seconds}s; load average {os.getloadavg()[0]:.1f} before"
             )
-            report(measure_all(counts, args, model=model, state=Path(tmp) / "node", batch=batch))
+            report(*measure_all(counts, args, model=model, state=Path(tmp) / "node", batch=batch))
+            print(f"load average {os.getloadavg()[0]:.1f} after")
 
 
 def measure_all(
     counts: list[int], args: argparse.Namespace, *, model: Path, state: Path, batch: int
-) -> dict[int, tuple[float, float]]:
-    """Best (req/s, busy) of each group count; rounds interleave the counts so that load from
-    other processes on the machine falls on all of them alike."""
+) -> tuple[dict[int, tuple[float, float]], dict[int, list[float]]]:
+    """Best (req/s, busy) of each group count, and the parent's CPU per request of every round;
+    rounds interleave the counts so that load from other processes on the machine falls on all
+    of them alike."""
     best: dict[int, tuple[float, float]] = {}
+    parent: dict[int, list[float]] = {n: [] for n in counts}
     for _ in range(args.rounds):
         for n in counts:
-            result = measure(
+            rate, busy, parent_us = measure(
                 n,
                 node_cores=args.max_groups,
                 model=model,
@@ -111,17 +130,19 @@ def measure_all(
                 seconds=args.seconds,
                 batch=batch,
             )
-            best[n] = max(best.get(n, result), result)
-    return best
+            best[n] = max(best.get(n, (rate, busy)), (rate, busy))
+            parent[n].append(parent_us)
+    return best, parent
 
 
-def report(best: dict[int, tuple[float, float]]) -> None:
-    print(f"{'groups':>6} {'req/s':>10} {'scaling':>8} {'target':>7} {'per-N':>6} {'busy':>5}")
+def report(best: dict[int, tuple[float, float]], parent: dict[int, list[float]]) -> None:
+    header = f"{'groups':>6} {'req/s':>10} {'scaling':>8} {'target':>7} {'per-N':>6} {'busy':>5}"
+    print(f"{header} {'parent us/req':>13}")
     base = best[1][0]
     for n, (rate, busy) in sorted(best.items()):
         ratio = rate / base
         line = f"{n:>6} {rate:>10.1f} {ratio:>7.2f}x {0.9 * n:>6.1f}x {ratio / n:>6.2f}"
-        print(f"{line} {busy:>5.2f}")
+        print(f"{line} {busy:>5.2f} {statistics.median(parent[n]):>13.0f}")
 
 
 if __name__ == "__main__":
