@@ -56,6 +56,7 @@ STOP_TIMEOUT_S = 5.0
 # the group is marked broken and the process's owner (the server's liveness) takes over.
 RESTART_LIMIT = 5
 RESTART_WINDOW_S = 60.0
+MAX_LAYOUTS = 1024  # slot layouts kept per group, one per (model, batch size) seen
 _request_ids = itertools.count(1)
 
 
@@ -81,6 +82,8 @@ class _InFlight:
     out_shape: tuple[int, ...]
 
 
+# Bytes a request takes in a slot, and each boundary's (offset in the slot, shape).
+_Layout = tuple[int, list[tuple[int, tuple[int, ...]]]]
 # A request that came back: its future, and the outputs or the error to resolve it with.
 _Finished = tuple[Future[dict[str, Any]], dict[str, Any] | None, Exception | None]
 
@@ -145,6 +148,7 @@ class Group:
         self._arena: mmap.mmap | None = None
         self._slot_bytes = 0
         self._arena_size = 0
+        self._layouts: dict[tuple[int, int], tuple[Artifact, _Layout]] = {}
 
     # ---- client side (any thread) ----------------------------------------------------------
 
@@ -279,6 +283,7 @@ class Group:
         try:
             while True:
                 try:
+                    self._fill()  # at start, and after a restart: what waits is served first
                     while self._step():
                         pass
                     return
@@ -292,7 +297,7 @@ class Group:
             self._stop_workers()
 
     def _step(self) -> bool:
-        self._fill()
+        """Wait once, take in what came, dispatch what can be; False once closed and drained."""
         with self._lock:
             if self._closing and not self._inflight:
                 self._fail_queued(RuntimeClosedError(f"NeuronCore Group {self.index} closed"))
@@ -300,8 +305,9 @@ class Group:
         finished: list[_Finished] = []
         try:
             self._collect(finished)
-            # The freed slots' next requests go to the workers before any client is woken, so
-            # the woken clients do not compete with this thread for the GIL meanwhile.
+            # The freed slots' next requests go to the workers before any client is woken, and
+            # the clients are woken just before this thread waits again, so that they do not
+            # queue for the GIL behind it.
             self._fill()
         finally:
             for future, outputs, error in finished:
@@ -447,13 +453,14 @@ class Group:
         self.active = choice
         artifact = self.models[choice]
         request = self._queues[choice][0]
-        need = self._request_bytes(artifact, request.batch.shape[0])
+        need, layout = self._layout(artifact, request.batch.shape[0])
         if need > self._slot_bytes:
             return None if self._inflight else ("grow", need)
         self._queues[choice].popleft()
         self.policy.dispatched(choice)
         slot = self._free_slots.pop()
-        boundaries = self._boundaries(artifact, slot, request.batch.shape[0])
+        base = slot * self._slot_bytes
+        boundaries = [(base + offset, shape) for offset, shape in layout]
         out_offset, out_shape = boundaries[-1]
         self._inflight[request.rid] = _InFlight(request, slot, out_offset, out_shape)
         return "dispatch", (request, boundaries)
@@ -517,12 +524,23 @@ class Group:
         self.resident[model] = artifact.weights_bytes
         self.resident.move_to_end(model)
 
-    @staticmethod
-    def _request_bytes(artifact: Artifact, batch: int) -> int:
-        return sum(
-            _round_up(4 * batch * math.prod(artifact.boundary_shape(b)))
-            for b in range(artifact.cores + 1)
-        )
+    def _layout(self, artifact: Artifact, batch: int) -> _Layout:
+        """Bytes a request needs in a slot, and each boundary's (offset in the slot, shape):
+        the input, every stage boundary, the output.  Computed once per model and batch size."""
+        key = (id(artifact), batch)
+        cached = self._layouts.get(key)
+        if cached is not None and cached[0] is artifact:
+            return cached[1]
+        layout: list[tuple[int, tuple[int, ...]]] = []
+        offset = 0
+        for b in range(artifact.cores + 1):
+            shape = (batch, *artifact.boundary_shape(b))
+            layout.append((offset, shape))
+            offset += _round_up(4 * math.prod(shape))
+        if len(self._layouts) >= MAX_LAYOUTS:  # many batch sizes: start over, stay bounded
+            self._layouts.clear()
+        self._layouts[key] = (artifact, (offset, layout))
+        return offset, layout
 
     def _grow_arena(self, need: int) -> None:
         self._slot_bytes = max(_round_up(need), 2 * self._slot_bytes)
@@ -533,18 +551,6 @@ class Group:
     def _view(self, offset: int, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
         assert self._arena is not None
         return np.frombuffer(self._arena, np.float32, math.prod(shape), offset).reshape(shape)
-
-    def _boundaries(
-        self, artifact: Artifact, slot: int, batch: int
-    ) -> list[tuple[int, tuple[int, ...]]]:
-        """(offset, shape) of the input, every stage boundary and the output, in one slot."""
-        offset = slot * self._slot_bytes
-        boundaries = []
-        for b in range(artifact.cores + 1):
-            shape = (batch, *artifact.boundary_shape(b))
-            boundaries.append((offset, shape))
-            offset += _round_up(4 * math.prod(shape))
-        return boundaries
 
     def _dispatch(self, request: _Request, boundaries: list[tuple[int, tuple[int, ...]]]) -> None:
         np.copyto(self._view(*boundaries[0]), request.batch)
