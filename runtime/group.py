@@ -85,7 +85,7 @@ class _InFlight:
 # Bytes a request takes in a slot, and each boundary's (offset in the slot, shape).
 _Layout = tuple[int, list[tuple[int, tuple[int, ...]]]]
 # A request that came back: its future, and the outputs or the error to resolve it with.
-_Finished = tuple[Future[dict[str, Any]], dict[str, Any] | None, Exception | None]
+_Finished = tuple[Future[dict[str, Any]], dict[str, Any] | Exception]
 
 
 @dataclass
@@ -310,11 +310,11 @@ class Group:
             # queue for the GIL behind it.
             self._fill()
         finally:
-            for future, outputs, error in finished:
-                if error is None:
-                    future.set_result(outputs)
+            for future, outcome in finished:
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
                 else:
-                    future.set_exception(error)
+                    future.set_result(outcome)
         return True
 
     def _collect(self, finished: list[_Finished]) -> None:
@@ -578,13 +578,13 @@ class Group:
                 return None
             self._free_slots.append(flight.slot)
             if tag == proto.FAILED:
-                return flight.request.future, None, RuntimeError(str(msg[2]))
+                return flight.request.future, RuntimeError(str(msg[2]))
             output = self._view(flight.out_offset, flight.out_shape).copy()
             self.counters.requests += 1
             for position, seconds in msg[2]:
                 core = self.cores[position]
                 self.counters.busy_seconds[core] += seconds
-        return flight.request.future, {OUTPUT_NAME: output}, None
+        return flight.request.future, {OUTPUT_NAME: output}
 
     def _fail_queued(self, exc: Exception) -> None:
         for queue in self._queues.values():

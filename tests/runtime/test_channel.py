@@ -13,8 +13,8 @@ import pytest
 
 from neuron_runtime.channel import READ_SIZE, Channel, frame, split_frames
 
-DONE = ("done", 7, [(0, 0.25)])
-RUN = ("run", 8, "mlp", 0, 1, 4096, [(0, (64, 512)), (131072, (64, 10))], [])
+DONE: tuple[Any, ...] = ("done", 7, [(0, 0.25)])
+RUN: tuple[Any, ...] = ("run", 8, "mlp", 0, 1, 4096, [(0, (64, 512)), (131072, (64, 10))], [])
 
 
 def _pickled(msg: tuple[Any, ...]) -> bytes:

@@ -38,7 +38,12 @@ def test_requests_queued_behind_busy_workers_do_not_wake_the_dispatcher(
     group = runtime._groups[0]
     wakes: list[int] = []
     wake = group._wake_locked
-    monkeypatch.setattr(group, "_wake_locked", lambda: (wakes.append(1), wake())[1])
+
+    def counted_wake() -> None:
+        wakes.append(1)
+        wake()
+
+    monkeypatch.setattr(group, "_wake_locked", counted_wake)
     requests = 100
     futures = [predictor.submit(feeds) for _ in range(requests)]
     outputs = [f.result(timeout=120)["output"] for f in futures]
