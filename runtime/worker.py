@@ -140,7 +140,7 @@ def serve(core: Core, prev: Channel | None) -> None:
             channel = sources[fd]
             try:
                 messages = channel.read_available()
-            except EOFError:
+            except (EOFError, OSError):  # a socket whose peer died with data unread: ECONNRESET
                 if channel is core.ctrl:
                     return  # the parent is gone (exited or killed): so are we
                 del sources[fd]
