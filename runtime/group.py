@@ -3,11 +3,11 @@
 Each group has one dispatcher thread, the only code that talks to the group's workers, so no
 locking is needed around the pipes.  Client threads enqueue requests (under a lock) and poke the
 dispatcher through a wake-up pipe only when it is idle (a dispatcher with requests in flight
-looks at the queues again on every completion, so a poke would only cost it a wake-up); the
-dispatcher asks the scheduling policy which model to
-serve, swaps weights in when that model is not resident (a context switch: the pipeline is
-drained first, because a group runs one model at a time), writes the input into a free slot of
-the shared-memory arena, and sends the first stage a message naming offsets.  Up to
+looks at the queues again on every completion, so a poke would only cost it a wake-up).  The
+dispatcher asks the scheduling policy which model to serve, swaps weights in when that model is
+not resident (a context switch: the pipeline is drained first, because a group runs one model at
+a time), writes the input into a free slot of the shared-memory arena, and sends the first stage
+a message naming offsets (``channel.Channel``: one write per message).  Up to
 ``2 x cores`` requests are in flight, so every stage of the pipeline can be busy at once.
 
 A worker that dies (killed, out of memory, a crash in numpy) is noticed by the dispatcher, which
