@@ -70,8 +70,11 @@ def test_a_freed_slot_is_refilled_before_the_client_is_told(
         with group._lock:
             queued_when_told.append(sum(len(q) for q in group._queues.values()))
 
-    futures = [predictor.submit(feeds) for _ in range(3)]  # two slots: the third one waits
+    # Two slots: the third request waits for the first.  The callback is added before the others
+    # are submitted, so that it runs in the dispatcher when the first one finishes.
+    futures = [predictor.submit(feeds)]
     futures[0].add_done_callback(told)
+    futures += [predictor.submit(feeds) for _ in range(2)]
     for future in futures:
         future.result(timeout=120)
     assert queued_when_told == [0]
