@@ -107,6 +107,7 @@ def main() -> None:
             rate, switches, switch_s = best[label]
             print(f"{label:<24} {rate:>8.1f} {rate / base:>8.2f} {switches:>8} {switch_s:>8.2f}")
         print("target: switch-aware >= 0.90 of one model alone")
+        print(f"load average {os.getloadavg()[0]:.1f} after (rates need a core free of other work)")
 
 
 if __name__ == "__main__":

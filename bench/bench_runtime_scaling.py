@@ -3,8 +3,16 @@
 Each group's worker is a separate process (facts §9: threads stop scaling), so N groups should
 serve close to N times the requests of one.  "busy" is the fraction of wall time the workers
 spent computing (the rest is waiting on the parent's dispatch or on a CPU held by something
-else).  Every N is measured in this same run against the
-N=1 baseline; the target is a scaling ratio of at least 0.9 x N on N physical cores.
+else).  "parent us/req" is the CPU time (user + system, all threads) the runtime's own process
+spends per request: client threads, dispatchers, copies into and out of shared memory.  On a
+machine with as many cores as groups that time is taken from the workers, so it is what limits
+the scaling at small batches.  "worker us/req" is the workers' CPU time per request (the matmuls
+and their own message handling).  Unlike rates, both mean something on a loaded machine too
+(medians over the rounds), and with N groups on N cores they predict the scaling as
+N x W / (W + P), assuming one group gets a whole core (the line under each table; on a busy
+machine where one group does not, the measured ratio can come out above it).  Every N is
+measured in this same run against the N=1 baseline; the target is a scaling ratio of at least
+0.9 x N on N physical cores, which needs N cores free of other work.
 
     python bench/bench_runtime_scaling.py [--max-groups N] [--seconds S] [--batch 64,512]
 """
@@ -13,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import statistics
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +36,34 @@ from neuron_runtime import NeuronRuntime, compile_model
 
 MODEL: dict[str, Any] = {"input_dim": 512, "width": 512, "depth": 4, "classes": 10}
 CLIENTS_PER_GROUP = 3
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Point:
+    rate: float  # requests per second
+    busy: float  # mean fraction of wall time the used cores spent computing
+    parent_us: float  # this process's CPU per request
+    worker_us: float  # the workers' CPU per request
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far, every thread, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time of another process so far (user + system, from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def measure(
     groups: int, *, node_cores: int, model: Path, state: Path, seconds: float, batch: int
-) -> tuple[float, float]:
-    """(requests per second, mean busy fraction of the used cores) for ``groups`` 1-core groups."""
+) -> Point:
+    """One measurement of ``groups`` 1-core groups."""
     env = {
         "NEURON_SIM_CORES": str(node_cores),
         "NEURONCORE_GROUP_SIZES": f"{groups}x1",
@@ -52,17 +85,28 @@ def measure(
                 counts[slot] += 1
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(len(counts))]
+        pids = runtime.worker_pids()
         started = time.perf_counter()
+        cpu_before = cpu_seconds()
+        workers_before = sum(process_cpu_seconds(pid) for pid in pids)
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds() - cpu_before
+        workers_cpu = sum(process_cpu_seconds(pid) for pid in pids) - workers_before
         after = runtime.stats()
     busy = [
         after.core_busy_seconds[c] - before.core_busy_seconds[c] for c in after.core_busy_seconds
     ]
-    return sum(counts) / elapsed, sum(busy) / (len(busy) * elapsed)
+    requests = max(1, sum(counts))
+    return Point(
+        rate=sum(counts) / elapsed,
+        busy=sum(busy) / (len(busy) * elapsed),
+        parent_us=1e6 * cpu / requests,
+        worker_us=1e6 * workers_cpu / requests,
+    )
 
 
 def main() -> None:
@@ -90,38 +134,55 @@ def main() -> None:
             print(
                 f"\nmodel: mlp {MODEL}, batch {batch}; {os.cpu_count()} CPUs; "
                 f"{CLIENTS_PER_GROUP} client threads per group; best of {args.rounds} x "
-                f"{args.seconds}s"
+                f"{args.seconds}s; load average {os.getloadavg()[0]:.1f} before"
             )
-            report(measure_all(counts, args, model=model, state=Path(tmp) / "node", batch=batch))
+            points = measure_all(counts, args, model=model, state=Path(tmp) / "node", batch=batch)
+            report(points, cpus=os.cpu_count() or 1)
+            print(f"load average {os.getloadavg()[0]:.1f} after")
 
 
 def measure_all(
     counts: list[int], args: argparse.Namespace, *, model: Path, state: Path, batch: int
-) -> dict[int, tuple[float, float]]:
-    """Best (req/s, busy) of each group count; rounds interleave the counts so that load from
+) -> dict[int, list[Point]]:
+    """Every round's point of each group count; rounds interleave the counts so that load from
     other processes on the machine falls on all of them alike."""
-    best: dict[int, tuple[float, float]] = {}
+    points: dict[int, list[Point]] = {n: [] for n in counts}
     for _ in range(args.rounds):
         for n in counts:
-            result = measure(
-                n,
-                node_cores=args.max_groups,
-                model=model,
-                state=state,
-                seconds=args.seconds,
-                batch=batch,
+            points[n].append(
+                measure(
+                    n,
+                    node_cores=args.max_groups,
+                    model=model,
+                    state=state,
+                    seconds=args.seconds,
+                    batch=batch,
+                )
             )
-            best[n] = max(best.get(n, result), result)
-    return best
+    return points
 
 
-def report(best: dict[int, tuple[float, float]]) -> None:
-    print(f"{'groups':>6} {'req/s':>10} {'scaling':>8} {'target':>7} {'per-N':>6} {'busy':>5}")
-    base = best[1][0]
-    for n, (rate, busy) in sorted(best.items()):
-        ratio = rate / base
-        line = f"{n:>6} {rate:>10.1f} {ratio:>7.2f}x {0.9 * n:>6.1f}x {ratio / n:>6.2f}"
-        print(f"{line} {busy:>5.2f}")
+def report(points: dict[int, list[Point]], *, cpus: int) -> None:
+    """The best round's rate of each count, and the median CPU costs over all rounds."""
+    header = f"{'groups':>6} {'req/s':>10} {'scaling':>8} {'target':>7} {'per-N':>6} {'busy':>5}"
+    print(f"{header} {'parent us/req':>13} {'worker us/req':>13}")
+    base = max(p.rate for p in points[1])
+    for n, rounds in sorted(points.items()):
+        best = max(rounds, key=lambda p: p.rate)
+        parent = statistics.median(p.parent_us for p in rounds)
+        worker = statistics.median(p.worker_us for p in rounds)
+        ratio = best.rate / base
+        line = f"{n:>6} {best.rate:>10.1f} {ratio:>7.2f}x {0.9 * n:>6.1f}x {ratio / n:>6.2f}"
+        print(f"{line} {best.busy:>5.2f} {parent:>13.0f} {worker:>13.0f}")
+    if cpus in points and cpus > 1:
+        rounds = points[cpus]
+        parent = statistics.median(p.parent_us for p in rounds)
+        worker = statistics.median(p.worker_us for p in rounds)
+        bound = cpus * worker / (worker + parent)
+        print(
+            f"expected from CPU per request with {cpus} groups on {cpus} free cores: {bound:.2f}x "
+            f"({cpus} x W / (W + P), W = worker, P = parent us/req)"
+        )
 
 
 if __name__ == "__main__":

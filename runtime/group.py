@@ -2,10 +2,12 @@
 
 Each group has one dispatcher thread, the only code that talks to the group's workers, so no
 locking is needed around the pipes.  Client threads enqueue requests (under a lock) and poke the
-dispatcher through a wake-up pipe; the dispatcher asks the scheduling policy which model to
-serve, swaps weights in when that model is not resident (a context switch: the pipeline is
-drained first, because a group runs one model at a time), writes the input into a free slot of
-the shared-memory arena, and sends the first stage a message naming offsets.  Up to
+dispatcher through a wake-up pipe only when it is idle (a dispatcher with requests in flight
+looks at the queues again on every completion, so a poke would only cost it a wake-up).  The
+dispatcher asks the scheduling policy which model to serve, swaps weights in when that model is
+not resident (a context switch: the pipeline is drained first, because a group runs one model at
+a time), writes the input into a free slot of the shared-memory arena, and sends the first stage
+a message naming offsets (``channel.Channel``: one write per message).  Up to
 ``2 x cores`` requests are in flight, so every stage of the pipeline can be busy at once.
 
 A worker that dies (killed, out of memory, a crash in numpy) is noticed by the dispatcher, which
@@ -23,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import mmap
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -33,13 +37,13 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
 
 from neuron_runtime import worker as proto
 from neuron_runtime.artifact import OUTPUT_NAME, Artifact
+from neuron_runtime.channel import Channel
 from neuron_runtime.errors import ModelLoadError, RuntimeClosedError, WorkerLostError
 from neuron_runtime.scheduling import SchedulingPolicy, Waiting
 
@@ -52,6 +56,7 @@ STOP_TIMEOUT_S = 5.0
 # the group is marked broken and the process's owner (the server's liveness) takes over.
 RESTART_LIMIT = 5
 RESTART_WINDOW_S = 60.0
+MAX_LAYOUTS = 1024  # slot layouts kept per group, one per (model, batch size) seen
 _request_ids = itertools.count(1)
 
 
@@ -77,6 +82,12 @@ class _InFlight:
     out_shape: tuple[int, ...]
 
 
+# Bytes a request takes in a slot, and each boundary's (offset in the slot, shape).
+_Layout = tuple[int, list[tuple[int, tuple[int, ...]]]]
+# A request that came back: its future, and the outputs or the error to resolve it with.
+_Finished = tuple[Future[dict[str, Any]], dict[str, Any] | Exception]
+
+
 @dataclass
 class GroupCounters:
     switches: int = 0
@@ -92,7 +103,7 @@ class _Worker:
     position: int
     core: int
     process: subprocess.Popen[bytes]
-    ctrl: Connection
+    ctrl: Channel
 
 
 def _round_up(n: int) -> int:
@@ -119,6 +130,13 @@ class Group:
         self._free_slots: list[int] = list(range(2 * len(cores)))
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
+        # The dispatcher's poll object: the wake-up pipe and every worker's socket, registered
+        # once per set of workers (not once per wait).
+        self._poller = select.poll()
+        self._by_fd: dict[int, _Worker] = {}
+        # True when the dispatcher last found nothing to dispatch and nobody has woken it since:
+        # only then does a new request need to wake it (set and read under the lock).
+        self._idle = False
         self._thread: threading.Thread | None = None
         self._closing = False
         self._broken: str | None = None
@@ -130,6 +148,7 @@ class Group:
         self._arena: mmap.mmap | None = None
         self._slot_bytes = 0
         self._arena_size = 0
+        self._layouts: dict[tuple[int, int], tuple[Artifact, _Layout]] = {}
 
     # ---- client side (any thread) ----------------------------------------------------------
 
@@ -154,7 +173,9 @@ class Group:
         with self._lock:
             self._check_open()
             self._queues[key].append(request)
-            self._wake_locked()
+            if self._idle:
+                self._idle = False
+                self._wake_locked()
         return future
 
     def queue_depth(self) -> int:
@@ -216,6 +237,9 @@ class Group:
         """Start one worker per core, chained by pipes, sharing a fresh arena."""
         self._arena_fd = os.memfd_create(f"neuron-group-{self.index}")
         self._arena, self._slot_bytes, self._arena_size = None, 0, 0
+        self._poller = select.poll()
+        self._poller.register(self._wake_r, select.POLLIN)
+        self._by_fd = {}
         env = {**os.environ, **proto.SINGLE_THREAD_ENV}
         pipes = [os.pipe() for _ in range(len(self.cores) - 1)]
         workers: list[_Worker] = []
@@ -241,8 +265,10 @@ class Group:
                     stdout=subprocess.DEVNULL,
                 )
                 child_sock.close()
-                ctrl = Connection(parent_sock.detach())
+                ctrl = Channel(parent_sock.detach())
                 workers.append(_Worker(position, core, process, ctrl))
+                self._by_fd[ctrl.fd] = workers[-1]
+                self._poller.register(ctrl.fd, select.POLLIN)
         finally:
             for r, w in pipes:
                 os.close(r)
@@ -257,6 +283,7 @@ class Group:
         try:
             while True:
                 try:
+                    self._fill()  # at start, and after a restart: what waits is served first
                     while self._step():
                         pass
                     return
@@ -270,23 +297,47 @@ class Group:
             self._stop_workers()
 
     def _step(self) -> bool:
-        self._fill()
+        """Wait once, take in what came, dispatch what can be; False once closed and drained."""
         with self._lock:
             if self._closing and not self._inflight:
                 self._fail_queued(RuntimeClosedError(f"NeuronCore Group {self.index} closed"))
                 return False
-        sources: list[Any] = [self._wake_r] + [w.ctrl for w in self._workers]
-        for ready in wait(sources):
-            if ready == self._wake_r:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
-                continue
-            assert isinstance(ready, Connection)
-            while True:
-                self._on_message(self._recv(ready))
-                if not ready.poll():
-                    break
+        finished: list[_Finished] = []
+        try:
+            self._collect(finished)
+            # The freed slots' next requests go to the workers before any client is woken, and
+            # the clients are woken just before this thread waits again, so that they do not
+            # queue for the GIL behind it.
+            self._fill()
+        finally:
+            for future, outcome in finished:
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
         return True
+
+    def _collect(self, finished: list[_Finished]) -> None:
+        """Wait for the wake-up pipe or a worker; take in every message that came."""
+        ready = [w for w in self._workers if w.ctrl.has_ready()]  # read along with load replies
+        if not ready:
+            for fd, _ in self._poller.poll():
+                if fd == self._wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                else:
+                    ready.append(self._by_fd[fd])
+        for worker in ready:
+            for msg in self._read(worker):  # every completion that came, in one read
+                done = self._on_message(msg)
+                if done is not None:
+                    finished.append(done)
+
+    def _read(self, worker: _Worker) -> list[tuple[Any, ...]]:
+        try:
+            return worker.ctrl.read_available()
+        except (EOFError, OSError):
+            raise self._gone(worker) from None
 
     def _send(self, worker: _Worker, msg: tuple[Any, ...]) -> None:
         try:
@@ -362,13 +413,11 @@ class Group:
             return
         self.active = model
 
-    def _recv(self, conn: Connection) -> tuple[Any, ...]:
+    def _recv(self, worker: _Worker) -> tuple[Any, ...]:
         try:
-            msg: tuple[Any, ...] = conn.recv()
+            return worker.ctrl.recv()
         except (EOFError, OSError):
-            worker = next(w for w in self._workers if w.ctrl is conn)
             raise self._gone(worker) from None
-        return msg
 
     def _fill(self) -> None:
         """Dispatch while the policy has work and slots are free; swaps happen off the lock."""
@@ -396,6 +445,7 @@ class Group:
         waiting = [Waiting(k, q[0].rid, len(q)) for k, q in self._queues.items() if q]
         choice = self.policy.choose(waiting, self.active, self.resident.keys())
         if choice is None:
+            self._idle = True  # nothing queued: the next request must wake the dispatcher
             return None
         if choice not in self.resident:
             # Swapping weights needs an empty pipeline: wait for the in-flight requests.
@@ -403,13 +453,14 @@ class Group:
         self.active = choice
         artifact = self.models[choice]
         request = self._queues[choice][0]
-        need = self._request_bytes(artifact, request.batch.shape[0])
+        need, layout = self._layout(artifact, request.batch.shape[0])
         if need > self._slot_bytes:
             return None if self._inflight else ("grow", need)
         self._queues[choice].popleft()
         self.policy.dispatched(choice)
         slot = self._free_slots.pop()
-        boundaries = self._boundaries(artifact, slot, request.batch.shape[0])
+        base = slot * self._slot_bytes
+        boundaries = [(base + offset, shape) for offset, shape in layout]
         out_offset, out_shape = boundaries[-1]
         self._inflight[request.rid] = _InFlight(request, slot, out_offset, out_shape)
         return "dispatch", (request, boundaries)
@@ -459,13 +510,13 @@ class Group:
             for w in self._workers:
                 self._send(w, (proto.EVICT, victim))
             for w in self._workers:
-                self._recv(w.ctrl)
+                self._recv(w)
         stages = range(artifact.cores)
         for stage in stages:
             self._send(self._workers[stage], (proto.LOAD, model, str(artifact.path), stage))
         errors = []
         for stage in stages:
-            reply = self._recv(self._workers[stage].ctrl)
+            reply = self._recv(self._workers[stage])
             if reply[0] != proto.LOADED:
                 errors.append(str(reply[1]))
         if errors:
@@ -473,12 +524,23 @@ class Group:
         self.resident[model] = artifact.weights_bytes
         self.resident.move_to_end(model)
 
-    @staticmethod
-    def _request_bytes(artifact: Artifact, batch: int) -> int:
-        return sum(
-            _round_up(4 * batch * int(np.prod(artifact.boundary_shape(b))))
-            for b in range(artifact.cores + 1)
-        )
+    def _layout(self, artifact: Artifact, batch: int) -> _Layout:
+        """Bytes a request needs in a slot, and each boundary's (offset in the slot, shape):
+        the input, every stage boundary, the output.  Computed once per model and batch size."""
+        key = (id(artifact), batch)
+        cached = self._layouts.get(key)
+        if cached is not None and cached[0] is artifact:
+            return cached[1]
+        layout: list[tuple[int, tuple[int, ...]]] = []
+        offset = 0
+        for b in range(artifact.cores + 1):
+            shape = (batch, *artifact.boundary_shape(b))
+            layout.append((offset, shape))
+            offset += _round_up(4 * math.prod(shape))
+        if len(self._layouts) >= MAX_LAYOUTS:  # many batch sizes: start over, stay bounded
+            self._layouts.clear()
+        self._layouts[key] = (artifact, (offset, layout))
+        return offset, layout
 
     def _grow_arena(self, need: int) -> None:
         self._slot_bytes = max(_round_up(need), 2 * self._slot_bytes)
@@ -488,19 +550,7 @@ class Group:
 
     def _view(self, offset: int, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
         assert self._arena is not None
-        return np.frombuffer(self._arena, np.float32, int(np.prod(shape)), offset).reshape(shape)
-
-    def _boundaries(
-        self, artifact: Artifact, slot: int, batch: int
-    ) -> list[tuple[int, tuple[int, ...]]]:
-        """(offset, shape) of the input, every stage boundary and the output, in one slot."""
-        offset = slot * self._slot_bytes
-        boundaries = []
-        for b in range(artifact.cores + 1):
-            shape = (batch, *artifact.boundary_shape(b))
-            boundaries.append((offset, shape))
-            offset += _round_up(4 * int(np.prod(shape)))
-        return boundaries
+        return np.frombuffer(self._arena, np.float32, math.prod(shape), offset).reshape(shape)
 
     def _dispatch(self, request: _Request, boundaries: list[tuple[int, tuple[int, ...]]]) -> None:
         np.copyto(self._view(*boundaries[0]), request.batch)
@@ -518,23 +568,23 @@ class Group:
         )
         self._send(self._workers[0], message)
 
-    def _on_message(self, msg: tuple[Any, ...]) -> None:
+    def _on_message(self, msg: tuple[Any, ...]) -> _Finished | None:
+        """Free the slot of a finished request; its future is resolved by the caller."""
         tag = msg[0]
         with self._lock:
             flight = self._inflight.pop(msg[1], None) if tag in (proto.DONE, proto.FAILED) else None
             if flight is None:
                 log.warning("group %s: unexpected message %s", self.index, tag)
-                return
+                return None
             self._free_slots.append(flight.slot)
             if tag == proto.FAILED:
-                flight.request.future.set_exception(RuntimeError(str(msg[2])))
-                return
+                return flight.request.future, RuntimeError(str(msg[2]))
             output = self._view(flight.out_offset, flight.out_shape).copy()
             self.counters.requests += 1
             for position, seconds in msg[2]:
                 core = self.cores[position]
                 self.counters.busy_seconds[core] += seconds
-        flight.request.future.set_result({OUTPUT_NAME: output})
+        return flight.request.future, {OUTPUT_NAME: output}
 
     def _fail_queued(self, exc: Exception) -> None:
         for queue in self._queues.values():

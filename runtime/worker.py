@@ -13,22 +13,25 @@ Wiring, all descriptors passed at start:
   next   the pipe to the next core's worker (absent on the group's last core);
   arena  a memfd shared by the group: tensors travel through it, messages carry only offsets.
 BLAS is held to one thread by the environment the parent sets before numpy is imported here.
+Messages are ``channel.Channel`` frames: one write per message, one read for all that arrived.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import mmap
 import os
+import select
 import sys
 import time
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
 
 from neuron_runtime.artifact import Artifact, load_artifact, read_stage_weights
+from neuron_runtime.channel import Channel
 from neuron_runtime.layers import Array, LayerSpec, run_layer
 
 log = logging.getLogger("neuron_runtime.worker")
@@ -53,7 +56,7 @@ SINGLE_THREAD_ENV = dict.fromkeys(
 class Core:
     """A worker's state: its resident stages and its view of the arena."""
 
-    def __init__(self, position: int, ctrl: Connection, nxt: Connection | None, arena_fd: int):
+    def __init__(self, position: int, ctrl: Channel, nxt: Channel | None, arena_fd: int):
         self.position = position
         self.ctrl = ctrl
         self.next = nxt
@@ -69,7 +72,7 @@ class Core:
             # (closing it while a view exists would raise).
             self.arena = mmap.mmap(self.arena_fd, size)
             self.arena_size = size
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         return np.frombuffer(self.arena, np.float32, count, offset).reshape(shape)
 
     def load(self, key: str, path: str, stage: int) -> tuple[Any, ...]:
@@ -119,20 +122,33 @@ class Core:
         return True
 
 
-def serve(core: Core, prev: Connection | None) -> None:
-    sources: list[Connection] = [core.ctrl] + ([prev] if prev is not None else [])
+def serve(core: Core, prev: Channel | None) -> None:
+    """Handle messages until told to stop or the parent is gone.
+
+    A worker with one source (the first core of a group) blocks in its read; one with two keeps
+    a poll object registered once, rather than building a selector per message.
+    """
+    sources = {core.ctrl.fd: core.ctrl}
+    poller = select.poll()
+    poller.register(core.ctrl.fd, select.POLLIN)
+    if prev is not None:
+        sources[prev.fd] = prev
+        poller.register(prev.fd, select.POLLIN)
     while sources:
-        for conn in wait(sources):
-            assert isinstance(conn, Connection)
+        ready = list(sources) if len(sources) == 1 else [fd for fd, _ in poller.poll()]
+        for fd in ready:
+            channel = sources[fd]
             try:
-                msg = conn.recv()
-            except EOFError:
-                if conn is core.ctrl:
+                messages = channel.read_available()
+            except (EOFError, OSError):  # a socket whose peer died with data unread: ECONNRESET
+                if channel is core.ctrl:
                     return  # the parent is gone (exited or killed): so are we
-                sources.remove(conn)
+                del sources[fd]
+                poller.unregister(fd)
                 continue
-            if not core.handle(msg):
-                return
+            for msg in messages:
+                if not core.handle(msg):
+                    return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arena", type=int, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("NEURON_RT_LOG_LEVEL", "WARNING").upper())
-    ctrl = Connection(args.ctrl)
-    prev = Connection(args.prev, writable=False) if args.prev >= 0 else None
-    nxt = Connection(args.next, readable=False) if args.next >= 0 else None
+    ctrl = Channel(args.ctrl)
+    prev = Channel(args.prev) if args.prev >= 0 else None
+    nxt = Channel(args.next) if args.next >= 0 else None
     serve(Core(args.position, ctrl, nxt, args.arena), prev)
     return 0
 
