@@ -29,9 +29,14 @@ NS = "nwl-container"
 @pytest.fixture(scope="module")
 def cluster(local_cluster: Any) -> Iterator[Any]:
     local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    local_cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/neuronworkloads.neurongroups.dev",
+    # Right after the apply the CRD may have no status yet, which `kubectl wait` takes as an error.
+    local_cluster.wait_for(
+        lambda: local_cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=10s",
+            "crd/neuronworkloads.neurongroups.dev", check=False,
+        ).returncode == 0,
+        60,
+        "the NeuronWorkload CRD to be Established",
     )  # fmt: skip
     namespace = {
         "apiVersion": "v1",
