@@ -8,8 +8,8 @@ the operator runs here as a local process with the chart's service account and R
 the seed's three scenarios (deploy/samples 01-03: 16 copies in one process, 16 processes, 16
 processes with two models each; 48 cores, exactly the three nodes) and wait until every
 NeuronWorkload is Ready, printing progress; (5) print each node's cores with the pod and group
-holding each one (``kubectl neuron cores``), and one inference answered by a pod on the emulated node; (6) exit 0, leaving
-the cluster running.
+holding each one (``kubectl neuron cores``), and one inference answered by a pod on the emulated
+node; (6) exit 0, leaving the cluster running.
 
 The models are small stand-ins compiled under the seed's names (a ResNet-shaped network at 32x32,
 not ResNet-50's real size) so that up to 32 serving processes fit a 2-core machine; the

@@ -27,6 +27,13 @@ ISOLATION_SHARED = "Shared"
 ISOLATION_PROCESS = "Process"
 ISOLATIONS = (ISOLATION_SHARED, ISOLATION_PROCESS)
 
+# spec.allocation: how each pod gets its NeuronCores.  DevicePlugin: an aws.amazon.com/neuroncore
+# request, cores chosen by the device plugin.  Auto (the default) picks DRA where the cluster offers
+# it; the DRA mode is not in this release yet, so Auto means DevicePlugin for now.
+ALLOCATION_DEVICE_PLUGIN = "DevicePlugin"
+ALLOCATION_AUTO = "Auto"
+ALLOCATIONS = (ALLOCATION_DEVICE_PLUGIN, ALLOCATION_AUTO)
+
 MODELS_ENV = "NEURON_MODELS"
 # Two more planned values, set only in pods of a spec.container (so an image's own flags can take
 # them through Kubernetes' $(VAR) expansion): each model of the pod once, in load order, and the
@@ -262,6 +269,7 @@ class WorkloadSpec:
     replicas: int = 1
     pod: PodSettings = field(default_factory=PodSettings)
     container: ContainerSettings | None = None
+    allocation: str = ALLOCATION_AUTO
 
     @property
     def demand(self) -> int:
@@ -886,6 +894,19 @@ def parse_spec(raw: object, policy: VolumePolicy | None = None) -> WorkloadSpec:
     isolation = raw.get("isolation", ISOLATION_SHARED)
     if isolation not in ISOLATIONS:
         problems.add("isolation", isolation, "is not an isolation", "use Shared or Process")
+    allocation = raw.get("allocation", ALLOCATION_AUTO)
+    if allocation not in ALLOCATIONS:
+        hint = (
+            "; DRA allocation is not available in this operator release yet"
+            if allocation == "DRA"
+            else ""
+        )
+        problems.add(
+            "allocation",
+            allocation,
+            "is not an allocation mode",
+            f"use {' or '.join(ALLOCATIONS)} (Auto, the default, uses the device plugin){hint}",
+        )
     image = raw.get("image")
     if not isinstance(image, str) or not image.strip():
         problems.add("image", image, "is not an image reference", "give the runtime's image")
@@ -911,6 +932,7 @@ def parse_spec(raw: object, policy: VolumePolicy | None = None) -> WorkloadSpec:
         replicas=replicas,
         pod=pod,
         container=container,
+        allocation=str(allocation),
     )
 
 

@@ -57,6 +57,9 @@ def template_hash(spec: WorkloadSpec) -> str:
     shape.pop("replicas")
     if shape["container"] is None:  # absent before spec.container existed: keep those hashes
         shape.pop("container")
+    # Both modes of this release build the same pods (a neuroncore request): switching between
+    # them, or the field appearing, must not roll anything.
+    shape.pop("allocation")
     text = json.dumps([POD_TEMPLATE_VERSION, shape], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

@@ -270,3 +270,35 @@ def test_serving_image_samples_plan(
     assert container["command"] == command
     assert container["args"] == args
     assert {e["name"]: e["value"] for e in container["env"]}["NEURONCORE_GROUP_SIZES"] == groups
+
+
+ALLOCATION_CASES = [
+    ("absent-is-auto", None, "Auto"),
+    ("device-plugin", "DevicePlugin", "DevicePlugin"),
+]
+
+
+@pytest.mark.parametrize(
+    ("given", "parsed"), [a[1:] for a in ALLOCATION_CASES], ids=[a[0] for a in ALLOCATION_CASES]
+)
+def test_allocation_modes_build_the_same_pods(given: str | None, parsed: str) -> None:
+    raw = raw_spec(None)
+    if given is not None:
+        raw["allocation"] = given
+    spec = parse_spec(raw)
+    assert spec.allocation == parsed
+    assert template_hash(spec) == template_hash(parse_spec(raw_spec(None)))
+    container = main_container(None, **({"allocation": given} if given else {}))
+    assert container["resources"]["limits"]["aws.amazon.com/neuroncore"] == "4"
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("DRA", "not available in this operator release yet"), ("Gpu", "use DevicePlugin or Auto")],
+    ids=["dra-not-yet", "unknown"],
+)
+def test_unknown_allocation_modes_are_refused(value: str, fragment: str) -> None:
+    with pytest.raises(InvalidSpecError) as error:
+        parse_spec(raw_spec(None, allocation=value))
+    assert f"spec.allocation: {value!r} is not an allocation mode" in str(error.value)
+    assert fragment in str(error.value)

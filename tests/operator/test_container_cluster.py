@@ -143,3 +143,15 @@ def test_planned_env_names_cannot_be_set_by_hand(cluster: Any) -> None:
     result = dry_run(cluster, document)
     assert result.returncode != 0
     assert "are set by the operator from the plan" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"), [("DevicePlugin", True), ("DRA", False)], ids=["device-plugin", "dra"]
+)
+def test_allocation_modes_at_apply_time(cluster: Any, value: str, accepted: bool) -> None:
+    document = sample(TRITON)
+    document["spec"]["allocation"] = value
+    result = dry_run(cluster, document)
+    assert (result.returncode == 0) is accepted, result.stderr
+    if not accepted:
+        assert 'spec.allocation: Unsupported value: "DRA"' in result.stderr

@@ -177,3 +177,12 @@ def test_container_argument_bounds_agree(
 ) -> None:
     schema = spec_schema(crd)["properties"]["container"]["properties"][field]
     assert (schema["maxItems"], schema["items"]["maxLength"]) == (items, length)
+
+
+def test_allocation_modes_agree(crd: dict[str, Any]) -> None:
+    allocation = spec_schema(crd)["properties"]["allocation"]
+    assert allocation["enum"] == list(api.ALLOCATIONS)
+    assert allocation["default"] == api.ALLOCATION_AUTO
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    wide = [c for c in columns if c["jsonPath"] == ".spec.allocation"]
+    assert wide and wide[0]["priority"] == 1  # `kubectl get nwl -o wide`
