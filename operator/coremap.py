@@ -16,7 +16,7 @@ the pods holding its cores, with their counts, and says that the placement is no
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from neuron_cores import (
@@ -26,6 +26,7 @@ from neuron_cores import (
     GroupSizesError,
     contiguous_runs,
     format_core_list,
+    is_contiguous,
     parse_group_sizes,
     parse_record,
     read_natural,
@@ -67,6 +68,9 @@ class NodeCores:
     recorded: bool
     unplaced: tuple[tuple[str, int], ...] = ()
     problem: str | None = None
+    # pod -> its groups that are not a run of consecutive cores (the device plugin hands out
+    # scattered cores when no run is free: the scheduler only counts them)
+    split: Mapping[str, tuple[tuple[int, ...], ...]] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
@@ -149,12 +153,17 @@ def node_cores(node: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> No
         except AllocationRecordError as exc:
             problem = str(exc)
     holders: dict[int, Holder] = {}
+    split: dict[str, tuple[tuple[int, ...], ...]] = {}
     if record is not None:
         for key, cores in record.pods.items():
             pod = by_key.get(key)
-            for index, group in enumerate(_groups(pod, cores)):
+            groups = _groups(pod, cores)
+            for index, group in enumerate(groups):
                 for core in group:
                     holders[core] = Holder(key, workload_of(pod) if pod else None, index)
+            scattered = tuple(g for g in groups if not is_contiguous(g))
+            if scattered:
+                split[key] = scattered
     placed = set(record.pods) if record else set()
     return NodeCores(
         name=name,
@@ -167,6 +176,7 @@ def node_cores(node: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> No
         recorded=record is not None,
         unplaced=tuple(sorted((k, n) for k, n in asking.items() if k not in placed)),
         problem=problem,
+        split=split,
     )
 
 
@@ -202,6 +212,11 @@ def to_json(view: NodeCores) -> dict[str, Any]:
         if view.recorded
         else [],
         "unplacedPods": [{"pod": pod, "cores": n} for pod, n in view.unplaced],
+        "nonContiguousGroups": [
+            {"pod": pod, "cores": format_core_list(group)}
+            for pod, groups in sorted(view.split.items())
+            for group in groups
+        ],
         **({"unhealthyNotReported": unreported} if unreported is not None else {}),
         **({"problem": view.problem} if view.problem else {}),
     }
@@ -237,7 +252,20 @@ def text_lines(view: NodeCores) -> list[str]:
             lines.append(f"  {unhealthy} unhealthy (capacity - allocatable), indexes not reported")
     for pod, count in view.unplaced:
         lines.append(f"  {pod} holds {count} NeuronCores, placement not reported")
+    lines.extend(f"  ! {reason}" for reason in split_reasons(view))
     return lines
+
+
+def split_reasons(view: NodeCores, only: str | None = None) -> list[str]:
+    """One line per pod whose NeuronCore Group is not a contiguous run of cores."""
+    return [
+        f"no contiguous run: {pod} got cores {', '.join(format_core_list(g) for g in groups)} "
+        f"on node {view.name} for a group that must be one run (the scheduler counts free cores, "
+        "and the device plugin hands out scattered ones when no run is free); Neuron runtimes "
+        "refuse such a group: delete the pod once a run is free, or free one"
+        for pod, groups in sorted(view.split.items())
+        if only is None or pod == only
+    ]
 
 
 # ---- why is a pod Pending --------------------------------------------------------------------
@@ -295,6 +323,9 @@ def why_pending(
             f"{name} is {phase} on node {spec['nodeName']}: the scheduler has placed it"
             + ("" if phase == "Running" else "; its containers are starting")
         )
+        placed = views.get(spec["nodeName"])
+        if placed is not None:
+            lines.extend(split_reasons(placed, only=name))
         return lines
     want = core_request(pod)
     selector = spec.get("nodeSelector") or {}

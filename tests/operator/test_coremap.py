@@ -214,3 +214,17 @@ def test_kubectl_flags_before_or_after_the_command(
 ) -> None:
     args = build_parser().parse_args(argv)
     assert (args.kubeconfig, args.context, args.namespace) == expected
+
+
+def test_scattered_groups_are_flagged_in_the_map_and_in_why() -> None:
+    record = format_record(8, {"ns/odd": [1, 3, 5, 7], "ns/ok": [0]})
+    pods = [pod("odd", 4, "n1", groups="4"), pod("ok", 1, "n1")]
+    view = coremap.node_cores(node("n1", cores=8, record=record), pods)
+    assert list(view.split) == ["ns/odd"]
+    assert coremap.to_json(view)["nonContiguousGroups"] == [{"pod": "ns/odd", "cores": "1,3,5,7"}]
+    text = "\n".join(coremap.text_lines(view))
+    assert "! no contiguous run: ns/odd got cores 1,3,5,7 on node n1" in text
+    reasons = coremap.why_pending(pods[0], [node("n1", cores=8)], {"n1": view})
+    assert reasons[0].startswith("ns/odd is Running on node n1")
+    assert "no contiguous run: ns/odd got cores 1,3,5,7" in reasons[1]
+    assert coremap.why_pending(pods[1], [node("n1", cores=8)], {"n1": view})[1:] == []

@@ -211,3 +211,48 @@ def test_access_denied_is_one_clear_line(cluster: Any) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("error: access denied: cannot list nodes")
     assert "Traceback" not in result.stderr
+
+
+def test_device_plugin_places_a_block_on_scattered_cores_and_the_plugin_says_so(
+    cluster: Any,
+) -> None:
+    """Measured: with the device plugin a pod wanting 8 cores on a node with 8 free cores but no
+    free run of 8 is not Unschedulable: the scheduler counts cores, the plugin hands out the
+    scattered ones.  `kubectl neuron` flags the group that is not a run."""
+    node = cluster.emulated_node
+    on_node = {"kubernetes.io/hostname": node}
+    cluster.kubectl("delete", "pods", "--all", "-n", NS, "--wait=true", "--timeout=60s")
+
+    def record() -> dict[str, Any]:
+        result = plugin(cluster, "cores", node, "-o", "json")
+        assert result.returncode == 0, result.stderr
+        view: dict[str, Any] = json.loads(result.stdout)["nodes"][0]
+        return view
+
+    def holders(view: dict[str, Any]) -> dict[int, str]:
+        return {c["core"]: c["pod"] for c in view["cores"] if c["pod"]}
+
+    cluster.wait_for(lambda: not holders(record()), 60, "the emulated node's cores to be free")
+    for index in range(16):
+        assert apply(cluster, neuron_pod(f"one-{index}", 1, on_node)).returncode == 0
+
+    def all_held() -> dict[int, str] | None:
+        held = holders(record())
+        return held if len(held) == 16 else None
+
+    full = cluster.wait_for(all_held, 180, "16 one-core pods to hold every core")
+    even = [full[core].split("/")[1] for core in range(0, 16, 2)]
+    cluster.kubectl("delete", "pods", *even, "-n", NS, "--wait=true", "--timeout=60s")
+    cluster.wait_for(lambda: len(holders(record())) == 8, 60, "the even cores to be free")
+    assert apply(cluster, neuron_pod("block", 8, on_node, groups="8")).returncode == 0
+    view = cluster.wait_for(
+        lambda: v if f"{NS}/block" in holders(v := record()).values() else None,
+        120,
+        "the 8-core pod to get cores",
+    )
+    block = sorted(core for core, held in holders(view).items() if held == f"{NS}/block")
+    assert block == list(range(0, 16, 2))  # scattered: what the device plugin could give
+    assert view["nonContiguousGroups"] == [{"pod": f"{NS}/block", "cores": "0,2,4,6,8,10,12,14"}]
+    why = plugin(cluster, "why", "block", "-n", NS)
+    assert f"no contiguous run: {NS}/block got cores 0,2,4,6,8,10,12,14" in why.stdout
+    cluster.kubectl("delete", "pods", "--all", "-n", NS, "--wait=false")
