@@ -255,21 +255,33 @@ def why_command(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> int:
         selector = ",".join(f"{k}={v}" for k, v in selector_labels(args.target).items())
         pods = cluster.pods(namespace, label_selector=selector)
         subject = f"NeuronWorkload {namespace}/{args.target}"
-        waiting = [p for p in pods if not (p.get("spec") or {}).get("nodeName")]
-        if not waiting:
-            print(f"{subject}: none of its {len(pods)} pods is waiting for a node", file=out)
+        if not pods:
+            print(
+                f"{subject} has no pods: the operator has not created any (is it running and "
+                f"serving {namespace}? its conditions InvalidSpec and Refused say why not: "
+                f"kubectl describe nwl {args.target} -n {namespace})",
+                file=out,
+            )
             return 0
-        pods = waiting
     nodes = cluster.nodes()
     all_pods = cluster.pods(None)  # free cores count every namespace's pods
     views = {n["metadata"]["name"]: coremap.node_cores(n, all_pods) for n in nodes}
     report = []
     for item in pods:
         name = item["metadata"]["name"]
-        messages = (
-            [] if item["spec"].get("nodeName") else cluster.scheduler_messages(namespace, name)
+        placed = bool(item["spec"].get("nodeName"))
+        messages = [] if placed else cluster.scheduler_messages(namespace, name)
+        reasons = coremap.why_pending(item, nodes, views, messages)
+        # Of a NeuronWorkload, only the pods with something to say: unplaced, failed or scattered.
+        if pod is not None or not placed or len(reasons) > 1 or "failed on node" in reasons[0]:
+            report.append((name, reasons))
+    if pod is None and not report:
+        print(
+            f"{subject}: each of its {len(pods)} pods has a node and contiguous cores (where "
+            "the node reports them)",
+            file=out,
         )
-        report.append((name, coremap.why_pending(item, nodes, views, messages)))
+        return 0
     if args.output == "json":
         json.dump([{"pod": n, "reasons": r} for n, r in report], out, indent=2)
         out.write("\n")

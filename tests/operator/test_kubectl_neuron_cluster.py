@@ -192,6 +192,9 @@ def test_plan_of_a_live_workload_and_of_a_file(cluster: Any) -> None:
     assert live.stdout.splitlines()[0].startswith(f"{NS}/")
     from_file = plugin(cluster, "plan", str(sample))
     assert "NEURONCORE_GROUP_SIZES=2,4,6,4" in from_file.stdout
+    no_operator = plugin(cluster, "why", document["metadata"]["name"], "-n", NS)
+    assert no_operator.returncode == 0, no_operator.stderr
+    assert "has no pods: the operator has not created any" in no_operator.stdout
     missing = plugin(cluster, "why", "nothing-here", "-n", NS)
     assert missing.returncode == 1
     assert (
@@ -256,3 +259,16 @@ def test_device_plugin_places_a_block_on_scattered_cores_and_the_plugin_says_so(
     why = plugin(cluster, "why", "block", "-n", NS)
     assert f"no contiguous run: {NS}/block got cores 0,2,4,6,8,10,12,14" in why.stdout
     cluster.kubectl("delete", "pods", "--all", "-n", NS, "--wait=false")
+
+
+def test_kubectl_finds_the_plugin_on_path(cluster: Any) -> None:
+    """`kubectl neuron` is kubectl's plugin mechanism finding `kubectl-neuron` on PATH."""
+    bin_dir = Path(sys.executable).parent
+    assert (bin_dir / "kubectl-neuron").exists()
+    result = subprocess.run(
+        [str(cluster.kubectl_path), "neuron", "cores", "--kubeconfig", str(cluster.kubeconfig)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONSAFEPATH": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"{cluster.emulated_node} (inf1.6xlarge, 16 NeuronCores" in result.stdout
