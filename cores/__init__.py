@@ -7,6 +7,13 @@ accepting ``16x1`` and another refusing it), so it lives here, free of I/O, and 
 components import it.
 """
 
+from neuron_cores.allocations import (
+    ALLOCATIONS_ANNOTATION,
+    AllocationRecord,
+    AllocationRecordError,
+    format_record,
+    parse_record,
+)
 from neuron_cores.groups import (
     GROUP_SIZES_ENV,
     GroupSizesError,
@@ -32,11 +39,14 @@ from neuron_cores.visible import (
 )
 
 __all__ = [
+    "ALLOCATIONS_ANNOTATION",
     "GROUP_SIZES_ENV",
     "INSTANCE_TYPES",
     "MAX_NODE_CORES",
     "VISIBLE_CORES_ENV",
     "VISIBLE_DEVICES_ENV",
+    "AllocationRecord",
+    "AllocationRecordError",
     "CoreListError",
     "GroupSizesError",
     "InstanceType",
@@ -44,11 +54,13 @@ __all__ = [
     "contiguous_runs",
     "format_core_list",
     "format_group_sizes",
+    "format_record",
     "is_ascii_digits",
     "is_contiguous",
     "lookup_instance_type",
     "parse_core_list",
     "parse_group_sizes",
+    "parse_record",
     "read_natural",
     "split_into_groups",
 ]

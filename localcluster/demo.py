@@ -8,8 +8,8 @@ the operator runs here as a local process with the chart's service account and R
 the seed's three scenarios (deploy/samples 01-03: 16 copies in one process, 16 processes, 16
 processes with two models each; 48 cores, exactly the three nodes) and wait until every
 NeuronWorkload is Ready, printing progress; (5) print each node's cores with the pod and group
-holding each one, and one inference answered by a pod on the emulated node; (6) exit 0, leaving
-the cluster running.
+holding each one (``kubectl neuron cores``), and one inference answered by a pod on the emulated
+node; (6) exit 0, leaving the cluster running.
 
 The models are small stand-ins compiled under the seed's names (a ResNet-shaped network at 32x32,
 not ResNet-50's real size) so that up to 32 serving processes fit a 2-core machine; the
@@ -25,14 +25,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from neuron_cores import parse_core_list, parse_group_sizes, split_into_groups
 from neuron_localcluster import clitools, processes
 from neuron_localcluster.cluster import ClusterError, LocalCluster
 from neuron_localcluster.node_agent import ALLOCATIONS_FILE
@@ -51,7 +49,6 @@ SCENARIOS = (
 RELEASE = "neuron-groups"
 RELEASE_NAMESPACE = "neuron-groups"
 DEMO_NAMESPACE = "demo"
-GROUPS_ANNOTATION = "neurongroups.dev/group-sizes"
 WORKLOAD_RESOURCE = "neuronworkloads.neurongroups.dev"
 # name -> (seed) of the stand-in models the scenarios load from /models/<name>
 MODELS = {"resnet50": 0, "resnet50-v2": 1}
@@ -73,43 +70,6 @@ def with_models_volume(workload: dict[str, Any], models_dir: Path) -> dict[str, 
         {"name": "models", "mountPath": "/models", "readOnly": True},
     ]
     return {**workload, "spec": spec}
-
-
-@dataclass(frozen=True)
-class Holder:
-    pod: str
-    group: int
-    simulated: bool
-
-
-def groups_of(visible: Sequence[int], group_sizes: str | None) -> list[tuple[int, ...]]:
-    sizes = parse_group_sizes(group_sizes) if group_sizes else (len(visible),)
-    return split_into_groups(list(visible), sizes)
-
-
-def assign(
-    holders: dict[int, Holder],
-    pod: str,
-    cores: Sequence[int],
-    sizes: str | None,
-    *,
-    simulated: bool,
-) -> None:
-    for index, group in enumerate(groups_of(cores, sizes)):
-        for core in group:
-            holders[core] = Holder(pod, index, simulated)
-
-
-def core_map_lines(node: str, kind: str, total: int, holders: Mapping[int, Holder]) -> list[str]:
-    lines = [f"{node} ({kind}, {total} NeuronCores)"]
-    for core in range(total):
-        holder = holders.get(core)
-        if holder is None:
-            lines.append(f"  core {core:2d}  free")
-        else:
-            mark = " *" if holder.simulated else ""
-            lines.append(f"  core {core:2d}  {holder.pod}  group {holder.group}{mark}")
-    return lines
 
 
 def progress_line(workloads: Sequence[dict[str, Any]]) -> str:
@@ -292,46 +252,22 @@ def wait_ready(cluster: LocalCluster, names: Sequence[str], print_: Callable[[st
 
 
 def print_core_maps(cluster: LocalCluster) -> None:
-    pods = _json(cluster, "pods", "-n", DEMO_NAMESPACE)["items"]
-    nodes = _json(cluster, "nodes")["items"]
-    for node in nodes:
-        name = node["metadata"]["name"]
-        total = int(node["status"]["capacity"].get("aws.amazon.com/neuroncore", "0"))
-        holders: dict[int, Holder] = {}
-        on_node = sorted(
-            (p for p in pods if p["spec"].get("nodeName") == name),
-            key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]),
-        )
-        if name in cluster.emulated_nodes:
-            alloc = json.loads((cluster.layout.node_dir(name) / ALLOCATIONS_FILE).read_text())
-            for entry in alloc.values():
-                visible = entry["envs"].get("NEURON_RT_VISIBLE_CORES")
-                if visible:
-                    assign(
-                        holders,
-                        entry["name"],
-                        parse_core_list(visible),
-                        entry["envs"].get("NEURONCORE_GROUP_SIZES"),
-                        simulated=False,
-                    )
-            kind = "emulated: cores chosen by the device plugin"
-        else:
-            from neuron_device_plugin.policy import best_fit
+    """Each node's cores through ``kubectl neuron cores``, the plugin users run themselves.
 
-            for pod in on_node:
-                want = sum(
-                    int(
-                        c.get("resources", {}).get("limits", {}).get("aws.amazon.com/neuroncore", 0)
-                    )
-                    for c in pod["spec"]["containers"]
-                )
-                free = [c for c in range(total) if c not in holders]
-                if want and len(free) >= want:
-                    chosen = best_fit(free, [], want)
-                    sizes = pod["metadata"].get("annotations", {}).get(GROUPS_ANNOTATION)
-                    assign(holders, pod["metadata"]["name"], chosen, sizes, simulated=True)
-            kind = "kwok: * = where the plugin's best-fit policy would put them"
-        print("\n".join(core_map_lines(name, kind, total, holders)), flush=True)
+    The emulated node publishes which pod holds which core (its Allocate answers) as the Node
+    annotation the plugin reads; kwok nodes run nothing, so for them it lists each pod's count.
+    """
+    plugin = Path(sys.executable).parent / "kubectl-neuron"
+    proc = subprocess.run(
+        [str(plugin), "--kubeconfig", str(cluster.kubeconfig), "cores"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+    )
+    if proc.returncode != 0:
+        raise ClusterError(f"kubectl neuron cores failed: {proc.stderr.strip()}")
+    print(proc.stdout, end="", flush=True)
 
 
 def one_inference(cluster: LocalCluster) -> None:

@@ -40,7 +40,9 @@ from typing import Any
 
 from kubernetes import client as k8s
 
+from neuron_cores import ALLOCATIONS_ANNOTATION, VISIBLE_CORES_ENV, format_record, parse_core_list
 from neuron_cores.logs import configure_logging
+from neuron_device_plugin.ids import CORE_ID_PREFIX, parse_id
 from neuron_device_plugin.kubelet_emulator import (
     ContainerHolding,
     KubeletEmulator,
@@ -135,6 +137,7 @@ class NodeAgent:
         self._last_capacity: dict[str, str] | None = None
         self._next_lease = 0.0
         self._next_node_status = 0.0
+        self._published: str | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -308,6 +311,7 @@ class NodeAgent:
     def tick(self) -> None:
         self._renew_lease()
         self._update_node_status()
+        self._publish_allocations()
         response = self.core.list_pod_for_all_namespaces(
             field_selector=f"spec.nodeName={self.spec.name}", _preload_content=False
         )
@@ -435,6 +439,44 @@ class NodeAgent:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
         os.replace(tmp, path)
+        self._publish_allocations()
+
+    def _publish_allocations(self) -> None:
+        """The same allocations as the Node annotation ``kubectl neuron cores`` reads.
+
+        The cores are each container's ``NEURON_RT_VISIBLE_CORES`` from Allocate (what its
+        processes got); unhealthy cores are the plugin's, as the kubelet would see them.
+        """
+        held = {
+            f"{pod.namespace}/{pod.name}": sorted(
+                core
+                for rc in pod.containers
+                if rc.env.get(VISIBLE_CORES_ENV)
+                for core in parse_core_list(rc.env[VISIBLE_CORES_ENV])
+            )
+            for pod in self.running.values()
+        }
+        plugin = self.emulator.client(nodes.CORE_RESOURCE)
+        taken = {core for cores in held.values() for core in cores}
+        unhealthy = sorted(
+            index
+            for device in (plugin.devices() if plugin else [])
+            if not device.healthy
+            and (index := parse_id(device.id, CORE_ID_PREFIX)) is not None
+            and index not in taken
+        )
+        total = int(self._resource_counts()[0].get(nodes.CORE_RESOURCE, "0"))
+        if total <= 0:
+            return
+        record = format_record(total, held, unhealthy)
+        if record == self._published:
+            return
+        meta = {"metadata": {"annotations": {ALLOCATIONS_ANNOTATION: record}}}
+        try:
+            self.core.patch_node(self.spec.name, meta)
+            self._published = record
+        except ApiException as exc:
+            log.warning("cannot publish allocations on node %s: %s", self.spec.name, exc.reason)
 
     def _base_env(self, pod_dir: Path) -> dict[str, str]:
         keep = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")

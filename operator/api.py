@@ -27,8 +27,20 @@ ISOLATION_SHARED = "Shared"
 ISOLATION_PROCESS = "Process"
 ISOLATIONS = (ISOLATION_SHARED, ISOLATION_PROCESS)
 
+# spec.allocation: how each pod gets its NeuronCores.  DevicePlugin: an aws.amazon.com/neuroncore
+# request, cores chosen by the device plugin.  Auto (the default) picks DRA where the cluster offers
+# it; the DRA mode is not in this release yet, so Auto means DevicePlugin for now.
+ALLOCATION_DEVICE_PLUGIN = "DevicePlugin"
+ALLOCATION_AUTO = "Auto"
+ALLOCATIONS = (ALLOCATION_DEVICE_PLUGIN, ALLOCATION_AUTO)
+
 MODELS_ENV = "NEURON_MODELS"
-RESERVED_ENV = (GROUP_SIZES_ENV, MODELS_ENV)
+# Two more planned values, set only in pods of a spec.container (so an image's own flags can take
+# them through Kubernetes' $(VAR) expansion): each model of the pod once, in load order, and the
+# pod's NeuronCore count.
+MODEL_NAMES_ENV = "NEURON_MODEL_NAMES"
+POD_CORES_ENV = "NEURON_POD_CORES"
+RESERVED_ENV = (GROUP_SIZES_ENV, MODELS_ENV, MODEL_NAMES_ENV, POD_CORES_ENV)
 
 # Bounds shared with the CRD schema (tests check that the two agree).
 MAX_MODELS = 64
@@ -83,12 +95,55 @@ TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
 TOLERATION_OPERATORS = ("Exists", "Equal")
 TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 
+# spec.container: what a NeuronWorkload may set of its serving container (docs/security.md).  No
+# securityContext, hostPort, lifecycle hook or image: the operator's pod keeps those.
+CONTAINER_KEYS = (
+    "command",
+    "args",
+    "modelArgs",
+    "workingDir",
+    "ports",
+    "readinessProbe",
+    "livenessProbe",
+    "startupProbe",
+)
+PORT_KEYS = ("name", "containerPort", "protocol")
+PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
+PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
+PROBE_HANDLERS = ("httpGet", "tcpSocket", "grpc", "exec")
+PROBE_TIMINGS = (
+    "initialDelaySeconds",
+    "periodSeconds",
+    "timeoutSeconds",
+    "successThreshold",
+    "failureThreshold",
+)
+# No "host": a probe reaches only its own pod.
+PROBE_HANDLER_KEYS = {
+    "httpGet": ("path", "port", "scheme", "httpHeaders"),
+    "tcpSocket": ("port",),
+    "grpc": ("port", "service"),
+    "exec": ("command",),
+}
+HTTP_SCHEMES = ("HTTP", "HTTPS")
+# Placeholders of spec.container.modelArgs, expanded once per model of the pod.
+MODEL_ARG_FIELDS = ("name", "path", "cores", "copies")
+MAX_ARGS = 128
+MAX_ARG_LENGTH = 4096
+# Smaller for modelArgs: the CRD's placeholder rule must stay inside the API server's CEL budget.
+MAX_MODEL_ARGS = 16
+MAX_MODEL_ARG_LENGTH = 512
+MAX_PORTS = 16
+DEFAULT_PORT = "http"
+
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _VOLUME_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 # Printable ASCII but ',' (it separates NEURON_MODELS entries), '"' and backslash (JSON escapes).
 _MODEL_PATH = re.compile(r"^/[ !#-+\--\[\]-~]*$")
 _PARENT = re.compile(r"(^|/)\.\.(/|$)")
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
 @dataclass(frozen=True)
@@ -181,6 +236,27 @@ class PodSettings:
 
 
 @dataclass(frozen=True)
+class ContainerSettings:
+    """spec.container: the serving container's command, args, ports and probes.
+
+    ``None`` in ``command``/``ports`` and a probe absent from ``probes`` mean the default
+    (``neuron-runtime serve``, ports http 8000 and grpc 8001, the runtime's health probes).
+    """
+
+    command: tuple[str, ...] | None = None
+    args: tuple[str, ...] = ()
+    model_args: tuple[str, ...] = ()
+    working_dir: str | None = None
+    ports: tuple[Mapping[str, Any], ...] | None = None
+    probes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def expand_model_arg(template: str, values: Mapping[str, object]) -> str:
+    """``template`` with each ``{name}``-style placeholder replaced (names: MODEL_ARG_FIELDS)."""
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)
+
+
+@dataclass(frozen=True)
 class WorkloadSpec:
     """A NeuronWorkload's spec after validation."""
 
@@ -192,6 +268,8 @@ class WorkloadSpec:
     instance_type: str | None = None
     replicas: int = 1
     pod: PodSettings = field(default_factory=PodSettings)
+    container: ContainerSettings | None = None
+    allocation: str = ALLOCATION_AUTO
 
     @property
     def demand(self) -> int:
@@ -564,6 +642,207 @@ def _parse_pod_settings(
     )
 
 
+def _string_list(
+    raw: Mapping[str, Any],
+    key: str,
+    problems: _Problems,
+    *,
+    what: str,
+    most: int = MAX_ARGS,
+    longest: int = MAX_ARG_LENGTH,
+) -> tuple[str, ...] | None:
+    path = f"container.{key}"
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.add(path, value, "is not a list of strings", f"give {what}, each quoted")
+        return None
+    if len(value) > most or any(len(v) > longest for v in value):
+        problems.add(
+            path,
+            f"{len(value)} items",
+            f"is more than {most} items or has one over {longest} characters",
+            "move long settings into a ConfigMap volume and pass its path",
+        )
+        return None
+    return tuple(value)
+
+
+def _check_model_args(templates: Sequence[str], problems: _Problems) -> None:
+    for index, template in enumerate(templates):
+        unknown = [p for p in _PLACEHOLDER.findall(template) if p not in MODEL_ARG_FIELDS]
+        if unknown:
+            problems.add(
+                f"container.modelArgs[{index}]",
+                template,
+                f"has the unknown placeholder {{{unknown[0]}}}",
+                "use {" + "}, {".join(MODEL_ARG_FIELDS) + "} (each replaced per model of the pod)",
+            )
+
+
+def _parse_ports(raw: object, problems: _Problems) -> tuple[Mapping[str, Any], ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(isinstance(p, Mapping) for p in raw):
+        problems.add(
+            "container.ports", raw, "is not a non-empty list of ports", "give name and port"
+        )
+        return None
+    if len(raw) > MAX_PORTS:
+        problems.add("container.ports", len(raw), "is too many ports", f"give at most {MAX_PORTS}")
+        return None
+    names: set[str] = set()
+    for index, port in enumerate(raw):
+        path = f"container.ports[{index}]"
+        _unknown_keys(port, path, PORT_KEYS, problems)
+        name = port.get("name")
+        if not isinstance(name, str) or not _port_name_ok(name):
+            problems.add(
+                f"{path}.name",
+                name,
+                "is not a port name",
+                "use 1-15 lower-case letters, digits and '-' with a letter (the Service uses it)",
+            )
+        elif name in names:
+            problems.add(f"{path}.name", name, "is a port name used twice", "rename one")
+        names.add(str(name))
+        number = port.get("containerPort")
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
+            problems.add(f"{path}.containerPort", number, "is not a port", "give 1 to 65535")
+        protocol = port.get("protocol", "TCP")
+        if protocol not in PORT_PROTOCOLS:
+            problems.add(f"{path}.protocol", protocol, "is not allowed", f"use {PORT_PROTOCOLS}")
+    return tuple(raw)
+
+
+def _port_name_ok(name: str) -> bool:
+    return len(name) <= 15 and bool(_PORT_NAME.match(name)) and any(c.isalpha() for c in name)
+
+
+def _check_probe(
+    name: str, probe: object, port_names: Sequence[str], problems: _Problems
+) -> Mapping[str, Any] | None:
+    path = f"container.{name}"
+    if not isinstance(probe, Mapping):
+        problems.add(path, probe, "is not a probe", "give one of " + ", ".join(PROBE_HANDLERS))
+        return None
+    _unknown_keys(probe, path, (*PROBE_HANDLERS, *PROBE_TIMINGS), problems)
+    handlers = [h for h in PROBE_HANDLERS if h in probe]
+    if len(handlers) != 1:
+        problems.add(
+            path, handlers, "is not exactly one handler", f"give one of {', '.join(PROBE_HANDLERS)}"
+        )
+        return None
+    for key in PROBE_TIMINGS:
+        value = probe.get(key)
+        low = 0 if key == "initialDelaySeconds" else 1
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 3600
+        ):
+            problems.add(f"{path}.{key}", value, "is out of range", f"give {low} to 3600")
+    handler = handlers[0]
+    body = probe[handler]
+    where = f"{path}.{handler}"
+    if not isinstance(body, Mapping):
+        problems.add(where, body, "is not an object", "see a Pod's probe")
+        return None
+    _unknown_keys(body, where, PROBE_HANDLER_KEYS[handler], problems)
+    if handler == "exec":
+        command = body.get("command")
+        if (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(c, str) for c in command)
+        ):
+            problems.add(f"{where}.command", command, "is not a command", "give a list of strings")
+        return probe
+    port = body.get("port")
+    if isinstance(port, str):
+        if port not in port_names:
+            problems.add(
+                f"{where}.port",
+                port,
+                "names no port of the container",
+                f"use one of {', '.join(port_names) or 'the ports'} or a number",
+            )
+    elif isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        problems.add(f"{where}.port", port, "is not a port", "give a port name or 1 to 65535")
+    if handler == "httpGet":
+        scheme = body.get("scheme", "HTTP")
+        if scheme not in HTTP_SCHEMES:
+            problems.add(f"{where}.scheme", scheme, "is not allowed", "use HTTP or HTTPS")
+        request_path = body.get("path", "/")
+        if not isinstance(request_path, str) or not request_path.startswith("/"):
+            problems.add(f"{where}.path", request_path, "is not a path", "e.g. /v2/health/ready")
+        headers = body.get("httpHeaders", [])
+        if not isinstance(headers, list) or not all(
+            isinstance(h, Mapping)
+            and set(h) == {"name", "value"}
+            and all(isinstance(v, str) for v in h.values())
+            for h in headers
+        ):
+            problems.add(
+                f"{where}.httpHeaders", headers, "is not a header list", "give name and value"
+            )
+    return probe
+
+
+def _parse_container(raw: object, problems: _Problems) -> ContainerSettings | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        problems.add("container", raw, "is not an object", "give command, args, ports or probes")
+        return None
+    _unknown_keys(raw, "container", CONTAINER_KEYS, problems)
+    command = _string_list(raw, "command", problems, what="the program and its arguments")
+    if command == ():
+        problems.add("container.command", [], "is empty", "omit it for neuron-runtime serve")
+    args = _string_list(raw, "args", problems, what="the arguments") or ()
+    model_args = (
+        _string_list(
+            raw,
+            "modelArgs",
+            problems,
+            what="argument templates",
+            most=MAX_MODEL_ARGS,
+            longest=MAX_MODEL_ARG_LENGTH,
+        )
+        or ()
+    )
+    _check_model_args(model_args, problems)
+    working_dir = raw.get("workingDir")
+    if working_dir is not None and (
+        not isinstance(working_dir, str) or not working_dir.startswith("/")
+    ):
+        problems.add("container.workingDir", working_dir, "is not absolute", "e.g. /srv")
+        working_dir = None
+    ports = _parse_ports(raw.get("ports"), problems)
+    port_names = [str(p.get("name")) for p in (ports or ({"name": "http"}, {"name": "grpc"}))]
+    probes: dict[str, Mapping[str, Any]] = {}
+    for name in PROBES:
+        if raw.get(name) is not None:
+            checked = _check_probe(name, raw[name], port_names, problems)
+            if checked is not None:
+                probes[name] = checked
+        elif name != "startupProbe" and DEFAULT_PORT not in port_names:
+            problems.add(
+                f"container.{name}",
+                None,
+                f"is absent, and the default probe needs a port named {DEFAULT_PORT!r}",
+                f"give {name} for your image, or name its HTTP port {DEFAULT_PORT!r} if it "
+                "answers /v2/health/ready and /v2/health/live",
+            )
+    return ContainerSettings(
+        command=command or None,
+        args=args,
+        model_args=model_args,
+        working_dir=working_dir,
+        ports=ports,
+        probes=probes,
+    )
+
+
 def _check_fit(
     models: Sequence[ModelSpec], node_cores: int, budget: int | None, where: str
 ) -> list[str]:
@@ -615,10 +894,24 @@ def parse_spec(raw: object, policy: VolumePolicy | None = None) -> WorkloadSpec:
     isolation = raw.get("isolation", ISOLATION_SHARED)
     if isolation not in ISOLATIONS:
         problems.add("isolation", isolation, "is not an isolation", "use Shared or Process")
+    allocation = raw.get("allocation", ALLOCATION_AUTO)
+    if allocation not in ALLOCATIONS:
+        hint = (
+            "; DRA allocation is not available in this operator release yet"
+            if allocation == "DRA"
+            else ""
+        )
+        problems.add(
+            "allocation",
+            allocation,
+            "is not an allocation mode",
+            f"use {' or '.join(ALLOCATIONS)} (Auto, the default, uses the device plugin){hint}",
+        )
     image = raw.get("image")
     if not isinstance(image, str) or not image.strip():
         problems.add("image", image, "is not an image reference", "give the runtime's image")
     pod = _parse_pod_settings(raw, policy, problems)
+    container = _parse_container(raw.get("container"), problems)
     if node_cores is not None:
         where = (
             f"a node of type {instance_type} has"
@@ -638,6 +931,8 @@ def parse_spec(raw: object, policy: VolumePolicy | None = None) -> WorkloadSpec:
         instance_type=instance_type,
         replicas=replicas,
         pod=pod,
+        container=container,
+        allocation=str(allocation),
     )
 
 

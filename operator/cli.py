@@ -68,7 +68,6 @@ def plan_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return EXIT_INVALID
     try:
         workloads = load_workloads(args.file)
-        plans = [(w, plan(w.spec)) for w in workloads]
     except InvalidSpecError as error:
         print(f"error: {args.file}: invalid NeuronWorkload:", file=sys.stderr)
         for problem in error.problems:
@@ -77,17 +76,32 @@ def plan_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     except (OSError, yaml.YAMLError) as error:
         print(f"error: cannot read {args.file}: {error}", file=sys.stderr)
         return EXIT_INVALID
+    return print_plans(workloads, str(args.file), args.output, out)
+
+
+def print_plans(workloads: Sequence[Workload], source: str, output: str, out: TextIO) -> int:
+    """Plan ``workloads`` and print them as ``plan`` does; 2 with the reason when one cannot be.
+
+    ``kubectl neuron plan`` prints live NeuronWorkloads through this too.
+    """
+    try:
+        plans = [(w, plan(w.spec)) for w in workloads]
+    except InvalidSpecError as error:
+        print(f"error: {source}: invalid NeuronWorkload:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_INVALID
     items: list[dict[str, Any]] = [build_pod(p, w) for w, result in plans for p in result.pods]
     too_large = next((r for pod in items if (r := pod_size_refusal(pod))), None)
     if too_large is not None:  # the operator would refuse to send it (PodTooLarge)
-        print(f"error: {args.file}: {too_large.describe()}", file=sys.stderr)
+        print(f"error: {source}: {too_large.describe()}", file=sys.stderr)
         return EXIT_INVALID
-    if args.output == "text":
+    if output == "text":
         for workload, result in plans:
             _text_report(workload, result, out)
         return 0
     pod_list = {"apiVersion": "v1", "kind": "List", "items": items}
-    if args.output == "json":
+    if output == "json":
         json.dump(pod_list, out, indent=2)
         out.write("\n")
     else:

@@ -11,10 +11,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from neuron_cores import GROUP_SIZES_ENV
-from neuron_operator.api import API_VERSION, KIND, MODELS_ENV, Workload, WorkloadSpec
+from neuron_operator.api import (
+    API_VERSION,
+    KIND,
+    MODEL_NAMES_ENV,
+    MODELS_ENV,
+    POD_CORES_ENV,
+    ContainerSettings,
+    Workload,
+    WorkloadSpec,
+    expand_model_arg,
+)
 from neuron_operator.planner import PodPlan
 
 NEURONCORE_RESOURCE = "aws.amazon.com/neuroncore"
@@ -44,6 +55,11 @@ def template_hash(spec: WorkloadSpec) -> str:
     """A short hash of everything that shapes the pods (all of the spec but ``replicas``)."""
     shape = dataclasses.asdict(spec)
     shape.pop("replicas")
+    if shape["container"] is None:  # absent before spec.container existed: keep those hashes
+        shape.pop("container")
+    # Both modes of this release build the same pods (a neuroncore request): switching between
+    # them, or the field appearing, must not roll anything.
+    shape.pop("allocation")
     text = json.dumps([POD_TEMPLATE_VERSION, shape], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -96,25 +112,95 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def _container(spec: WorkloadSpec, plan_pod: PodPlan) -> dict[str, Any]:
+DEFAULT_COMMAND = ("neuron-runtime", "serve")
+DEFAULT_PORTS = (
+    {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+    {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+)
+
+
+def container_ports(spec: WorkloadSpec) -> list[dict[str, Any]]:
+    """The serving container's ports: spec.container.ports, else http 8000 and grpc 8001."""
+    given = spec.container.ports if spec.container else None
+    if given is None:
+        return [dict(p) for p in DEFAULT_PORTS]
+    return [{**p, "protocol": p.get("protocol", "TCP")} for p in given]
+
+
+def model_args(settings: ContainerSettings, plan_pod: PodPlan) -> list[str]:
+    """spec.container.modelArgs expanded once per model of the pod, in load order."""
+    copies: dict[str, int] = {}
+    first: dict[str, Any] = {}
+    for copy in plan_pod.load_order:
+        copies[copy.name] = copies.get(copy.name, 0) + 1
+        first.setdefault(copy.name, copy)
+    return [
+        expand_model_arg(
+            template,
+            {"name": name, "path": m.path, "cores": m.cores, "copies": copies[name]},
+        )
+        for name, m in first.items()
+        for template in settings.model_args
+    ]
+
+
+def _planned_env(spec: WorkloadSpec, plan_pod: PodPlan) -> list[dict[str, Any]]:
     env = [
         {"name": GROUP_SIZES_ENV, "value": plan_pod.group_sizes_env},
         {"name": MODELS_ENV, "value": plan_pod.models_env},
-        *(dict(e) for e in spec.pod.env),
     ]
+    if spec.container is not None:
+        names = ",".join(dict.fromkeys(m.name for m in plan_pod.load_order))
+        env += [
+            {"name": MODEL_NAMES_ENV, "value": names},
+            {"name": POD_CORES_ENV, "value": str(plan_pod.cores)},
+        ]
+    return env
+
+
+def _serving(spec: WorkloadSpec, plan_pod: PodPlan) -> dict[str, Any]:
+    """Command, args, ports and probes: spec.container merged over the defaults."""
+    settings = spec.container or ContainerSettings()
+    out: dict[str, Any] = {"command": list(settings.command or DEFAULT_COMMAND)}
+    args = [*settings.args, *model_args(settings, plan_pod)]
+    if args:
+        out["args"] = args
+    if settings.working_dir:
+        out["workingDir"] = settings.working_dir
+    out["ports"] = container_ports(spec)
+    defaults = {
+        "readinessProbe": _probe("/v2/health/ready", 5, 3),
+        "livenessProbe": _probe("/v2/health/live", 10, 6),
+    }
+    for name in ("readinessProbe", "livenessProbe", "startupProbe"):
+        probe = settings.probes.get(name) or defaults.get(name)
+        if probe is not None:
+            out[name] = _plain(probe)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy as plain dicts and lists (the spec holds mappings and tuples)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _container(spec: WorkloadSpec, plan_pod: PodPlan) -> dict[str, Any]:
+    env = [*_planned_env(spec, plan_pod), *(dict(e) for e in spec.pod.env)]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, *(dict(m) for m in spec.pod.volume_mounts)]
+    serving = _serving(spec, plan_pod)
     return {
         "name": CONTAINER_NAME,
         "image": spec.image,
-        "command": ["neuron-runtime", "serve"],
-        "ports": [
-            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
-        ],
+        "command": serving["command"],
+        **{k: serving[k] for k in ("args", "workingDir") if k in serving},
+        "ports": serving["ports"],
         "env": env,
         "resources": _resources(spec, plan_pod.cores),
-        "readinessProbe": _probe("/v2/health/ready", 5, 3),
-        "livenessProbe": _probe("/v2/health/live", 10, 6),
+        **{k: v for k, v in serving.items() if k.endswith("Probe")},
         "volumeMounts": mounts,
         "securityContext": {
             "runAsNonRoot": True,
@@ -187,8 +273,13 @@ def build_service(workload: Workload) -> dict[str, Any]:
         "spec": {
             "selector": selector_labels(workload.name),
             "ports": [
-                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {
+                    "name": p["name"],
+                    "port": p["containerPort"],
+                    "targetPort": p["name"],
+                    "protocol": p["protocol"],
+                }
+                for p in container_ports(workload.spec)
             ],
         },
     }

@@ -139,3 +139,50 @@ def test_size_bounds_agree(crd: dict[str, Any], where: str, bound: int) -> None:
     schema = spec_schema(crd) if where == "spec" else spec_schema(crd)["properties"]["env"]
     rules = [r["rule"] for r in schema["x-kubernetes-validations"]]
     assert any(f"<= {bound}" in rule for rule in rules), rules
+
+
+def test_container_fields_are_the_operators(crd: dict[str, Any]) -> None:
+    container = spec_schema(crd)["properties"]["container"]
+    props = container["properties"]
+    assert set(props) == set(api.CONTAINER_KEYS)
+    assert set(props["ports"]["items"]["properties"]) == set(api.PORT_KEYS)
+    assert props["ports"]["items"]["properties"]["protocol"]["enum"] == list(api.PORT_PROTOCOLS)
+    probes = [props[name] for name in api.PROBES]
+    for probe in probes:
+        described = {k: v for k, v in probe.items() if k != "description"}
+        assert described == {k: v for k, v in probes[0].items() if k != "description"}
+        assert set(probe["properties"]) == {*api.PROBE_HANDLERS, *api.PROBE_TIMINGS}
+        for handler, keys in api.PROBE_HANDLER_KEYS.items():
+            assert set(probe["properties"][handler]["properties"]) == set(keys)
+    placeholders = re.findall(r"'\{(\w+)\}'", str(props["modelArgs"]["items"]))
+    assert placeholders == list(api.MODEL_ARG_FIELDS)
+
+
+def test_reserved_env_rule_lists_every_planned_variable(crd: dict[str, Any]) -> None:
+    name = spec_schema(crd)["properties"]["env"]["items"]["properties"]["name"]
+    rule = name["x-kubernetes-validations"][0]["rule"]
+    assert re.findall(r"'([A-Z_]+)'", rule) == list(api.RESERVED_ENV)
+
+
+ARG_BOUNDS = [
+    ("command", api.MAX_ARGS, api.MAX_ARG_LENGTH),
+    ("args", api.MAX_ARGS, api.MAX_ARG_LENGTH),
+    ("modelArgs", api.MAX_MODEL_ARGS, api.MAX_MODEL_ARG_LENGTH),
+]
+
+
+@pytest.mark.parametrize(("field", "items", "length"), ARG_BOUNDS, ids=[b[0] for b in ARG_BOUNDS])
+def test_container_argument_bounds_agree(
+    crd: dict[str, Any], field: str, items: int, length: int
+) -> None:
+    schema = spec_schema(crd)["properties"]["container"]["properties"][field]
+    assert (schema["maxItems"], schema["items"]["maxLength"]) == (items, length)
+
+
+def test_allocation_modes_agree(crd: dict[str, Any]) -> None:
+    allocation = spec_schema(crd)["properties"]["allocation"]
+    assert allocation["enum"] == list(api.ALLOCATIONS)
+    assert allocation["default"] == api.ALLOCATION_AUTO
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    wide = [c for c in columns if c["jsonPath"] == ".spec.allocation"]
+    assert wide and wide[0]["priority"] == 1  # `kubectl get nwl -o wide`

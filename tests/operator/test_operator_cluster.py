@@ -42,9 +42,14 @@ TIMEOUT = 90.0
 def operators(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operators]:
     cluster = local_cluster
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/neuronworkloads.neurongroups.dev",
+    # Right after the apply the CRD may have no status yet, which `kubectl wait` takes as an error.
+    cluster.wait_for(
+        lambda: cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=10s",
+            "crd/neuronworkloads.neurongroups.dev", check=False,
+        ).returncode == 0,
+        60,
+        "the NeuronWorkload CRD to be Established",
     )  # fmt: skip
     # A namespace left by an earlier run may still be terminating: wait until it is gone.
     cluster.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", "--timeout=90s")
@@ -546,3 +551,39 @@ def test_workload_on_the_emulated_node_serves_through_its_service(
         client.close()
     assert result is not None and result.shape == (2, 10)
     assert np.isfinite(result).all()
+
+
+def test_spec_container_runs_its_command_args_ports_and_probes(
+    operators: Operators, mlp_model: Path
+) -> None:
+    """spec.container end to end: the emulated node runs the given command with the per-model
+    args, the given probe on the given named port gates readiness, and the Service exposes it."""
+    import urllib.request
+
+    cluster = operators.cluster
+    rest = {"httpGet": {"path": "/v2/health/ready", "port": "rest"}, "periodSeconds": 2}
+    document = workload(
+        "01-resnet50-shared.yaml",
+        name="custom-served",
+        models=[{"name": "mlp", "path": str(mlp_model), "cores": 1}],
+        nodeSelector={"neuron-groups.io/simulation": "emulated"},
+        container={
+            "command": ["neuron-runtime", "serve"],
+            "args": ["--http-port=9000", "--grpc-port=0"],
+            "modelArgs": ["--model={name}={path}"],
+            "ports": [{"name": "rest", "containerPort": 9000}],
+            "readinessProbe": rest,
+            "livenessProbe": {**rest, "periodSeconds": 10},
+        },
+    )
+    assert apply(cluster, document).returncode == 0
+    ready_workload(operators, "custom-served", 1)
+    (pod,) = pods_of(cluster, "custom-served")
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["--http-port=9000", "--grpc-port=0", f"--model=mlp={mlp_model}"]
+    assert env_of(pod)["NEURON_POD_CORES"] == "1"
+    service = kubectl_json(cluster, "get", "service", "custom-served", "-n", NS)
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("rest", 9000)]
+    url = f"http://{pod['status']['podIP']}:9000/v2/models/mlp"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert json.loads(response.read())["name"] == "mlp"
