@@ -366,7 +366,7 @@ class LocalCluster:
         publisher = [
             sys.executable,
             "-m",
-            "neuron_localcluster.karpenter",
+            "neuron_localcluster.capacity_publisher",
             f"--kubeconfig={kubeconfig}",
         ]
         self._spawn("capacity-publisher", publisher, {**os.environ, "PYTHONSAFEPATH": "1"})

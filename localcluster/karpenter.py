@@ -22,11 +22,8 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -451,45 +448,3 @@ def capacity_patch(node: Mapping[str, Any]) -> dict[str, Any] | None:
     if want_capacity == capacity and want_allocatable == allocatable:
         return None
     return {"status": {"capacity": want_capacity, "allocatable": want_allocatable}}
-
-
-def publish(kubeconfig: Path, interval: float, stop: threading.Event) -> None:
-    """Patch every node :func:`capacity_patch` names, every ``interval`` s, until ``stop``."""
-    from kubernetes import client as k8s
-
-    from neuron_localcluster.kube import ApiException, api_client_for
-
-    core = k8s.CoreV1Api(api_client_for(kubeconfig))
-    while not stop.is_set():
-        try:
-            answer = core.list_node(label_selector=NODEPOOL_LABEL, _preload_content=False)
-            for node in json.loads(answer.data)["items"]:
-                patch = capacity_patch(node)
-                if patch is not None:
-                    core.patch_node_status(node["metadata"]["name"], patch)
-                    log.info("published Neuron capacity of node %s", node["metadata"]["name"])
-        except (ApiException, OSError, ValueError) as exc:
-            log.warning("publishing node capacity: %s", exc)
-        stop.wait(interval)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m neuron_localcluster.karpenter --kubeconfig K``: the capacity publisher."""
-    import argparse
-
-    from neuron_cores.logs import configure_logging
-
-    parser = argparse.ArgumentParser(prog="neuron-localcluster-capacity-publisher")
-    parser.add_argument("--kubeconfig", type=Path, required=True)
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
-    args = parser.parse_args(argv)
-    configure_logging(log_format="text", level="INFO")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    publish(args.kubeconfig, args.interval, stop)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
