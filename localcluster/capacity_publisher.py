@@ -12,7 +12,6 @@ for; this loop patches each to the instance type's full counts
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -28,16 +27,16 @@ def publish(kubeconfig: Path, interval: float, stop: threading.Event) -> None:
     """Patch every node :func:`capacity_patch` names, every ``interval`` s, until ``stop``."""
     from kubernetes import client as k8s
 
-    from neuron_localcluster.kube import ApiException, api_client_for
+    from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
 
     core = k8s.CoreV1Api(api_client_for(kubeconfig))
     while not stop.is_set():
         try:
             answer = core.list_node(label_selector=NODEPOOL_LABEL, _preload_content=False)
-            for node in json.loads(answer.data)["items"]:
+            for node in raw_json(answer)["items"]:
                 patch = capacity_patch(node)
                 if patch is not None:
-                    core.patch_node_status(node["metadata"]["name"], patch)
+                    core.patch_node_status(node["metadata"]["name"], body(patch))
                     log.info("published Neuron capacity of node %s", node["metadata"]["name"])
         except (ApiException, OSError, ValueError) as exc:
             log.warning("publishing node capacity: %s", exc)
