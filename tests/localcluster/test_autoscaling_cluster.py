@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,12 +25,15 @@ import pytest
 import yaml
 
 from neuron_localcluster import demo, karpenter, scaling
+from neuron_localcluster.clitools import ensure_helm
 from neuron_localcluster.cluster import LocalCluster
 from neuron_operator import conditions as c
 
 from .conftest import BUILD_ERROR
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.autoscaling]
+
+REPO = Path(__file__).resolve().parents[2]
 
 NS = "autoscale"
 NAME = "sixty-four"
@@ -162,3 +166,36 @@ def test_scale_in_and_delete_consolidate_nodes_away(cluster: LocalCluster) -> No
     cluster.kubectl("delete", "nwl", NAME, "-n", NS, "--wait=true")
     wait_nodes(cluster, 0)
     assert scaling.karpenter_nodes(cluster) == []
+
+
+def _chart_nodepool() -> str:
+    helm = ensure_helm()
+    return subprocess.run(
+        [
+            str(helm), "template", "ng", str(REPO / "charts/neuron-groups"),
+            "--set", "autoscaling.karpenter.nodePool.enabled=true",
+            "--show-only", "templates/autoscaling/karpenter-nodepool.yaml",
+        ],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["chart", "deploy/examples/karpenter-nodepool.yaml"],
+    ids=["chart-render", "deploy-example"],
+)
+def test_eks_nodepools_pass_karpenters_own_schema(cluster: LocalCluster, source: str) -> None:
+    """The EKS NodePools we ship pass the real karpenter.sh/v1 CRD (schema and CEL rules)."""
+    text = _chart_nodepool() if source == "chart" else (REPO / source).read_text()
+    (document,) = [d for d in yaml.safe_load_all(text) if d]
+    assert document["kind"] == "NodePool"
+    result = cluster.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(document), check=False
+    )
+    assert result.returncode == 0, result.stderr
+    broken = {**document, "spec": {**document["spec"], "limits": {"cpu": "lots"}}}
+    refused = cluster.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(broken), check=False
+    )
+    assert refused.returncode != 0 and "lots" in refused.stderr
