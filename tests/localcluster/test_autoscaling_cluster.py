@@ -190,12 +190,18 @@ def test_eks_nodepools_pass_karpenters_own_schema(cluster: LocalCluster, source:
     text = _chart_nodepool() if source == "chart" else (REPO / source).read_text()
     (document,) = [d for d in yaml.safe_load_all(text) if d]
     assert document["kind"] == "NodePool"
+    # The cluster's own NodePool is also called "neuron": a dry-run under that name would be an
+    # update, refused for changing its nodeClassRef, not a check of the document.
+    document["metadata"]["name"] = "eks-neuron"
     result = cluster.kubectl(
         "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(document), check=False
     )
     assert result.returncode == 0, result.stderr
-    broken = {**document, "spec": {**document["spec"], "limits": {"cpu": "lots"}}}
+    assert "created (server dry run)" in result.stdout
+    broken = yaml.safe_load(yaml.safe_dump(document))
+    broken["spec"]["disruption"]["consolidateAfter"] = "5 min"
     refused = cluster.kubectl(
         "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(broken), check=False
     )
-    assert refused.returncode != 0 and "lots" in refused.stderr
+    assert refused.returncode != 0
+    assert "spec.disruption.consolidateAfter" in refused.stderr and "5 min" in refused.stderr
