@@ -287,6 +287,7 @@ def run_go_build(
     moddir: Path,
     what: str,
     toolchain: str = "local",
+    remedy: str = "",
 ) -> None:
     """Run one ``go build`` in ``moddir``; on failure raise with the output's tail and a remedy."""
     log.info(
@@ -305,7 +306,10 @@ def run_go_build(
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise BinaryError(
             f"`{' '.join(cmd)}` failed in {moddir} (exit {proc.returncode}):\n{tail}\n"
-            f"Check that Go is 1.26+ (`go version`) and the module proxy is reachable, or "
-            f"point {ASSETS_ENV} at prebuilt binaries."
+            + (
+                remedy
+                or f"Check that Go is 1.26+ (`go version`) and the module proxy is reachable, "
+                f"or point {ASSETS_ENV} at prebuilt binaries."
+            )
         )
     log.info("built %s in %.0fs", what, time.monotonic() - started)

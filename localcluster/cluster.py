@@ -348,8 +348,7 @@ class LocalCluster:
         lay, ports = self.layout, self.ports
         folder = lay.root / "karpenter"
         folder.mkdir(parents=True, exist_ok=True)
-        for crd in assets.crds:
-            self.kubectl("apply", "--server-side", "-f", str(crd))
+        self.kubectl("apply", "--server-side", *(f"--filename={crd}" for crd in assets.crds))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         types_file = folder / "instance-types.json"
         types_file.write_text(json.dumps(karpenter.instance_types_file(settings), indent=2))

@@ -254,13 +254,18 @@ def _build(env: dict[str, str], moddir: Path, pin: Pin, folder: Path) -> None:
     go = find_go(env)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".build-") as tmp:
-        staged = Path(tmp)
+        staged = Path(tmp) / folder.name
+        staged.mkdir()
         run_go_build(
             env,
             build_command(go, staged / COMPONENT),
             moddir=moddir,
             what=f"{KWOK_PROVIDER_PACKAGE}@{pin.version} ({pin.toolchain})",
             toolchain=pin.toolchain,
+            remedy=(
+                f"Check that the module proxy is reachable: the go command fetches the "
+                f"{pin.toolchain} toolchain and {KARPENTER_MODULE}@{pin.version} from it once."
+            ),
         )
         source = _module_source(go, env, moddir, pin)
         (staged / "crds").mkdir()
@@ -271,8 +276,6 @@ def _build(env: dict[str, str], moddir: Path, pin: Pin, folder: Path) -> None:
             raise BinaryError(f"no CRDs under {', '.join(CRD_FOLDERS)} in {source}")
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staged, folder)
-        # TemporaryDirectory's cleanup must find something to remove.
-        staged.mkdir()
 
 
 def _module_source(go: str, env: Mapping[str, str], moddir: Path, pin: Pin) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -379,3 +380,80 @@ def test_cli_refuses_bad_consolidation_before_starting(tmp_path: Path) -> None:
     with pytest.raises(karpenter.KarpenterError, match="'soon'"):
         cli.autoscaler_settings("karpenter", "soon")
     assert isinstance(cli.build_parser(), argparse.ArgumentParser)
+
+
+FAKE_GO = """#!/bin/sh
+# A stand-in go command: records its GOTOOLCHAIN, "builds" by writing an executable, and
+# answers `go list -m -json` with a module folder holding CRDs.
+echo "$GOTOOLCHAIN $*" >> "{log}"
+if [ "$1" = build ]; then
+  [ -n "{fail}" ] && {{ echo "go: downloading go1.27.3: proxy unreachable" >&2; exit 1; }}
+  while [ "$1" != -o ]; do shift; done
+  printf '#!/bin/sh\\n' > "$2" && chmod +x "$2"
+  exit 0
+fi
+if [ "$1" = list ]; then
+  echo '{{"Path": "sigs.k8s.io/karpenter", "Version": "{version}", "Dir": "{source}"}}'
+  exit 0
+fi
+exit 2
+"""
+
+
+def _fake_go(tmp_path: Path, *, fail: bool = False, version: str = "v1.15.0") -> dict[str, str]:
+    source = tmp_path / "module"
+    for sub, name in (("pkg/apis/crds", "karpenter.sh_nodepools.yaml"),
+                      ("kwok/apis/crds", "karpenter.kwok.sh_kwoknodeclasses.yaml")):  # fmt: skip
+        (source / sub).mkdir(parents=True)
+        (source / sub / name).write_text("kind: CustomResourceDefinition\n")
+    go = tmp_path / "go"
+    go.write_text(
+        FAKE_GO.format(
+            log=tmp_path / "go.log", fail="yes" if fail else "", version=version, source=source
+        )
+    )
+    go.chmod(0o755)
+    return {
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "PATH": "/usr/bin:/bin",
+        binaries.GO_ENV: str(go),
+    }
+
+
+def test_ensure_karpenter_builds_with_the_pinned_toolchain_and_copies_crds(
+    tmp_path: Path,
+) -> None:
+    assets = karpenter.ensure_karpenter(_fake_go(tmp_path))
+    folder = tmp_path / "cache/neuron-groups/bin/karpenter-kwok-v1.15.0"
+    assert assets.binary == folder / "karpenter-kwok"
+    assert [p.name for p in assets.crds] == [
+        "karpenter.kwok.sh_kwoknodeclasses.yaml",
+        "karpenter.sh_nodepools.yaml",
+    ]
+    calls = (tmp_path / "go.log").read_text().splitlines()
+    assert calls[0].startswith("go1.27.3 build -trimpath")
+    assert calls[0].endswith("sigs.k8s.io/karpenter/kwok")
+    assert calls[1] == "go1.27.3 list -m -json sigs.k8s.io/karpenter"
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".build-")] == []
+    # a second call finds the cache: no more go calls
+    (tmp_path / "again").mkdir()
+    env = {**_fake_go(tmp_path / "again"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    assert karpenter.ensure_karpenter(env) == assets
+    assert not (tmp_path / "again" / "go.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("fail", "version", "match"),
+    [
+        (True, "v1.15.0", "proxy unreachable.*fetches the go1.27.3 toolchain"),
+        (False, "v1.14.3", "holds sigs.k8s.io/karpenter 'v1.14.3', not v1.15.0"),
+    ],
+    ids=["build-fails", "wrong-module-version"],
+)
+def test_ensure_karpenter_reports_build_failures(
+    tmp_path: Path, fail: bool, version: str, match: str
+) -> None:
+    env = _fake_go(tmp_path, fail=fail, version=version)
+    with pytest.raises(BinaryError, match=re.compile(match, re.S)):
+        karpenter.ensure_karpenter(env)
+    assert not (tmp_path / "cache/neuron-groups/bin/karpenter-kwok-v1.15.0").exists()
