@@ -8,6 +8,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PACKAGES := neuron_cores neuron_runtime neuron_device_plugin neuron_operator neuron_localcluster neuron_dra_driver
+# AUTOSCALER=karpenter: `make cluster-up`/`make demo` start Karpenter's kwok provider (built once from hack/karpenter)
+# and no static Neuron node; Karpenter adds nodes when NeuronWorkload pods wait for them.
+AUTOSCALER ?=
+AUTOSCALER_FLAG := $(if $(AUTOSCALER),--autoscaler $(AUTOSCALER))
 # package name -> folder; mypy cannot follow setuptools' package-dir mapping, so it reads a link tree.
 TYPECHECK_LINKS := neuron_cores:cores neuron_runtime:runtime neuron_device_plugin:device_plugin neuron_operator:operator neuron_localcluster:localcluster neuron_dra_driver:dra_driver
 
@@ -47,13 +51,13 @@ deploy-render: setup ## render deploy/*.yaml from charts/neuron-groups (tests ch
 	$(PY) deploy/render.py
 
 cluster-up: setup ## start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok, emulated node); kubeconfig in .cluster/kubeconfig
-	$(VENV)/bin/neuron-localcluster up
+	$(VENV)/bin/neuron-localcluster up $(AUTOSCALER_FLAG)
 
 cluster-down: ## stop every process of the local control plane
 	@if [ -x $(VENV)/bin/neuron-localcluster ]; then $(VENV)/bin/neuron-localcluster down; fi
 
 demo: setup ## build/reuse the control plane, install the chart, run the seed's scenarios, print cores and an inference
-	$(VENV)/bin/neuron-localcluster demo
+	$(VENV)/bin/neuron-localcluster demo $(AUTOSCALER_FLAG)
 
 clean:
 	rm -rf .typecheck .mypy_cache .ruff_cache .pytest_cache build

@@ -135,10 +135,14 @@ def build_command(
     ]
 
 
-def build_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The environment for ``go build``: never fetch another toolchain, resolve modules freely."""
+def build_env(env: Mapping[str, str], toolchain: str = "local") -> dict[str, str]:
+    """The environment for ``go build``: exactly ``toolchain``, resolve modules freely.
+
+    ``local`` (the control plane) never fetches another toolchain; a module whose release needs a
+    newer Go names one (``go1.27.3``), which the go command fetches once from the module proxy.
+    """
     out = dict(env)
-    out["GOTOOLCHAIN"] = "local"
+    out["GOTOOLCHAIN"] = toolchain
     flags = out.get("GOFLAGS", "").split()
     if not any(flag.startswith("-mod=") for flag in flags):
         flags.append("-mod=mod")
@@ -260,28 +264,52 @@ def _build(
     versions: Mapping[str, str],
     kubernetes_version: str,
 ) -> None:
-    go = _find_go(env)
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as tmp:
-        cmd = build_command(go, Path(tmp), missing, kubernetes_version)
-        log.info(
-            "building %s with one `go build` in %s (first time: many minutes on 2 cores)",
-            ", ".join(missing),
-            moddir,
-        )
-        started = time.monotonic()
-        proc = subprocess.run(
-            cmd, cwd=moddir, env=build_env(env), capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-            raise BinaryError(
-                f"`{' '.join(cmd)}` failed in {moddir} (exit {proc.returncode}):\n{tail}\n"
-                f"Check that Go is 1.26+ (`go version`) and the module proxy is reachable, or "
-                f"point {ASSETS_ENV} at prebuilt binaries."
-            )
+        cmd = build_command(_find_go(env), Path(tmp), missing, kubernetes_version)
+        run_go_build(env, cmd, moddir=moddir, what=", ".join(missing))
         for name in missing:
             target = cached_path(root, name, versions[name])
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(Path(tmp) / name, target)
-        log.info("built %s in %.0fs into %s", ", ".join(missing), time.monotonic() - started, root)
+        log.info("cached %s in %s", ", ".join(missing), root)
+
+
+def find_go(env: Mapping[str, str]) -> str:
+    """The go command to build with (``$NEURON_GROUPS_GO`` or ``go`` on PATH), or a clear error."""
+    return _find_go(env)
+
+
+def run_go_build(
+    env: Mapping[str, str],
+    cmd: list[str],
+    *,
+    moddir: Path,
+    what: str,
+    toolchain: str = "local",
+    remedy: str = "",
+) -> None:
+    """Run one ``go build`` in ``moddir``; on failure raise with the output's tail and a remedy."""
+    log.info(
+        "building %s with one `go build` in %s (first time: many minutes on 2 cores)", what, moddir
+    )
+    started = time.monotonic()
+    proc = subprocess.run(
+        cmd,
+        cwd=moddir,
+        env=build_env(env, toolchain),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise BinaryError(
+            f"`{' '.join(cmd)}` failed in {moddir} (exit {proc.returncode}):\n{tail}\n"
+            + (
+                remedy
+                or f"Check that Go is 1.26+ (`go version`) and the module proxy is reachable, "
+                f"or point {ASSETS_ENV} at prebuilt binaries."
+            )
+        )
+    log.info("built %s in %.0fs", what, time.monotonic() - started)

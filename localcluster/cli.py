@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from neuron_cores.logs import configure_logging
-from neuron_localcluster import binaries, cache, layout, podnet
+from neuron_localcluster import binaries, cache, karpenter, layout, podnet
 from neuron_localcluster.cluster import (
     DEFAULT_EMULATED_NODES,
     DEFAULT_KWOK_NODES,
@@ -28,6 +28,8 @@ log = logging.getLogger("neuron_localcluster")
 KWOK_NODES_ENV = "NEURON_GROUPS_KWOK_NODES"
 EMULATED_NODES_ENV = "NEURON_GROUPS_EMULATED_NODES"
 LOG_LEVEL_ENV = "NEURON_GROUPS_LOG_LEVEL"
+AUTOSCALER_ENV = "NEURON_GROUPS_AUTOSCALER"
+CONSOLIDATE_AFTER_ENV = "NEURON_GROUPS_CONSOLIDATE_AFTER"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -49,6 +51,9 @@ ENV_HELP = f"""environment variables:
   {KWOK_NODES_ENV:<30} kwok nodes (same as --kwok-nodes)
   {EMULATED_NODES_ENV:<30} emulated nodes (same as --emulated-nodes)
   {LOG_LEVEL_ENV:<30} logging level (same as --log-level)
+  {AUTOSCALER_ENV:<30} none|karpenter (same as --autoscaler)
+  {CONSOLIDATE_AFTER_ENV:<30} Karpenter NodePool consolidateAfter (same as --consolidate-after)
+  {karpenter.MODULE_ENV:<30} folder of Karpenter's Go module (default: <repo>/hack/karpenter)
   {binaries.ASSETS_ENV:<30} folder of prebuilt binaries to use instead of building them
   {cache.CACHE_ENV:<30} cache root; binaries go to <it>/neuron-groups/bin/<name>-<version>/
   {binaries.GO_ENV:<30} the go binary to build with (default: go on PATH)
@@ -93,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("down", help="stop every process of the cluster (no process left behind)")
     sub.add_parser("status", help="print the cluster's state as JSON; exit 1 if not running")
-    sub.add_parser("build", help="only build (or find cached) control-plane binaries")
+    build = sub.add_parser("build", help="only build (or find cached) control-plane binaries")
+    _autoscaler_flag(build)
     demo = sub.add_parser("demo", help="cluster up, chart install, the seed's scenarios, results")
-    _node_flags(demo)
+    _node_flags(demo, emulated_with_autoscaler=DEFAULT_EMULATED_NODES)
     return parser
 
 
@@ -110,19 +116,73 @@ def _log_level(text: str) -> str:
     return level
 
 
-def _node_flags(cmd: argparse.ArgumentParser) -> None:
+def _autoscaler(text: str) -> str:
+    try:
+        return karpenter.parse_autoscaler(text)
+    except karpenter.KarpenterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _autoscaler_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--autoscaler",
+        type=_autoscaler,
+        default=os.environ.get(AUTOSCALER_ENV, "none"),
+        help=f"node autoscaler: none, or karpenter (Karpenter's kwok provider, built from "
+        f"hack/karpenter; env {AUTOSCALER_ENV}, default none)",
+    )
+
+
+def _node_flags(cmd: argparse.ArgumentParser, *, emulated_with_autoscaler: str = "") -> None:
     cmd.add_argument(
         "--kwok-nodes",
-        default=os.environ.get(KWOK_NODES_ENV, DEFAULT_KWOK_NODES),
+        default=os.environ.get(KWOK_NODES_ENV),
         help=f"kwok-simulated nodes, e.g. '2xinf1.6xlarge,inf2.xlarge' (env {KWOK_NODES_ENV}, "
-        f"default {DEFAULT_KWOK_NODES}; '' for none)",
+        f"default {DEFAULT_KWOK_NODES}, none with an autoscaler; '' for none)",
     )
     cmd.add_argument(
         "--emulated-nodes",
-        default=os.environ.get(EMULATED_NODES_ENV, DEFAULT_EMULATED_NODES),
+        default=os.environ.get(EMULATED_NODES_ENV),
         help="nodes whose pods really run as local processes, via the device plugin "
-        f"(env {EMULATED_NODES_ENV}, default {DEFAULT_EMULATED_NODES}; '' for none)",
+        f"(env {EMULATED_NODES_ENV}, default {DEFAULT_EMULATED_NODES}, "
+        f"{emulated_with_autoscaler or 'none'} with an autoscaler; '' for none)",
     )
+    _autoscaler_flag(cmd)
+    cmd.add_argument(
+        "--consolidate-after",
+        default=os.environ.get(CONSOLIDATE_AFTER_ENV, karpenter.Settings.consolidate_after),
+        help="with --autoscaler karpenter: how long a node stays empty or under-used before "
+        f"Karpenter removes it (env {CONSOLIDATE_AFTER_ENV}, default "
+        f"{karpenter.Settings.consolidate_after})",
+    )
+
+
+def node_lists(
+    kwok_nodes: str | None,
+    emulated_nodes: str | None,
+    autoscaler: str,
+    *,
+    emulated_with_autoscaler: str = "",
+) -> tuple[str, str]:
+    """The node lists to start: given ones as they are; defaults depend on the autoscaler.
+
+    With an autoscaler the cluster starts with no Neuron node (Karpenter adds them); the demo
+    keeps its one emulated node, where its inference really runs.
+    """
+    if autoscaler == "none":
+        kwok_default, emulated_default = DEFAULT_KWOK_NODES, DEFAULT_EMULATED_NODES
+    else:
+        kwok_default, emulated_default = "", emulated_with_autoscaler
+    return (
+        kwok_default if kwok_nodes is None else kwok_nodes,
+        emulated_default if emulated_nodes is None else emulated_nodes,
+    )
+
+
+def autoscaler_settings(autoscaler: str, consolidate_after: str) -> karpenter.Settings | None:
+    if autoscaler == "none":
+        return None
+    return karpenter.Settings(consolidate_after=consolidate_after)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +200,10 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
     if args.command == "build":
         for name, path in binaries.ensure_binaries().as_dict().items():
             print(f"{name}: {path}")
+        if args.autoscaler == "karpenter":
+            assets = karpenter.ensure_karpenter()
+            print(f"{karpenter.COMPONENT}: {assets.binary} ({assets.version})")
+            print(f"karpenter CRDs: {assets.binary.parent / 'crds'}")
         return 0
     if args.command == "down":
         stopped = stop_cluster(state_dir)
@@ -156,29 +220,62 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
     if args.command == "demo":
         from neuron_localcluster.demo import run as run_demo
 
-        return run_demo(state_dir, kwok_nodes=args.kwok_nodes, emulated_nodes=args.emulated_nodes)
-    cluster = ensure_up(state_dir, args.kwok_nodes, args.emulated_nodes, recreate=args.recreate)
+        kwok, emulated = node_lists(
+            args.kwok_nodes,
+            args.emulated_nodes,
+            args.autoscaler,
+            emulated_with_autoscaler=DEFAULT_EMULATED_NODES,
+        )
+        return run_demo(
+            state_dir,
+            kwok_nodes=kwok,
+            emulated_nodes=emulated,
+            autoscaler=autoscaler_settings(args.autoscaler, args.consolidate_after),
+        )
+    kwok, emulated = node_lists(args.kwok_nodes, args.emulated_nodes, args.autoscaler)
+    cluster = ensure_up(
+        state_dir,
+        kwok,
+        emulated,
+        recreate=args.recreate,
+        autoscaler=autoscaler_settings(args.autoscaler, args.consolidate_after),
+    )
     for line in usage_lines(cluster):
         print(line)
     return 0
 
 
 def ensure_up(
-    state_dir: Path, kwok_nodes: str, emulated_nodes: str, *, recreate: bool = False
+    state_dir: Path,
+    kwok_nodes: str,
+    emulated_nodes: str,
+    *,
+    recreate: bool = False,
+    autoscaler: karpenter.Settings | None = None,
 ) -> LocalCluster:
-    """The running cluster in ``state_dir`` if its nodes match, else a freshly started one."""
+    """The running cluster in ``state_dir`` if its autoscaler matches, else a fresh one."""
     if not recreate:
         try:
             current = LocalCluster.attach(state_dir)
         except ClusterError:
             current = None
         if current is not None and current.running():
+            wanted = "none" if autoscaler is None else "karpenter"
+            if current.autoscaler != wanted:
+                raise ClusterError(
+                    f"the cluster running in {state_dir} has autoscaler {current.autoscaler!r}, "
+                    f"not {wanted!r}; stop it (`make cluster-down`) or pass --recreate"
+                )
             progress(
                 f"a cluster is already running in {state_dir}; reusing it (--recreate: afresh)"
             )
             return current
     return LocalCluster.up(
-        state_dir, kwok_nodes=kwok_nodes, emulated_nodes=emulated_nodes, progress=progress
+        state_dir,
+        kwok_nodes=kwok_nodes,
+        emulated_nodes=emulated_nodes,
+        progress=progress,
+        autoscaler=autoscaler,
     )
 
 

@@ -6,8 +6,10 @@ Why one class for the CLI, the demo and the pytest fixture: they must behave the
 etcd -> kube-apiserver (RBAC, PodSecurity, service-account signing) -> kube-controller-manager
 (per-controller service-account credentials, so garbage collection and the ReplicaSet and
 Deployment controllers act) -> kube-scheduler -> kwok (simulated nodes) -> one node agent per
-emulated node.  The state folder records ports and pids (``state.json``, ``pids/``), so another
-process can attach to a running cluster or stop it.
+emulated node; with ``autoscaler`` set, Karpenter's kwok provider and its NodePool come last
+(:mod:`neuron_localcluster.karpenter`), so nodes appear when NeuronWorkload pods wait for them.
+The state folder records ports and pids (``state.json``, ``pids/``), so another process can
+attach to a running cluster or stop it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
-from neuron_localcluster import binaries, clitools, layout, nodes, pki, podnet, processes
+from neuron_localcluster import binaries, clitools, karpenter, layout, nodes, pki, podnet, processes
 from neuron_localcluster.kube import ApiException, api_client_for, body
 from neuron_localcluster.layout import Layout, Ports
 from neuron_localcluster.node_agent import plugin_dir_for
@@ -58,6 +60,7 @@ class LocalCluster:
     kwok_nodes: list[str] = field(default_factory=list)
     emulated_nodes: list[str] = field(default_factory=list)
     kubectl_path: Path | None = None
+    autoscaler: str = "none"
 
     # ---- the contract ----------------------------------------------------------------------
 
@@ -181,6 +184,7 @@ class LocalCluster:
             "kwok_nodes": self.kwok_nodes,
             "emulated_nodes": self.emulated_nodes,
             "kubeconfig": str(self.kubeconfig),
+            "autoscaler": self.autoscaler,
         }
         self.layout.state_file.write_text(json.dumps(data, indent=2))
 
@@ -201,6 +205,7 @@ class LocalCluster:
             ports=Ports(**data["ports"]),
             kwok_nodes=list(data.get("kwok_nodes", [])),
             emulated_nodes=list(data.get("emulated_nodes", [])),
+            autoscaler=str(data.get("autoscaler", "none")),
         )
 
     def processes(self) -> list[tuple[str, bool]]:
@@ -221,8 +226,13 @@ class LocalCluster:
         emulated_nodes: str = DEFAULT_EMULATED_NODES,
         env: Mapping[str, str] | None = None,
         progress: Callable[[str], None] | None = None,
+        autoscaler: karpenter.Settings | None = None,
     ) -> LocalCluster:
-        """Start a fresh cluster in ``state_dir`` (stopping and wiping whatever was there)."""
+        """Start a fresh cluster in ``state_dir`` (stopping and wiping whatever was there).
+
+        ``autoscaler``: run Karpenter's kwok provider with these settings (built on first use,
+        like the control plane), and a NodePool for Neuron capacity.
+        """
         say = progress or (lambda msg: log.info("%s", msg))
         folder = (state_dir or layout.default_state_dir()).resolve()
         specs = nodes.name_nodes(
@@ -232,6 +242,10 @@ class LocalCluster:
         started = time.monotonic()
         say("building or reusing control-plane binaries (first build: many minutes)")
         bins = binaries.ensure_binaries(env)
+        assets = None
+        if autoscaler is not None:
+            say("building or reusing Karpenter's kwok provider (first build: minutes)")
+            assets = karpenter.ensure_karpenter(env)
         say(f"binaries ready in {time.monotonic() - started:.0f}s")
         kubectl = clitools.ensure_kubectl()
         stop_cluster(folder)
@@ -255,11 +269,14 @@ class LocalCluster:
             kwok_nodes=[s.name for s in specs if not s.emulated],
             emulated_nodes=[s.name for s in specs if s.emulated],
             kubectl_path=kubectl,
+            autoscaler="none" if autoscaler is None else "karpenter",
         )
         cluster.save()
         try:
             cluster._start_control_plane(bins, say)
             cluster._start_nodes(specs, say)
+            if autoscaler is not None and assets is not None:
+                cluster._start_karpenter(assets, autoscaler, say)
         except BaseException:
             log.error("start failed; stopping what was started (logs stay in %s)", lay.logs)
             stop_cluster(folder)
@@ -324,6 +341,56 @@ class LocalCluster:
             kind = "emulated" if spec.emulated else "kwok"
             say(f"node {spec.name} ({spec.instance_type}, {kind}) Ready")
 
+    def _start_karpenter(
+        self, assets: karpenter.Assets, settings: karpenter.Settings, say: Callable[[str], None]
+    ) -> None:
+        """CRDs, Karpenter, the capacity publisher, then the NodeClass and NodePool."""
+        lay, ports = self.layout, self.ports
+        folder = lay.root / "karpenter"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.kubectl("apply", "--server-side", *(f"--filename={crd}" for crd in assets.crds))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        types_file = folder / "instance-types.json"
+        types_file.write_text(json.dumps(karpenter.instance_types_file(settings), indent=2))
+        kubeconfig = lay.component_kubeconfig(pki.KARPENTER)
+        env = karpenter.process_env(
+            os.environ,
+            kubeconfig=kubeconfig,
+            instance_types_path=types_file,
+            metrics_port=ports.karpenter_metrics,
+            health_port=ports.karpenter_health,
+        )
+        self._spawn("karpenter", [str(assets.binary)], env)
+        self._await_health("karpenter", f"http://127.0.0.1:{ports.karpenter_health}/readyz", 120)
+        publisher = [
+            sys.executable,
+            "-m",
+            "neuron_localcluster.capacity_publisher",
+            f"--kubeconfig={kubeconfig}",
+        ]
+        self._spawn("capacity-publisher", publisher, {**os.environ, "PYTHONSAFEPATH": "1"})
+        for document in (
+            karpenter.nodeclass_manifest(settings),
+            karpenter.nodepool_manifest(settings),
+        ):
+            path = folder / f"{document['kind'].lower()}.yaml"
+            path.write_text(layout.dump_yaml(document))
+            self.kubectl("apply", "-f", str(path))
+        self.wait_for(
+            functools.partial(self._nodepool_ready, settings.nodepool),
+            60,
+            f"NodePool {settings.nodepool} to be Ready (log: {lay.logs / 'karpenter.log'})",
+        )
+        say(
+            f"Karpenter {assets.version} (kwok provider) ready; NodePool {settings.nodepool}: "
+            f"{', '.join(settings.instance_types)}, consolidateAfter {settings.consolidate_after}"
+        )
+
+    def _nodepool_ready(self, name: str) -> bool:
+        pool = json.loads(self.kubectl("get", "nodepool", name, "-o", "json").stdout)
+        conditions = (pool.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
     def _node_log(self, spec: nodes.NodeSpec) -> Path:
         name = f"node-agent-{spec.name}" if spec.emulated else "kwok"
         return self.layout.logs / f"{name}.log"
@@ -374,6 +441,7 @@ class LocalCluster:
             "processes": dict(self.processes()),
             "kwok_nodes": self.kwok_nodes,
             "emulated_nodes": self.emulated_nodes,
+            "autoscaler": self.autoscaler,
         }
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from neuron_localcluster import clitools, processes
+from neuron_localcluster import clitools, karpenter, processes
 from neuron_localcluster.cluster import ClusterError, LocalCluster
 from neuron_localcluster.node_agent import ALLOCATIONS_FILE
 
@@ -316,11 +316,18 @@ def one_inference(cluster: LocalCluster) -> None:
     )
 
 
-def run(state_dir: Path, *, kwok_nodes: str, emulated_nodes: str) -> int:
+def run(
+    state_dir: Path,
+    *,
+    kwok_nodes: str,
+    emulated_nodes: str,
+    autoscaler: karpenter.Settings | None = None,
+) -> int:
+    """The demo; with ``autoscaler``, Karpenter adds the nodes the scenarios do not fit on."""
     from neuron_localcluster.cli import ensure_up, usage_lines
 
     started = time.monotonic()
-    cluster = ensure_up(state_dir, kwok_nodes, emulated_nodes)
+    cluster = ensure_up(state_dir, kwok_nodes, emulated_nodes, autoscaler=autoscaler)
     models_dir = cluster.state_dir / "models"
     compile_models(models_dir)
     install_chart(cluster)

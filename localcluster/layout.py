@@ -22,6 +22,7 @@ from neuron_localcluster.pki import (
     CONTROLLER_MANAGER,
     ETCD_CLIENT,
     FRONT_PROXY,
+    KARPENTER,
     KWOK,
     NODE_AGENT,
     SCHEDULER,
@@ -49,6 +50,10 @@ class Ports:
     controller_manager: int
     scheduler: int
     kwok: int
+    # Karpenter's metrics and health listeners (it binds every address; these were free on
+    # loopback).  0 in the state of a cluster recorded before they existed.
+    karpenter_metrics: int = 0
+    karpenter_health: int = 0
 
 
 def free_ports(count: int) -> list[int]:
@@ -66,7 +71,7 @@ def free_ports(count: int) -> list[int]:
 
 
 def pick_ports() -> Ports:
-    return Ports(*free_ports(6))
+    return Ports(*free_ports(8))
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -300,7 +305,7 @@ def kwok_args(b: Binaries, lay: Layout, ports: Ports) -> list[str]:
 
 
 COMPONENT_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-KUBECONFIG_IDENTITIES = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK, NODE_AGENT)
+KUBECONFIG_IDENTITIES = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK, NODE_AGENT, KARPENTER)
 
 
 def ports_dict(ports: Ports) -> dict[str, int]:

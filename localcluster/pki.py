@@ -47,6 +47,8 @@ CONTROLLER_MANAGER = Identity("controller-manager", "system:kube-controller-mana
 SCHEDULER = Identity("scheduler", "system:kube-scheduler")
 KWOK = Identity("kwok", "neuron-groups:kwok", ("system:masters",))
 NODE_AGENT = Identity("node-agent", "neuron-groups:node-agent", ("system:masters",))
+# Karpenter (kwok provider) and the capacity publisher beside it, when the cluster autoscales.
+KARPENTER = Identity("karpenter", "neuron-groups:karpenter", ("system:masters",))
 # The apiserver's aggregation proxy presents this one to extension apiservers.
 FRONT_PROXY = Identity("front-proxy-client", "front-proxy-client")
 # The apiserver's identity towards etcd (etcd checks only that the CA signed it).
@@ -57,6 +59,7 @@ CLIENT_IDENTITIES = (
     SCHEDULER,
     KWOK,
     NODE_AGENT,
+    KARPENTER,
     FRONT_PROXY,
     ETCD_CLIENT,
 )
