@@ -7,9 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-PACKAGES := neuron_cores neuron_runtime neuron_device_plugin neuron_operator neuron_localcluster
+PACKAGES := neuron_cores neuron_runtime neuron_device_plugin neuron_operator neuron_localcluster neuron_dra_driver
 # package name -> folder; mypy cannot follow setuptools' package-dir mapping, so it reads a link tree.
-TYPECHECK_LINKS := neuron_cores:cores neuron_runtime:runtime neuron_device_plugin:device_plugin neuron_operator:operator neuron_localcluster:localcluster
+TYPECHECK_LINKS := neuron_cores:cores neuron_runtime:runtime neuron_device_plugin:device_plugin neuron_operator:operator neuron_localcluster:localcluster neuron_dra_driver:dra_driver
 
 .PHONY: setup lint format typecheck unit test bench demo cluster-up cluster-down clean deploy-render
 

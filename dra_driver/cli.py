@@ -1,0 +1,407 @@
+"""``neuron-dra-driver``: publish a node's NeuronCore blocks as ResourceSlices, keep them healthy.
+
+One process per node.  It discovers the node through the device plugin's backends (``sysfs`` on a
+real node, ``simulated`` for kwok and emulated nodes, which need not be the node it runs on),
+publishes the pool, then polls health every ``--poll-seconds`` and republishes when the set of
+unhealthy cores changes.  ``--once`` publishes and exits; ``--cleanup`` deletes the node's slices
+and exits; ``--kubelet-plugin`` also serves the kubelet side
+(:mod:`neuron_dra_driver.kubeletplugin`).  Every flag has an environment variable, shown in
+``--help``; the flag wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from neuron_cores.logs import LOG_FORMATS, configure_logging
+from neuron_device_plugin.simulated_backend import SimulatedBackend
+from neuron_device_plugin.sysfs_backend import (
+    DEFAULT_DEV_ROOT,
+    DEFAULT_ERROR_COUNTERS,
+    DEFAULT_RECOVERY_S,
+    DEFAULT_SYSFS_ROOT,
+    SysfsBackend,
+)
+from neuron_device_plugin.topology import Backend, DiscoveryError, Topology
+from neuron_dra_driver.kubeletplugin import (
+    CHECKPOINT_FILE,
+    DEFAULT_CDI_DIR,
+    DEFAULT_PLUGIN_DIR,
+    DEFAULT_REGISTRY_DIR,
+    ClaimReader,
+    DRAKubeletPlugin,
+    KubeClaimReader,
+    KubeletPluginServer,
+)
+from neuron_dra_driver.layout import DRIVER_NAME, LayoutError, shape_from_topology
+from neuron_dra_driver.prepare import Checkpoint, CheckpointError
+from neuron_dra_driver.publisher import (
+    KubeSliceApi,
+    Publisher,
+    PublishError,
+    SliceApi,
+    delete_pool,
+)
+
+log = logging.getLogger("neuron_dra_driver")
+
+PROG = "neuron-dra-driver"
+BACKENDS = ("sysfs", "simulated")
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+UNKNOWN_INSTANCE_TYPE = "unknown"
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def boolean(text: str) -> bool:
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"{text!r} is not one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")
+
+
+class _Flags:
+    """argparse with an environment variable behind every flag, shown in ``--help``."""
+
+    def __init__(self, parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
+        self.parser = parser
+        self.environ = environ
+
+    def _from_env(self, flag: str, var: str, kind: Callable[[str], object], default: object) -> Any:
+        raw = self.environ.get(var, "")
+        if not raw:
+            return default
+        try:
+            return kind(raw)
+        except ValueError as err:
+            raise SystemExit(
+                f"{PROG}: {var}={raw!r} is not valid for {flag} ({err}); fix or unset it"
+            ) from None
+
+    def add(
+        self,
+        flag: str,
+        var: str,
+        help_text: str,
+        default: object,
+        *,
+        kind: Callable[[str], object] = str,
+        choices: Sequence[str] | None = None,
+    ) -> None:
+        value = self._from_env(flag, var, kind, default)
+        if choices is not None and value not in choices:
+            raise SystemExit(
+                f"{PROG}: {var}={value!r} is not valid for {flag}; choose one of: "
+                f"{', '.join(choices)}"
+            )
+        self.parser.add_argument(
+            flag, default=value, type=kind, choices=choices, help=f"{help_text} [env {var}]"
+        )
+
+    def switch(self, flag: str, var: str, help_text: str) -> None:
+        value = self._from_env(flag, var, boolean, False)
+        self.parser.add_argument(
+            flag, action="store_true", default=value, help=f"{help_text} [env {var}=true]"
+        )
+
+
+def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    env = dict(os.environ if environ is None else environ)
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            f"DRA driver {DRIVER_NAME}: publishes every contiguous block of a node's NeuronCores "
+            "as a device in ResourceSlices (resource.k8s.io/v1), with per-core counters so "
+            "allocated blocks never overlap, and taints the blocks that cover an unhealthy core. "
+            "Every flag can also be set by the environment variable shown; the flag wins."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    flags = _Flags(parser, env)
+    add = flags.add
+    add(
+        "--node-name",
+        "NEURON_DRA_NODE_NAME",
+        "the Node whose pool to publish (in a DaemonSet: spec.nodeName from the downward API); "
+        "with the simulated backend it may be any node, such as a kwok node",
+        "",
+    )
+    add("--backend", "NEURON_DRA_BACKEND", "where devices come from", "sysfs", choices=BACKENDS)
+    add(
+        "--instance-type",
+        "NEURON_DRA_INSTANCE_TYPE",
+        "the instanceType attribute; the simulated backend also takes the node's devices from "
+        f"it. Empty: the node's {INSTANCE_TYPE_LABEL} label, else '{UNKNOWN_INSTANCE_TYPE}'",
+        "",
+    )
+    add(
+        "--devices",
+        "NEURON_DRA_DEVICES",
+        "simulated backend: number of Neuron devices (with --cores-per-device, instead of "
+        "--instance-type)",
+        None,
+        kind=int,
+    )
+    add(
+        "--cores-per-device",
+        "NEURON_DRA_CORES_PER_DEVICE",
+        "simulated backend: NeuronCores on each device",
+        None,
+        kind=int,
+    )
+    add(
+        "--health-file",
+        "NEURON_DRA_HEALTH_FILE",
+        "simulated backend: file listing unhealthy cores ('3', '4-7', '0,5'); empty or missing "
+        "means all healthy",
+        "",
+    )
+    add(
+        "--sysfs-root",
+        "NEURON_DRA_SYSFS_ROOT",
+        "sysfs backend: the Neuron driver's neuron_device class directory",
+        str(DEFAULT_SYSFS_ROOT),
+    )
+    add(
+        "--dev-root",
+        "NEURON_DRA_DEV_ROOT",
+        "sysfs backend: where the neuronN device nodes are",
+        str(DEFAULT_DEV_ROOT),
+    )
+    add(
+        "--error-counters",
+        "NEURON_DRA_ERROR_COUNTERS",
+        "sysfs backend: comma list of per-core status counters whose rise marks a core unhealthy",
+        ",".join(DEFAULT_ERROR_COUNTERS),
+    )
+    add(
+        "--recovery-seconds",
+        "NEURON_DRA_RECOVERY_SECONDS",
+        "sysfs backend: quiet time after the last error-counter rise before a core is healthy",
+        DEFAULT_RECOVERY_S,
+        kind=float,
+    )
+    add(
+        "--kubeconfig",
+        "NEURON_DRA_KUBECONFIG",
+        "kubeconfig file; empty: the in-cluster service account, else ~/.kube/config",
+        "",
+    )
+    add(
+        "--poll-seconds",
+        "NEURON_DRA_POLL_SECONDS",
+        "how often health is read; slices are rewritten only when it changed",
+        5.0,
+        kind=positive_float,
+    )
+    flags.switch("--once", "NEURON_DRA_ONCE", "publish the node's slices once and exit")
+    flags.switch(
+        "--cleanup",
+        "NEURON_DRA_CLEANUP",
+        "delete every slice this driver published for the node and exit (uninstall)",
+    )
+    flags.switch(
+        "--kubelet-plugin",
+        "NEURON_DRA_KUBELET_PLUGIN",
+        "also serve the kubelet side (DRA v1 NodePrepareResources/NodeUnprepareResources and "
+        "plugin registration) on unix sockets; only for the node this process runs on",
+    )
+    add(
+        "--plugin-dir",
+        "NEURON_DRA_PLUGIN_DIR",
+        "kubelet plugin: folder of the DRA socket (dra.sock) and the checkpoint",
+        str(DEFAULT_PLUGIN_DIR),
+    )
+    add(
+        "--registry-dir",
+        "NEURON_DRA_REGISTRY_DIR",
+        "kubelet plugin: the kubelet's plugin registry folder, where the registration socket goes",
+        str(DEFAULT_REGISTRY_DIR),
+    )
+    add(
+        "--cdi-dir",
+        "NEURON_DRA_CDI_DIR",
+        "kubelet plugin: where CDI specs of prepared claims are written (one file per claim)",
+        str(DEFAULT_CDI_DIR),
+    )
+    add("--log-format", "NEURON_DRA_LOG_FORMAT", "log format", "text", choices=LOG_FORMATS)
+    add(
+        "--log-level",
+        "NEURON_DRA_LOG_LEVEL",
+        "log level",
+        "INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    )
+    return parser
+
+
+def build_backend(args: argparse.Namespace) -> Backend:
+    if args.backend == "simulated":
+        return SimulatedBackend.from_flags(
+            instance_type=args.instance_type or None,
+            devices=args.devices,
+            cores_per_device=args.cores_per_device,
+            health_file=Path(args.health_file) if args.health_file else None,
+        )
+    counters = [c.strip() for c in args.error_counters.split(",") if c.strip()]
+    return SysfsBackend(
+        sysfs_root=Path(args.sysfs_root),
+        dev_root=Path(args.dev_root),
+        error_counters=counters,
+        recovery_s=args.recovery_seconds,
+    )
+
+
+def api_client(kubeconfig: str) -> Any:
+    from kubernetes import client, config
+
+    from_file: Any = config.new_client_from_config
+    if kubeconfig:
+        return from_file(config_file=kubeconfig)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        in_cluster: Any = config.load_incluster_config
+        in_cluster()
+        return client.ApiClient()
+    return from_file()
+
+
+def read_node(api: Any, name: str) -> dict[str, Any]:
+    """The Node's uid and labels; refuses a node the API server does not have."""
+    from kubernetes import client
+
+    try:
+        response: Any = client.CoreV1Api(api).read_node(name, _preload_content=False)
+    except client.ApiException as err:
+        if err.status == 404:
+            raise PublishError(
+                f"node {name!r} does not exist; --node-name must name a Node of the cluster"
+            ) from None
+        raise PublishError(f"reading node {name}: the API server answered {err.reason}") from None
+    metadata = json.loads(response.data)["metadata"]
+    return {"uid": metadata["uid"], "labels": dict(metadata.get("labels") or {})}
+
+
+class Driver:
+    """One node: its backend, its discovered topology and the publisher of its pool."""
+
+    def __init__(self, backend: Backend, topology: Topology, publisher: Publisher) -> None:
+        self.backend = backend
+        self.topology = topology
+        self.publisher = publisher
+
+    def step(self) -> bool:
+        """Read health and publish if it changed; True when slices were written."""
+        return self.publisher.publish(self.backend.unhealthy_cores(self.topology))
+
+    def run(self, stop: threading.Event, poll_s: float) -> None:
+        """Publish, then follow health until ``stop`` is set; API failures are retried."""
+        while True:
+            try:
+                self.step()
+            except PublishError as err:
+                log.error("publishing failed, retrying in %.1fs: %s", poll_s, err)
+            if stop.wait(poll_s):
+                return
+
+
+def make_driver(args: argparse.Namespace, api: SliceApi, node: dict[str, Any]) -> Driver:
+    """The driver for ``args.node_name``; ``node`` is :func:`read_node`'s answer."""
+    backend = build_backend(args)
+    topology = backend.discover()
+    instance_type = (
+        args.instance_type or node["labels"].get(INSTANCE_TYPE_LABEL) or UNKNOWN_INSTANCE_TYPE
+    )
+    shape = shape_from_topology(topology, instance_type)
+    owner = {"name": args.node_name, "uid": node["uid"]}
+    return Driver(backend, topology, Publisher(api, args.node_name, shape, owner=owner))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(log_format=args.log_format, level=args.log_level)
+    if not args.node_name:
+        print(
+            f"{PROG}: --node-name (env NEURON_DRA_NODE_NAME) is required: the Node whose "
+            "NeuronCores to publish",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.once and args.cleanup:
+        print(f"{PROG}: --once and --cleanup exclude each other; give one", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        client = api_client(args.kubeconfig)
+        api = KubeSliceApi(client)
+        if args.cleanup:
+            deleted = delete_pool(api, args.node_name)
+            print(f"deleted {deleted} ResourceSlices of node {args.node_name}")
+            return 0
+        driver = make_driver(args, api, read_node(client, args.node_name))
+        if args.once:
+            driver.step()
+            return 0
+    except (DiscoveryError, LayoutError, PublishError) as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    server = None
+    if args.kubelet_plugin:
+        try:
+            server = make_kubelet_server(args, driver, KubeClaimReader(client))
+            server.start()
+        except (CheckpointError, OSError, RuntimeError) as err:
+            print(f"{PROG}: cannot serve the kubelet plugin: {err}", file=sys.stderr)
+            return EXIT_FAILED
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping; the slices stay published (--cleanup removes them)", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        driver.run(stop, args.poll_seconds)
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def make_kubelet_server(
+    args: argparse.Namespace, driver: Driver, reader: ClaimReader
+) -> KubeletPluginServer:
+    plugin_dir = Path(args.plugin_dir)
+    plugin = DRAKubeletPlugin(
+        node=args.node_name,
+        shape=driver.publisher.shape,
+        topology=driver.topology,
+        reader=reader,
+        cdi_dir=Path(args.cdi_dir),
+        checkpoint=Checkpoint(plugin_dir / CHECKPOINT_FILE),
+    )
+    return KubeletPluginServer(plugin, plugin_dir, Path(args.registry_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
