@@ -22,12 +22,14 @@ from neuron_localcluster.cluster import (
     LocalCluster,
     stop_cluster,
 )
+from neuron_localcluster.node_agent import ALLOCATIONS, DEVICE_PLUGIN
 
 log = logging.getLogger("neuron_localcluster")
 
 KWOK_NODES_ENV = "NEURON_GROUPS_KWOK_NODES"
 EMULATED_NODES_ENV = "NEURON_GROUPS_EMULATED_NODES"
 LOG_LEVEL_ENV = "NEURON_GROUPS_LOG_LEVEL"
+ALLOCATION_ENV = "NEURON_GROUPS_ALLOCATION"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -49,6 +51,7 @@ ENV_HELP = f"""environment variables:
   {KWOK_NODES_ENV:<30} kwok nodes (same as --kwok-nodes)
   {EMULATED_NODES_ENV:<30} emulated nodes (same as --emulated-nodes)
   {LOG_LEVEL_ENV:<30} logging level (same as --log-level)
+  {ALLOCATION_ENV:<30} device-plugin|dra (same as --allocation)
   {binaries.ASSETS_ENV:<30} folder of prebuilt binaries to use instead of building them
   {cache.CACHE_ENV:<30} cache root; binaries go to <it>/neuron-groups/bin/<name>-<version>/
   {binaries.GO_ENV:<30} the go binary to build with (default: go on PATH)
@@ -123,6 +126,28 @@ def _node_flags(cmd: argparse.ArgumentParser) -> None:
         help="nodes whose pods really run as local processes, via the device plugin "
         f"(env {EMULATED_NODES_ENV}, default {DEFAULT_EMULATED_NODES}; '' for none)",
     )
+    _allocation_flag(cmd)
+
+
+def _allocation_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--allocation",
+        type=_allocation,
+        default=os.environ.get(ALLOCATION_ENV, DEVICE_PLUGIN),
+        help="how nodes offer their NeuronCores: device-plugin (aws.amazon.com/neuroncore) or "
+        "dra (the DRA driver's ResourceSlices only; see docs/dra.md) "
+        f"(env {ALLOCATION_ENV}, default {DEVICE_PLUGIN})",
+    )
+
+
+def _allocation(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ALLOCATIONS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an allocation path; use one of {', '.join(ALLOCATIONS)} "
+            f"(flag --allocation or {ALLOCATION_ENV})"
+        )
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,29 +181,54 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
     if args.command == "demo":
         from neuron_localcluster.demo import run as run_demo
 
-        return run_demo(state_dir, kwok_nodes=args.kwok_nodes, emulated_nodes=args.emulated_nodes)
-    cluster = ensure_up(state_dir, args.kwok_nodes, args.emulated_nodes, recreate=args.recreate)
+        return run_demo(
+            state_dir,
+            kwok_nodes=args.kwok_nodes,
+            emulated_nodes=args.emulated_nodes,
+            allocation=args.allocation,
+        )
+    cluster = ensure_up(
+        state_dir,
+        args.kwok_nodes,
+        args.emulated_nodes,
+        recreate=args.recreate,
+        allocation=args.allocation,
+    )
     for line in usage_lines(cluster):
         print(line)
     return 0
 
 
 def ensure_up(
-    state_dir: Path, kwok_nodes: str, emulated_nodes: str, *, recreate: bool = False
+    state_dir: Path,
+    kwok_nodes: str,
+    emulated_nodes: str,
+    *,
+    recreate: bool = False,
+    allocation: str = DEVICE_PLUGIN,
 ) -> LocalCluster:
-    """The running cluster in ``state_dir`` if its nodes match, else a freshly started one."""
+    """The running cluster in ``state_dir`` if it runs (with ``allocation``), else a fresh one."""
     if not recreate:
         try:
             current = LocalCluster.attach(state_dir)
         except ClusterError:
             current = None
-        if current is not None and current.running():
+        if current is not None and current.running() and current.allocation != allocation:
+            progress(
+                f"the cluster in {state_dir} runs with --allocation {current.allocation}; "
+                f"starting afresh with {allocation}"
+            )
+        elif current is not None and current.running():
             progress(
                 f"a cluster is already running in {state_dir}; reusing it (--recreate: afresh)"
             )
             return current
     return LocalCluster.up(
-        state_dir, kwok_nodes=kwok_nodes, emulated_nodes=emulated_nodes, progress=progress
+        state_dir,
+        kwok_nodes=kwok_nodes,
+        emulated_nodes=emulated_nodes,
+        progress=progress,
+        allocation=allocation,
     )
 
 

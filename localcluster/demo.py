@@ -380,11 +380,13 @@ def one_inference(cluster: LocalCluster) -> None:
     )
 
 
-def run(state_dir: Path, *, kwok_nodes: str, emulated_nodes: str) -> int:
+def run(
+    state_dir: Path, *, kwok_nodes: str, emulated_nodes: str, allocation: str = "device-plugin"
+) -> int:
     from neuron_localcluster.cli import ensure_up, usage_lines
 
     started = time.monotonic()
-    cluster = ensure_up(state_dir, kwok_nodes, emulated_nodes)
+    cluster = ensure_up(state_dir, kwok_nodes, emulated_nodes, allocation=allocation)
     models_dir = cluster.state_dir / "models"
     compile_models(models_dir)
     install_chart(cluster)

@@ -12,6 +12,13 @@ cores the project's own device plugin chose, one node is driven by this agent in
 * it reports the pod's status and readiness (its HTTP readiness probe, really probed), renews the
   node's Lease so the node lifecycle controller keeps it Ready, and stops processes when pods go.
 
+With ``--allocation dra`` the node offers its NeuronCores through DRA only: no device plugin
+runs and the Node carries no ``aws.amazon.com/neuroncore`` capacity; instead the agent starts the
+project's DRA driver (``neuron-dra-driver --kubelet-plugin``) for this node and does what a
+kubelet does for DRA (:mod:`neuron_localcluster.dra_kubelet`): registers the driver from its
+plugins registry folder, prepares a pod's claims before starting its containers, applies the CDI
+specs' env edits to the processes, and unprepares the claims when the pod goes.
+
 Scope, deliberately small: one pass per second over the node's pods (a poll, not a watch), no
 images, no volumes beyond hostPath and emptyDir (their mount paths are rewritten in env values),
 restarts with a capped back-off for ``restartPolicy: Always``.
@@ -48,6 +55,12 @@ from neuron_device_plugin.kubelet_emulator import (
     PodResourcesServer,
 )
 from neuron_localcluster import nodes, pods
+from neuron_localcluster.dra_kubelet import (
+    ClaimHandle,
+    ClaimsNotReadyError,
+    DRAKubelet,
+    PluginWatcher,
+)
 from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
 from neuron_localcluster.podnet import PodNetwork, PodNetworkError
 
@@ -59,6 +72,12 @@ LEASE_SECONDS = 40
 TICK_S = 1.0
 MAX_BACKOFF_S = 30.0
 POD_GRACE_S = 10.0
+DEVICE_PLUGIN = "device-plugin"
+DRA = "dra"
+ALLOCATIONS = (DEVICE_PLUGIN, DRA)
+DRA_DRIVER_NAME = "neuroncores.neurongroups.dev"
+DRA_RETRY_S = 2.0
+UNHEALTHY_CORES_FILE = "unhealthy-cores"
 
 
 @dataclass
@@ -90,6 +109,8 @@ class RunningPod:
     containers: list[RunningContainer] = field(default_factory=list)
     devices: dict[str, list[str]] = field(default_factory=dict)
     holdings: list[ContainerHolding] = field(default_factory=list)
+    claims: list[ClaimHandle] = field(default_factory=list)
+    cdi: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     last_status: dict[str, Any] | None = None
     failed: str | None = None
 
@@ -105,6 +126,12 @@ def pod_resources_socket_for(workdir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"ng-pr-{_digest(workdir)}" / "kubelet.sock"
 
 
+def dra_dir_for(workdir: Path) -> Path:
+    """The short folder of the DRA driver's sockets: ``plugins/<driver>/`` and
+    ``plugins_registry/`` as under /var/lib/kubelet on a real node."""
+    return Path(tempfile.gettempdir()) / f"ng-dra-{_digest(workdir)}"
+
+
 def _digest(workdir: Path) -> str:
     return hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:12]
 
@@ -118,8 +145,17 @@ class NodeAgent:
         workdir: Path,
         plugin_argv: list[str] | None = None,
         bin_dirs: tuple[Path, ...] = (),
+        allocation: str = DEVICE_PLUGIN,
+        kubeconfig: Path | None = None,
     ) -> None:
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}")
+        if allocation == DRA and kubeconfig is None:
+            raise ValueError("allocation 'dra' needs the kubeconfig the DRA driver uses")
+        self.allocation = allocation
+        self.kubeconfig = kubeconfig
         self.core = k8s.CoreV1Api(api)
+        self.resource = k8s.ResourceV1Api(api)
         self.coord = k8s.CoordinationV1Api(api)
         self.spec = spec
         self.workdir = workdir
@@ -135,6 +171,11 @@ class NodeAgent:
         self._last_capacity: dict[str, str] | None = None
         self._next_lease = 0.0
         self._next_node_status = 0.0
+        self.dra_dir = dra_dir_for(workdir)
+        self.cdi_dir = workdir / "cdi"
+        self.watcher = PluginWatcher(self.dra_dir / "plugins_registry")
+        self.dra = DRAKubelet(self.watcher, self.cdi_dir, self._read_claim)
+        self._waiting: dict[str, tuple[float, str]] = {}  # pod uid -> (next try, why)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -143,6 +184,9 @@ class NodeAgent:
         self.net.setup()
         self.emulator.start()
         self.pod_resources.start()
+        if self.allocation == DRA:
+            self._start_dra_driver()
+            return
         argv = self.plugin_argv or [
             str(self._program("neuron-device-plugin")),
             "--backend",
@@ -174,6 +218,64 @@ class NodeAgent:
             )
         self._register_node()
 
+    def _start_dra_driver(self) -> None:
+        """Register the Node (the driver owns its slices by the Node's uid), then run the driver
+        for this node with its kubelet side, and register it as a kubelet would."""
+        self._register_node()
+        assert self.kubeconfig is not None
+        registry = self.watcher.registry_dir
+        registry.mkdir(parents=True, exist_ok=True)
+        self.cdi_dir.mkdir(parents=True, exist_ok=True)
+        argv = self.plugin_argv or [
+            str(self._program("neuron-dra-driver")),
+            "--node-name",
+            self.spec.name,
+            "--backend",
+            "simulated",
+            "--instance-type",
+            self.spec.instance_type,
+            "--health-file",
+            str(self.workdir / UNHEALTHY_CORES_FILE),
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--kubelet-plugin",
+            "--plugin-dir",
+            str(self.dra_dir / "plugins" / DRA_DRIVER_NAME),
+            "--registry-dir",
+            str(registry),
+            "--cdi-dir",
+            str(self.cdi_dir),
+        ]
+        driver_log = self.workdir / "dra-driver.log"
+        with driver_log.open("ab") as out:
+            self.plugin = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+        log.info("DRA driver started (pid %s), log %s", self.plugin.pid, driver_log)
+        deadline = time.monotonic() + 60
+        while DRA_DRIVER_NAME not in self.watcher.drivers:
+            if self.plugin.poll() is not None:
+                raise RuntimeError(
+                    f"the DRA driver exited {self.plugin.returncode} before registering; "
+                    f"see {driver_log}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the DRA driver did not register in 60s; see {driver_log}")
+            self.watcher.scan()
+            time.sleep(0.2)
+        log.info("DRA driver %s registered; the node offers its cores through DRA", DRA_DRIVER_NAME)
+
+    def _read_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            response = self.resource.read_namespaced_resource_claim(
+                name, namespace, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return raw_json(response)
+
     def _program(self, name: str) -> Path:
         for folder in self.bin_dirs:
             if os.access(folder / name, os.X_OK):
@@ -197,6 +299,7 @@ class NodeAgent:
         self._stop_pods(list(self.running.values()), grace=5.0)
         # Close the kubelet side first: the plugin's ListAndWatch streams end, so it exits at once.
         self.emulator.stop()
+        what = "DRA driver" if self.allocation == DRA else "device plugin"
         if self.plugin is not None:
             if self.plugin.poll() is None:
                 self.plugin.terminate()
@@ -204,12 +307,14 @@ class NodeAgent:
                 self.plugin.wait(10)
             except subprocess.TimeoutExpired:
                 log.warning(
-                    "device plugin (pid %s) ignored SIGTERM for 10s; killing it", self.plugin.pid
+                    "%s (pid %s) ignored SIGTERM for 10s; killing it", what, self.plugin.pid
                 )
                 self.plugin.kill()
                 self.plugin.wait()
         self.pod_resources.stop()
+        self.watcher.close()
         self.net.teardown()
+        shutil.rmtree(self.dra_dir, ignore_errors=True)
         shutil.rmtree(self.plugin_dir, ignore_errors=True)
         shutil.rmtree(self.pod_resources.socket_path.parent, ignore_errors=True)
         log.info("node agent for %s stopped", self.spec.name)
@@ -219,6 +324,10 @@ class NodeAgent:
     def _resource_counts(self) -> tuple[dict[str, str], dict[str, str]]:
         capacity: dict[str, str] = {}
         allocatable: dict[str, str] = {}
+        if self.allocation == DRA:
+            # No Neuron extended resources at all: a node that lists one (even as 0) is served by
+            # a device plugin as far as the scheduler's DRA extended-resource support goes.
+            return capacity, allocatable
         for resource in pods.NEURON_RESOURCES:
             plugin = self.emulator.client(resource)
             devices = plugin.devices() if plugin is not None else []
@@ -308,6 +417,8 @@ class NodeAgent:
     def tick(self) -> None:
         self._renew_lease()
         self._update_node_status()
+        if self.allocation == DRA:
+            self.watcher.scan()
         response = self.core.list_pod_for_all_namespaces(
             field_selector=f"spec.nodeName={self.spec.name}", _preload_content=False
         )
@@ -323,12 +434,17 @@ class NodeAgent:
             if uid not in self.running:
                 if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                     continue
+                if self._waiting.get(uid, (0.0, ""))[0] > time.monotonic():
+                    continue
                 self._admit(pod)
             else:
                 self._supervise(self.running[uid])
         for uid in list(self.running):
             if uid not in seen:
                 self._stop_pod(self.running.pop(uid))
+        for uid in list(self._waiting):
+            if uid not in seen:
+                del self._waiting[uid]
 
     def _finish_deletion(self, uid: str, meta: dict[str, Any]) -> None:
         pod = self.running.pop(uid, None)
@@ -350,6 +466,18 @@ class NodeAgent:
 
     def _admit(self, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod["spec"]
+        prepared = None
+        if self.allocation == DRA:
+            try:
+                prepared = self.dra.prepare_pod(pod)
+            except ClaimsNotReadyError as exc:
+                # As a kubelet: the pod waits (ContainerCreating) and the prepare is retried.
+                why = str(exc)
+                if self._waiting.get(meta["uid"], (0.0, ""))[1] != why:
+                    log.info("pod %s/%s waits: %s", meta["namespace"], meta["name"], why)
+                self._waiting[meta["uid"]] = (time.monotonic() + DRA_RETRY_S, why)
+                return
+            self._waiting.pop(meta["uid"], None)
         pod_dir = self.workdir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         pod_dir.mkdir(parents=True, exist_ok=True)
         # hostNetwork pods share the node's addresses, as on a real node: no pod network
@@ -366,12 +494,26 @@ class NodeAgent:
             restart_policy=str(spec.get("restartPolicy") or "Always"),
         )
         self.running[running.uid] = running
+        if prepared is not None:
+            running.claims = prepared.claims
+            if prepared.devices:
+                running.devices[DRA_DRIVER_NAME] = prepared.devices
         try:
             volumes = pods.volume_paths(pod, pod_dir)
             for local in volumes.values():
                 Path(local).mkdir(parents=True, exist_ok=True)
             for container in spec.get("containers") or []:
-                allocated = self._allocate(running, container)
+                if prepared is None:
+                    allocated = self._allocate(running, container)
+                else:
+                    edits = prepared.per_container[str(container["name"])]
+                    allocated = dict(edits.env)
+                    running.cdi[str(container["name"])] = {
+                        "cdiDevices": edits.cdi_ids,
+                        # Recorded, not applied: a local process has no /dev/neuronN to get.
+                        "deviceNodes": edits.device_nodes,
+                        "mounts": edits.mounts,
+                    }
                 mounts = pods.mount_map(container, volumes)
                 env = pods.container_env(
                     pod,
@@ -422,6 +564,8 @@ class NodeAgent:
                 "name": pod.name,
                 "podIP": pod.pod_ip,
                 "devices": pod.devices,
+                "claims": [f"{c.namespace}/{c.name}" for c in pod.claims],
+                "cdi": pod.cdi,
                 "envs": {
                     k: v
                     for rc in pod.containers
@@ -615,6 +759,10 @@ class NodeAgent:
     def _release(self, pod: RunningPod) -> None:
         if not pod.host_network:
             self.net.give_back(pod.pod_ip)
+        in_use = {c.uid for other in self.running.values() for c in other.claims}
+        for claim in pod.claims:
+            if claim.uid not in in_use:  # a claim shared with a pod still here stays prepared
+                self.dra.unprepare(claim)
         self._write_allocations()
         log.info(
             "stopped pod %s/%s, freed %s", pod.namespace, pod.name, pod.devices or "no devices"
@@ -645,6 +793,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", required=True, help="the Node's name")
     parser.add_argument("--instance-type", default="inf1.6xlarge", help="EC2 instance type")
     parser.add_argument("--workdir", required=True, type=Path, help="folder for sockets and logs")
+    parser.add_argument(
+        "--allocation",
+        choices=ALLOCATIONS,
+        default=DEVICE_PLUGIN,
+        help="how the node offers its NeuronCores: the device plugin (extended resources) or "
+        "the DRA driver (ResourceSlices; the agent acts as the kubelet's DRA manager)",
+    )
     args = parser.parse_args(argv)
     configure_logging(log_format="text", level="INFO")
     api = api_client_for(args.kubeconfig)
@@ -652,6 +807,8 @@ def main(argv: list[str] | None = None) -> int:
         api=api,
         spec=nodes.NodeSpec(args.node, args.instance_type, emulated=True),
         workdir=args.workdir,
+        allocation=args.allocation,
+        kubeconfig=args.kubeconfig,
     )
 
     def _term(signum: int, _frame: object) -> None:
