@@ -20,7 +20,13 @@ Unschedulable) or for a deleted pod's cores to be free, then records per path:
 * **contiguous**: the share of scheduled pods whose cores are one run of adjacent cores;
 * **pending with a run**: pods that were left Pending (Unschedulable) at a step's end while some
   node had a free run of adjacent cores of their size (DRA's goal: 0);
-* **schedule ms**: the time from the pod's creation to its binding (median and p90).
+* **fragmented**: pods Unschedulable at a step's end with no free run of their size on any node
+  but enough free cores on one (DRA's price for contiguity; a snapshot without grace, so on the
+  device-plugin path, which would place such a pod on scattered cores, these are pods the
+  scheduler had not retried yet);
+* **waited**: pods that were Unschedulable at least once;
+* **schedule ms**: the time from the pod's creation to its binding, for pods bound at their first
+  attempt (median and p90).
 
 Run: ``PYTHONSAFEPATH=1 .venv/bin/python bench/bench_dra_churn.py [--steps N --seed S]``; it
 prints one row per path and, last, one JSON line.
@@ -151,6 +157,8 @@ class Result:
     scheduled: int = 0
     contiguous: int = 0
     pending_with_run: set[str] = field(default_factory=set)
+    fragmented: set[str] = field(default_factory=set)
+    waited: int = 0
     schedule_ms: list[float] = field(default_factory=list)
     left_pending: int = 0
     reasons: list[str] = field(default_factory=list)
@@ -163,6 +171,8 @@ class Result:
             "pods_scheduled": self.scheduled,
             "contiguous_pct": round(100.0 * self.contiguous / max(1, self.scheduled), 1),
             "pending_with_free_run": len(self.pending_with_run),
+            "pending_fragmented": len(self.fragmented),
+            "waited": self.waited,
             "pending_at_end": self.left_pending,
             "schedule_ms_median": round(statistics.median(ms), 1) if ms else None,
             "schedule_ms_p90": round(ms[int(0.9 * (len(ms) - 1))], 1) if ms else None,
@@ -268,8 +278,8 @@ def account(
     watcher: Watcher,
     live: list[str],
     result: Result,
-) -> dict[str, int]:
-    """Count newly scheduled pods; the longest free run of each node."""
+) -> dict[str, tuple[int, int]]:
+    """Count newly scheduled pods; each node's free cores and longest free run."""
     # the device plugin path: the node's plugin picks cores for each newly bound pod
     for pod in live:
         if run.path != "dra" and pod in watcher.bound_at and pod not in run.cores_of:
@@ -288,10 +298,11 @@ def account(
             result.contiguous += 1
         if pod not in watcher.ever_unschedulable:  # bound at its first attempt
             result.schedule_ms.append(1000 * (watcher.bound_at[pod] - run.created_at[pod]))
-    return {
-        node: runs(set(range(CORES)) - {c for n, cs in allocs.values() if n == node for c in cs})
-        for node in run.cluster.kwok_nodes
-    }
+    out = {}
+    for node in run.cluster.kwok_nodes:
+        idle = set(range(CORES)) - {c for n, cs in allocs.values() if n == node for c in cs}
+        out[node] = (len(idle), runs(idle))
+    return out
 
 
 def replay(cluster: LocalCluster, path: str, steps: list[Step], seed: int) -> Result:
@@ -328,7 +339,7 @@ def replay(cluster: LocalCluster, path: str, steps: list[Step], seed: int) -> Re
                 for pod in live
                 if pod not in watcher.bound_at
                 and pod in watcher.unschedulable
-                and any(r >= run.size_of[pod] for r in free_run.values())
+                and any(r >= run.size_of[pod] for _, r in free_run.values())
             ]
             if not stuck:
                 break
@@ -338,6 +349,13 @@ def replay(cluster: LocalCluster, path: str, steps: list[Step], seed: int) -> Re
                     result.reasons.append(f"{pod}: {watcher.messages.get(pod)} {free_run}")
                 break
             time.sleep(0.1)
+        for pod in live:
+            waiting = pod not in watcher.bound_at and pod in watcher.unschedulable
+            size = run.size_of[pod]
+            no_run = all(r < size for _, r in free_run.values())
+            if waiting and no_run and any(n >= size for n, _ in free_run.values()):
+                result.fragmented.add(pod)
+    result.waited = len(watcher.ever_unschedulable)
     result.left_pending = sum(1 for pod in live if pod not in watcher.bound_at)
     watcher.stop.set()
     return result
@@ -379,13 +397,14 @@ def main() -> None:
     )
     header = (
         f"{'path':<14} {'scheduled':>9} {'contiguous':>10} {'pending w/ run':>14} "
-        f"{'pending end':>11} {'sched ms med':>12} {'p90':>7}"
+        f"{'fragmented':>10} {'waited':>6} {'pending end':>11} {'sched ms med':>12} {'p90':>7}"
     )
     print(header)
     for row in results:
         print(
             f"{row['path']:<14} {row['pods_scheduled']:>9} {row['contiguous_pct']:>9}% "
-            f"{row['pending_with_free_run']:>14} {row['pending_at_end']:>11} "
+            f"{row['pending_with_free_run']:>14} {row['pending_fragmented']:>10} "
+            f"{row['waited']:>6} {row['pending_at_end']:>11} "
             f"{row['schedule_ms_median']!s:>12} {row['schedule_ms_p90']!s:>7}"
         )
     print(

@@ -32,7 +32,12 @@ from typing import Any
 
 import yaml
 
-from neuron_cores import parse_core_list, parse_group_sizes, split_into_groups
+from neuron_cores import (
+    lookup_instance_type,
+    parse_core_list,
+    parse_group_sizes,
+    split_into_groups,
+)
 from neuron_localcluster import clitools, processes
 from neuron_localcluster.cluster import ClusterError, LocalCluster
 from neuron_localcluster.node_agent import ALLOCATIONS_FILE
@@ -196,6 +201,9 @@ def install_chart(cluster: LocalCluster) -> None:
         "--timeout",
         "5m",
     ]
+    if cluster.allocation == "dra":
+        # The nodes offer their cores through DRA only; the cluster made the DeviceClasses.
+        cmd += ["--set", "devicePlugin.enabled=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise ClusterError(f"helm install failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -298,6 +306,23 @@ def print_core_maps(cluster: LocalCluster) -> None:
         name = node["metadata"]["name"]
         total = int(node["status"]["capacity"].get("aws.amazon.com/neuroncore", "0"))
         holders: dict[int, Holder] = {}
+        if cluster.allocation == "dra":
+            label = node["metadata"]["labels"].get("node.kubernetes.io/instance-type", "")
+            total = lookup_instance_type(label).cores
+            if name not in cluster.emulated_nodes:
+                for pod_name, cores in dra_cores(cluster, name).items():
+                    sizes = next(
+                        (
+                            p["metadata"].get("annotations", {}).get(GROUPS_ANNOTATION)
+                            for p in pods
+                            if p["metadata"]["name"] == pod_name
+                        ),
+                        None,
+                    )
+                    assign(holders, pod_name, cores, sizes, simulated=False)
+                kind = "kwok: cores the scheduler allocated through DRA"
+                print("\n".join(core_map_lines(name, kind, total, holders)), flush=True)
+                continue
         on_node = sorted(
             (p for p in pods if p["spec"].get("nodeName") == name),
             key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]),
@@ -332,6 +357,27 @@ def print_core_maps(cluster: LocalCluster) -> None:
                     assign(holders, pod["metadata"]["name"], chosen, sizes, simulated=True)
             kind = "kwok: * = where the plugin's best-fit policy would put them"
         print("\n".join(core_map_lines(name, kind, total, holders)), flush=True)
+
+
+def dra_cores(cluster: LocalCluster, node: str) -> dict[str, list[int]]:
+    """Pod name -> the cores its demo claims were allocated on ``node`` (from the claims)."""
+    out: dict[str, list[int]] = {}
+    for claim in _json(cluster, "resourceclaims", "-n", DEMO_NAMESPACE)["items"]:
+        owners = claim["metadata"].get("ownerReferences") or []
+        results = (((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}).get(
+            "results"
+        ) or []
+        for result in results:
+            if owners and result.get("pool") == node:
+                out.setdefault(owners[0]["name"], []).extend(block_cores(result["device"]))
+    return out
+
+
+def block_cores(device: str) -> list[int]:
+    """``core-3`` -> [3]; ``cores-4-7`` -> [4, 5, 6, 7] (the DRA driver's device names)."""
+    parts = device.split("-")
+    first, last = int(parts[1]), int(parts[-1])
+    return list(range(first, last + 1))
 
 
 def one_inference(cluster: LocalCluster) -> None:
