@@ -339,7 +339,11 @@ def print_core_maps(cluster: LocalCluster) -> None:
                         entry["envs"].get("NEURONCORE_GROUP_SIZES"),
                         simulated=False,
                     )
-            kind = "emulated: cores chosen by the device plugin"
+            kind = (
+                "emulated: cores the scheduler allocated through DRA, prepared by the driver"
+                if cluster.allocation == "dra"
+                else "emulated: cores chosen by the device plugin"
+            )
         else:
             from neuron_device_plugin.policy import best_fit
 
@@ -370,7 +374,8 @@ def dra_cores(cluster: LocalCluster, node: str) -> dict[str, list[int]]:
         for result in results:
             if owners and result.get("pool") == node:
                 out.setdefault(owners[0]["name"], []).extend(block_cores(result["device"]))
-    return out
+    # ascending, as the driver writes NEURON_RT_VISIBLE_CORES (groups follow that order)
+    return {pod: sorted(cores) for pod, cores in out.items()}
 
 
 def block_cores(device: str) -> list[int]:
