@@ -51,7 +51,15 @@ EXTENDED_CLAIM = ""  # the pod-claim name under which the extended-resource clai
 
 
 class ClaimsNotReadyError(RuntimeError):
-    """The pod cannot start yet (claim not created, allocated, reserved or prepared); retried."""
+    """The pod cannot start yet (claim not created, allocated, reserved or prepared); retried.
+
+    ``prepared`` lists the pod's claims that were prepared before the failure: they stay
+    prepared for the retry, and are unprepared if the pod goes before it starts.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.prepared: list[ClaimHandle] = []
 
 
 # ---- pure: pods, claims, CDI ----------------------------------------------------------------
@@ -327,22 +335,31 @@ class DRAKubelet:
         handles: list[ClaimHandle] = []
         prepared: dict[str, list[PreparedDevice]] = {}
         for pod_claim in claims:
-            claim = self.read_claim(namespace, pod_claim.claim)
-            if claim is None:
-                raise ClaimsNotReadyError(f"claim {namespace}/{pod_claim.claim} does not exist")
-            drivers = claim_drivers(claim, pod_uid)
-            uid = str(claim["metadata"]["uid"])
-            devices: list[PreparedDevice] = []
-            for name in drivers:
-                devices.extend(self._prepare(name, namespace, pod_claim.claim, uid))
+            try:
+                claim = self.read_claim(namespace, pod_claim.claim)
+                if claim is None:
+                    raise ClaimsNotReadyError(f"claim {namespace}/{pod_claim.claim} does not exist")
+                drivers = claim_drivers(claim, pod_uid)
+                uid = str(claim["metadata"]["uid"])
+                handle = ClaimHandle(namespace, pod_claim.claim, uid, tuple(drivers))
+                devices: list[PreparedDevice] = []
+                for name in drivers:
+                    devices.extend(self._prepare(name, namespace, pod_claim.claim, uid))
+            except ClaimsNotReadyError as exc:
+                exc.prepared = handles  # a driver that refused has nothing prepared to undo
+                raise
             prepared[pod_claim.claim] = devices
-            handles.append(ClaimHandle(namespace, pod_claim.claim, uid, tuple(drivers)))
+            handles.append(handle)
         index = index_cdi_specs(read_cdi_specs(self.cdi_dir))
         per_container: dict[str, Edits] = {}
         for container in (pod.get("spec") or {}).get("containers") or []:
             chosen = container_devices(container, claims, prepared)
             ids = [i for d in chosen for i in d.cdi_ids]
-            per_container[str(container["name"])] = apply_cdi(ids, index)
+            try:
+                per_container[str(container["name"])] = apply_cdi(ids, index)
+            except ClaimsNotReadyError as exc:
+                exc.prepared = handles
+                raise
         names = sorted({d.device for ds in prepared.values() for d in ds})
         return PodDevices(handles, per_container, names)
 

@@ -175,7 +175,8 @@ class NodeAgent:
         self.cdi_dir = workdir / "cdi"
         self.watcher = PluginWatcher(self.dra_dir / "plugins_registry")
         self.dra = DRAKubelet(self.watcher, self.cdi_dir, self._read_claim)
-        self._waiting: dict[str, tuple[float, str]] = {}  # pod uid -> (next try, why)
+        # pod uid -> (next try, why, claims prepared so far) of pods whose claims are not ready
+        self._waiting: dict[str, tuple[float, str, list[ClaimHandle]]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -434,7 +435,7 @@ class NodeAgent:
             if uid not in self.running:
                 if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                     continue
-                if self._waiting.get(uid, (0.0, ""))[0] > time.monotonic():
+                if uid in self._waiting and self._waiting[uid][0] > time.monotonic():
                     continue
                 self._admit(pod)
             else:
@@ -443,8 +444,11 @@ class NodeAgent:
             if uid not in seen:
                 self._stop_pod(self.running.pop(uid))
         for uid in list(self._waiting):
-            if uid not in seen:
-                del self._waiting[uid]
+            if uid not in seen:  # gone before it started: undo what was prepared for it
+                in_use = {c.uid for pod in self.running.values() for c in pod.claims}
+                for claim in self._waiting.pop(uid)[2]:
+                    if claim.uid not in in_use:
+                        self.dra.unprepare(claim)
 
     def _finish_deletion(self, uid: str, meta: dict[str, Any]) -> None:
         pod = self.running.pop(uid, None)
@@ -473,9 +477,9 @@ class NodeAgent:
             except ClaimsNotReadyError as exc:
                 # As a kubelet: the pod waits (ContainerCreating) and the prepare is retried.
                 why = str(exc)
-                if self._waiting.get(meta["uid"], (0.0, ""))[1] != why:
+                if meta["uid"] not in self._waiting or self._waiting[meta["uid"]][1] != why:
                     log.info("pod %s/%s waits: %s", meta["namespace"], meta["name"], why)
-                self._waiting[meta["uid"]] = (time.monotonic() + DRA_RETRY_S, why)
+                self._waiting[meta["uid"]] = (time.monotonic() + DRA_RETRY_S, why, exc.prepared)
                 return
             self._waiting.pop(meta["uid"], None)
         pod_dir = self.workdir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"

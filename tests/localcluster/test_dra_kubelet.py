@@ -310,3 +310,31 @@ def test_prepare_refused_by_the_driver_keeps_the_pod_waiting(root: Path) -> None
     finally:
         server.stop()
         watcher.close()
+
+
+def test_a_claim_not_ready_reports_the_claims_prepared_before_it(root: Path) -> None:
+    claims = Claims()
+    claims.items[("ns", "ready")] = _claim("claim-uid-3", [("cores", "cores-0-3")], name="ready")
+    claims.items[("ns", "later")] = _claim("claim-uid-4", [], allocated=False, name="later")
+    server = _driver(root, claims)
+    server.start()
+    watcher = PluginWatcher(root / "registry")
+    try:
+        watcher.scan()
+        kubelet = DRAKubelet(watcher, root / "cdi", claims.read_claim)
+        pod = _pod(
+            [
+                {"name": "a", "resourceClaimName": "ready"},
+                {"name": "b", "resourceClaimName": "later"},
+            ]
+        )
+        with pytest.raises(ClaimsNotReadyError, match="ns/later is not allocated yet") as caught:
+            kubelet.prepare_pod(pod)
+        (handle,) = caught.value.prepared
+        assert (handle.name, handle.uid) == ("ready", "claim-uid-3")
+        assert cdi_spec_path(root / "cdi", "claim-uid-3").exists()
+        assert kubelet.unprepare(handle)  # what the agent does when the pod goes unstarted
+        assert not cdi_spec_path(root / "cdi", "claim-uid-3").exists()
+    finally:
+        server.stop()
+        watcher.close()
