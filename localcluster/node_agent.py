@@ -479,6 +479,7 @@ class NodeAgent:
                 why = str(exc)
                 if meta["uid"] not in self._waiting or self._waiting[meta["uid"]][1] != why:
                     log.info("pod %s/%s waits: %s", meta["namespace"], meta["name"], why)
+                    self._report_waiting(pod, why)
                 self._waiting[meta["uid"]] = (time.monotonic() + DRA_RETRY_S, why, exc.prepared)
                 return
             self._waiting.pop(meta["uid"], None)
@@ -552,6 +553,37 @@ class NodeAgent:
             running.failed = str(exc)
             log.warning("pod %s/%s cannot run: %s", running.namespace, running.name, exc)
         self._supervise(running)
+
+    def _report_waiting(self, pod: dict[str, Any], why: str) -> None:
+        """Pending, containers ContainerCreating, and why in the pod's message (a kubelet says
+        it in a FailedPrepareDynamicResources event)."""
+        meta = pod["metadata"]
+        containers = [
+            pods.container_status(
+                c,
+                running_since=None,
+                ready=False,
+                restarts=0,
+                pid=None,
+                waiting_reason="ContainerCreating",
+            )
+            for c in pod["spec"].get("containers") or []
+        ]
+        status = pods.pod_status(
+            phase="Pending",
+            pod_ip=None,
+            ready=False,
+            started_at=pods.now_rfc3339(),
+            containers=containers,
+            message=f"waiting for its ResourceClaims to be prepared: {why}",
+        )
+        try:
+            self.core.patch_namespaced_pod_status(
+                meta["name"], meta["namespace"], {"status": status}
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def _write_allocations(self) -> None:
         """``allocations.json``: which devices and Allocate envs each running pod holds.

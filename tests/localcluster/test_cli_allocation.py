@@ -105,3 +105,42 @@ def test_a_dra_node_offers_no_neuron_extended_resources(tmp_path: Path) -> None:
         kubeconfig=tmp_path / "kubeconfig",
     )
     assert agent._resource_counts() == ({}, {})
+
+
+class _Core:
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, str, dict[str, Any]]] = []
+
+    def patch_namespaced_pod_status(self, name: str, namespace: str, patch: dict[str, Any]) -> None:
+        self.patches.append((name, namespace, patch))
+
+
+def test_a_pod_whose_claims_are_not_ready_waits_with_the_reason(tmp_path: Path) -> None:
+    agent = NodeAgent(
+        api=k8s.ApiClient(),
+        spec=NodeSpec("n", "inf1.6xlarge", emulated=True),
+        workdir=tmp_path,
+        allocation="dra",
+        kubeconfig=tmp_path / "kubeconfig",
+    )
+    core = _Core()
+    agent.core = core  # type: ignore[assignment]
+    pod = {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+        "spec": {
+            "containers": [{"name": "c", "command": ["true"]}],
+            "resourceClaims": [{"name": "cores", "resourceClaimTemplateName": "six"}],
+        },
+        "status": {},
+    }
+    agent._admit(pod)
+    agent._admit(pod)  # a retry with the same reason patches nothing more
+    assert agent.running == {}
+    (name, namespace, patch) = core.patches[0]
+    assert (name, namespace) == ("p", "ns")
+    status = patch["status"]
+    assert status["phase"] == "Pending"
+    assert "is not recorded in the pod's status.resourceClaimStatuses yet" in status["message"]
+    waiting = status["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "ContainerCreating"
+    assert len(core.patches) == 1
