@@ -248,18 +248,29 @@ class PluginWatcher:
     def __init__(self, registry_dir: Path) -> None:
         self.registry_dir = registry_dir
         self.drivers: dict[str, Driver] = {}
-        self._seen: dict[Path, str] = {}  # socket -> driver name ("" when refused)
+        # (socket, inode, ctime) -> driver name ("" when refused): tells a socket a restarted
+        # driver created again between two scans from the one it replaced (the inode number
+        # alone is often reused)
+        self._seen: dict[tuple[Path, int, int], str] = {}
 
     def scan(self) -> None:
-        sockets = {p for p in self.registry_dir.glob("*.sock") if p.is_socket()}
+        sockets: set[tuple[Path, int, int]] = set()
+        for path in self.registry_dir.glob("*.sock"):
+            try:
+                if path.is_socket():
+                    stat = path.stat()
+                    sockets.add((path, stat.st_ino, stat.st_ctime_ns))
+            except OSError:
+                continue  # removed while listing
         for gone in sorted(set(self._seen) - sockets):
             name = self._seen.pop(gone)
-            driver = self.drivers.pop(name, None) if name else None
-            if driver is not None:
+            driver = self.drivers.get(name) if name else None
+            if driver is not None and not any(n == name for n in self._seen.values()):
+                self.drivers.pop(name)
                 driver.channel.close()
-                log.info("DRA driver %s deregistered (socket %s removed)", name, gone)
+                log.info("DRA driver %s deregistered (socket %s removed)", name, gone[0])
         for new in sorted(sockets - set(self._seen)):
-            self._seen[new] = self._register(new)
+            self._seen[new] = self._register(new[0])
 
     def _register(self, socket: Path) -> str:
         with grpc.insecure_channel(f"unix://{socket}") as channel:

@@ -338,3 +338,25 @@ def test_a_claim_not_ready_reports_the_claims_prepared_before_it(root: Path) -> 
     finally:
         server.stop()
         watcher.close()
+
+
+def test_a_driver_restarted_between_two_scans_is_registered_again(root: Path) -> None:
+    claims = Claims()
+    first = _driver(root, claims)
+    first.start()
+    watcher = PluginWatcher(root / "registry")
+    try:
+        watcher.scan()
+        assert first.registration.notified.wait(5)
+        first.stop()
+        second = _driver(root, claims)  # same socket paths, new sockets
+        second.start()
+        try:
+            watcher.scan()
+            assert second.registration.notified.wait(5)
+            assert set(watcher.drivers) == {DRIVER_NAME}
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+        watcher.close()
