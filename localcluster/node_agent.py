@@ -511,6 +511,7 @@ class NodeAgent:
                 if prepared is None:
                     allocated = self._allocate(running, container)
                 else:
+                    self._check_extended(pod, container)
                     edits = prepared.per_container[str(container["name"])]
                     allocated = dict(edits.env)
                     running.cdi[str(container["name"])] = {
@@ -553,6 +554,21 @@ class NodeAgent:
             running.failed = str(exc)
             log.warning("pod %s/%s cannot run: %s", running.namespace, running.name, exc)
         self._supervise(running)
+
+    def _check_extended(self, pod: dict[str, Any], container: dict[str, Any]) -> None:
+        """A DRA node has no Neuron extended resources: a container asking for one runs only on
+        the claim the scheduler made for it (as a kubelet, which would reject the pod for want
+        of the resource otherwise)."""
+        asked = pods.neuron_requests(container)
+        if not asked or (pod.get("status") or {}).get("extendedResourceClaimStatus"):
+            return
+        resource, count = next(iter(sorted(asked.items())))
+        raise pods.PodSpecError(
+            f"container {container.get('name')!r} asks for {resource}: {count}, which node "
+            f"{self.spec.name} offers only through DRA, and the pod has no "
+            "status.extendedResourceClaimStatus: it was bound without the scheduler, or no "
+            f"DeviceClass has extendedResourceName {resource}"
+        )
 
     def _report_waiting(self, pod: dict[str, Any], why: str) -> None:
         """Pending, containers ContainerCreating, and why in the pod's message (a kubelet says

@@ -144,3 +144,66 @@ def test_a_pod_whose_claims_are_not_ready_waits_with_the_reason(tmp_path: Path) 
     waiting = status["containerStatuses"][0]["state"]["waiting"]
     assert waiting["reason"] == "ContainerCreating"
     assert len(core.patches) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "phase"),
+    [
+        ({}, "Failed"),
+        (
+            {
+                "extendedResourceClaimStatus": {
+                    "resourceClaimName": "p-ext",
+                    "requestMappings": [
+                        {
+                            "containerName": "c",
+                            "resourceName": "aws.amazon.com/neuroncore",
+                            "requestName": "container-0-request-0",
+                        }
+                    ],
+                }
+            },
+            "waits",
+        ),
+    ],
+    ids=["bound-without-the-scheduler-fails", "with-the-schedulers-claim-prepares"],
+)
+def test_extended_resources_on_a_dra_node_need_the_schedulers_claim(
+    tmp_path: Path, status: dict[str, Any], phase: str
+) -> None:
+    agent = NodeAgent(
+        api=k8s.ApiClient(),
+        spec=NodeSpec("n", "inf1.6xlarge", emulated=True),
+        workdir=tmp_path,
+        allocation="dra",
+        kubeconfig=tmp_path / "kubeconfig",
+    )
+    core = _Core()
+    agent.core = core  # type: ignore[assignment]
+    agent.dra.read_claim = lambda namespace, name: None
+    pod = {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u2"},
+        "spec": {
+            "hostNetwork": True,
+            "containers": [
+                {
+                    "name": "c",
+                    "command": ["true"],
+                    "resources": {"limits": {"aws.amazon.com/neuroncore": "2"}},
+                }
+            ],
+        },
+        "status": status,
+    }
+    agent._admit(pod)
+    (_, _, patch) = core.patches[-1]
+    if phase == "Failed":
+        assert patch["status"]["phase"] == "Failed"
+        assert (
+            "aws.amazon.com/neuroncore: 2, which node n offers only through DRA"
+            in (patch["status"]["message"])
+        )
+    else:  # the claim is read first: here it does not exist yet, so the pod waits
+        assert patch["status"]["phase"] == "Pending"
+        assert "claim ns/p-ext does not exist" in patch["status"]["message"]
+    agent._stop_pods(list(agent.running.values()), grace=1.0)
