@@ -13,6 +13,8 @@ PACKAGES := neuron_cores neuron_runtime neuron_device_plugin neuron_operator neu
 AUTOSCALER ?=
 AUTOSCALER_FLAG := $(if $(AUTOSCALER),--autoscaler $(AUTOSCALER))
 # package name -> folder; mypy cannot follow setuptools' package-dir mapping, so it reads a link tree.
+# How local-cluster nodes offer NeuronCores: device-plugin (default) or dra (`make demo ALLOCATION=dra`).
+ALLOCATION ?= $(or $(NEURON_GROUPS_ALLOCATION),device-plugin)
 TYPECHECK_LINKS := neuron_cores:cores neuron_runtime:runtime neuron_device_plugin:device_plugin neuron_operator:operator neuron_localcluster:localcluster neuron_dra_driver:dra_driver
 
 .PHONY: setup lint format typecheck unit test bench demo cluster-up cluster-down clean deploy-render
@@ -51,13 +53,13 @@ deploy-render: setup ## render deploy/*.yaml from charts/neuron-groups (tests ch
 	$(PY) deploy/render.py
 
 cluster-up: setup ## start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok, emulated node); kubeconfig in .cluster/kubeconfig
-	$(VENV)/bin/neuron-localcluster up $(AUTOSCALER_FLAG)
+	$(VENV)/bin/neuron-localcluster up --allocation $(ALLOCATION) $(AUTOSCALER_FLAG)
 
 cluster-down: ## stop every process of the local control plane
 	@if [ -x $(VENV)/bin/neuron-localcluster ]; then $(VENV)/bin/neuron-localcluster down; fi
 
 demo: setup ## build/reuse the control plane, install the chart, run the seed's scenarios, print cores and an inference
-	$(VENV)/bin/neuron-localcluster demo $(AUTOSCALER_FLAG)
+	$(VENV)/bin/neuron-localcluster demo --allocation $(ALLOCATION) $(AUTOSCALER_FLAG)
 
 clean:
 	rm -rf .typecheck .mypy_cache .ruff_cache .pytest_cache build

@@ -190,6 +190,13 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         str(DEFAULT_DEV_ROOT),
     )
     add(
+        "--host-dev-root",
+        "NEURON_DRA_HOST_DEV_ROOT",
+        "sysfs backend: where the host has the neuronN nodes, written into CDI specs, when "
+        "--dev-root is a mount of the host's /dev (in a pod: /host/dev); empty: --dev-root",
+        "",
+    )
+    add(
         "--error-counters",
         "NEURON_DRA_ERROR_COUNTERS",
         "sysfs backend: comma list of per-core status counters whose rise marks a core unhealthy",
@@ -268,6 +275,7 @@ def build_backend(args: argparse.Namespace) -> Backend:
     return SysfsBackend(
         sysfs_root=Path(args.sysfs_root),
         dev_root=Path(args.dev_root),
+        host_dev_root=Path(args.host_dev_root) if args.host_dev_root else None,
         error_counters=counters,
         recovery_s=args.recovery_seconds,
     )

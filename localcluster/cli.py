@@ -22,6 +22,7 @@ from neuron_localcluster.cluster import (
     LocalCluster,
     stop_cluster,
 )
+from neuron_localcluster.node_agent import ALLOCATIONS, DEVICE_PLUGIN
 
 log = logging.getLogger("neuron_localcluster")
 
@@ -30,6 +31,7 @@ EMULATED_NODES_ENV = "NEURON_GROUPS_EMULATED_NODES"
 LOG_LEVEL_ENV = "NEURON_GROUPS_LOG_LEVEL"
 AUTOSCALER_ENV = "NEURON_GROUPS_AUTOSCALER"
 CONSOLIDATE_AFTER_ENV = "NEURON_GROUPS_CONSOLIDATE_AFTER"
+ALLOCATION_ENV = "NEURON_GROUPS_ALLOCATION"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -54,6 +56,7 @@ ENV_HELP = f"""environment variables:
   {AUTOSCALER_ENV:<30} none|karpenter (same as --autoscaler)
   {CONSOLIDATE_AFTER_ENV:<30} Karpenter NodePool consolidateAfter (same as --consolidate-after)
   {karpenter.MODULE_ENV:<30} folder of Karpenter's Go module (default: <repo>/hack/karpenter)
+  {ALLOCATION_ENV:<30} device-plugin|dra (same as --allocation)
   {binaries.ASSETS_ENV:<30} folder of prebuilt binaries to use instead of building them
   {cache.CACHE_ENV:<30} cache root; binaries go to <it>/neuron-groups/bin/<name>-<version>/
   {binaries.GO_ENV:<30} the go binary to build with (default: go on PATH)
@@ -155,6 +158,7 @@ def _node_flags(cmd: argparse.ArgumentParser, *, emulated_with_autoscaler: str =
         f"Karpenter removes it (env {CONSOLIDATE_AFTER_ENV}, default "
         f"{karpenter.Settings.consolidate_after})",
     )
+    _allocation_flag(cmd)
 
 
 def node_lists(
@@ -183,6 +187,27 @@ def autoscaler_settings(autoscaler: str, consolidate_after: str) -> karpenter.Se
     if autoscaler == "none":
         return None
     return karpenter.Settings(consolidate_after=consolidate_after)
+
+
+def _allocation_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--allocation",
+        type=_allocation,
+        default=os.environ.get(ALLOCATION_ENV, DEVICE_PLUGIN),
+        help="how nodes offer their NeuronCores: device-plugin (aws.amazon.com/neuroncore) or "
+        "dra (the DRA driver's ResourceSlices only; see docs/dra.md) "
+        f"(env {ALLOCATION_ENV}, default {DEVICE_PLUGIN})",
+    )
+
+
+def _allocation(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ALLOCATIONS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an allocation path; use one of {', '.join(ALLOCATIONS)} "
+            f"(flag --allocation or {ALLOCATION_ENV})"
+        )
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +256,7 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
             kwok_nodes=kwok,
             emulated_nodes=emulated,
             autoscaler=autoscaler_settings(args.autoscaler, args.consolidate_after),
+            allocation=args.allocation,
         )
     kwok, emulated = node_lists(args.kwok_nodes, args.emulated_nodes, args.autoscaler)
     cluster = ensure_up(
@@ -239,6 +265,7 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
         emulated,
         recreate=args.recreate,
         autoscaler=autoscaler_settings(args.autoscaler, args.consolidate_after),
+        allocation=args.allocation,
     )
     for line in usage_lines(cluster):
         print(line)
@@ -252,8 +279,10 @@ def ensure_up(
     *,
     recreate: bool = False,
     autoscaler: karpenter.Settings | None = None,
+    allocation: str = DEVICE_PLUGIN,
 ) -> LocalCluster:
-    """The running cluster in ``state_dir`` if its autoscaler matches, else a fresh one."""
+    """The running cluster in ``state_dir`` if its autoscaler matches and it runs with
+    ``allocation``; else a fresh one."""
     if not recreate:
         try:
             current = LocalCluster.attach(state_dir)
@@ -266,6 +295,12 @@ def ensure_up(
                     f"the cluster running in {state_dir} has autoscaler {current.autoscaler!r}, "
                     f"not {wanted!r}; stop it (`make cluster-down`) or pass --recreate"
                 )
+        if current is not None and current.running() and current.allocation != allocation:
+            progress(
+                f"the cluster in {state_dir} runs with --allocation {current.allocation}; "
+                f"starting afresh with {allocation}"
+            )
+        elif current is not None and current.running():
             progress(
                 f"a cluster is already running in {state_dir}; reusing it (--recreate: afresh)"
             )
@@ -276,6 +311,7 @@ def ensure_up(
         emulated_nodes=emulated_nodes,
         progress=progress,
         autoscaler=autoscaler,
+        allocation=allocation,
     )
 
 

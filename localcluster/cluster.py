@@ -33,9 +33,16 @@ from typing import Any, TypeVar
 from kubernetes import client as k8s
 
 from neuron_localcluster import binaries, clitools, karpenter, layout, nodes, pki, podnet, processes
-from neuron_localcluster.kube import ApiException, api_client_for, body
+from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
 from neuron_localcluster.layout import Layout, Ports
-from neuron_localcluster.node_agent import plugin_dir_for
+from neuron_localcluster.node_agent import (
+    ALLOCATIONS,
+    DEVICE_PLUGIN,
+    DRA,
+    UNHEALTHY_CORES_FILE,
+    dra_dir_for,
+    plugin_dir_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,7 @@ class LocalCluster:
     emulated_nodes: list[str] = field(default_factory=list)
     kubectl_path: Path | None = None
     autoscaler: str = "none"
+    allocation: str = DEVICE_PLUGIN
 
     # ---- the contract ----------------------------------------------------------------------
 
@@ -185,6 +193,7 @@ class LocalCluster:
             "emulated_nodes": self.emulated_nodes,
             "kubeconfig": str(self.kubeconfig),
             "autoscaler": self.autoscaler,
+            "allocation": self.allocation,
         }
         self.layout.state_file.write_text(json.dumps(data, indent=2))
 
@@ -206,6 +215,7 @@ class LocalCluster:
             kwok_nodes=list(data.get("kwok_nodes", [])),
             emulated_nodes=list(data.get("emulated_nodes", [])),
             autoscaler=str(data.get("autoscaler", "none")),
+            allocation=str(data.get("allocation", DEVICE_PLUGIN)),
         )
 
     def processes(self) -> list[tuple[str, bool]]:
@@ -227,12 +237,29 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         progress: Callable[[str], None] | None = None,
         autoscaler: karpenter.Settings | None = None,
+        allocation: str = DEVICE_PLUGIN,
     ) -> LocalCluster:
         """Start a fresh cluster in ``state_dir`` (stopping and wiping whatever was there).
 
         ``autoscaler``: run Karpenter's kwok provider with these settings (built on first use,
         like the control plane), and a NodePool for Neuron capacity.
+
+        ``allocation``: ``device-plugin`` (nodes advertise ``aws.amazon.com/neuroncore``) or
+        ``dra`` (nodes offer their cores only as the DRA driver's ResourceSlices: a driver process
+        publishes each kwok node's pool, each emulated node runs the driver with its kubelet side,
+        and the driver's DeviceClasses are created).
         """
+        if allocation not in ALLOCATIONS:
+            raise ClusterError(
+                f"allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}: "
+                "device-plugin (the default) or dra"
+            )
+        if autoscaler is not None and allocation == DRA:
+            raise ClusterError(
+                "--autoscaler karpenter with --allocation dra is not supported yet: Karpenter's "
+                "nodes get their NeuronCores from a capacity publisher that stands in for the "
+                "device plugin, and no DRA driver publishes their pools; use one or the other"
+            )
         say = progress or (lambda msg: log.info("%s", msg))
         folder = (state_dir or layout.default_state_dir()).resolve()
         specs = nodes.name_nodes(
@@ -270,6 +297,7 @@ class LocalCluster:
             emulated_nodes=[s.name for s in specs if s.emulated],
             kubectl_path=kubectl,
             autoscaler="none" if autoscaler is None else "karpenter",
+            allocation=allocation,
         )
         cluster.save()
         try:
@@ -314,9 +342,16 @@ class LocalCluster:
 
     def _start_nodes(self, specs: list[nodes.NodeSpec], say: Callable[[str], None]) -> None:
         core = k8s.CoreV1Api(self.api_client())
+        dra = self.allocation == DRA
+        if dra:
+            self._create_device_classes()
         for spec in specs:
             if not spec.emulated:
-                core.create_node(body(nodes.node_manifest(spec)))
+                # Under DRA a node offers no Neuron extended resources; its driver publishes it.
+                none: dict[str, str] | None = {} if dra else None
+                core.create_node(body(nodes.node_manifest(spec, capacity=none, allocatable=none)))
+                if dra:
+                    self._spawn_kwok_driver(spec)
         for spec in specs:
             if spec.emulated:
                 workdir = self.layout.node_dir(spec.name)
@@ -329,6 +364,7 @@ class LocalCluster:
                     f"--node={spec.name}",
                     f"--instance-type={spec.instance_type}",
                     f"--workdir={workdir}",
+                    f"--allocation={self.allocation}",
                 ]
                 env = {**os.environ, "PYTHONSAFEPATH": "1"}
                 self._spawn(f"node-agent-{spec.name}", argv, env)
@@ -340,6 +376,35 @@ class LocalCluster:
             )
             kind = "emulated" if spec.emulated else "kwok"
             say(f"node {spec.name} ({spec.instance_type}, {kind}) Ready")
+        if dra:
+            for spec in specs:
+                self.wait_for(
+                    functools.partial(_pool_published, self.api_client(), spec.name),
+                    120,
+                    f"the DRA driver to publish node {spec.name}'s ResourceSlices",
+                )
+            say("every node's NeuronCores are published as DRA ResourceSlices")
+
+    def _create_device_classes(self) -> None:
+        from neuron_dra_driver.classes import device_classes
+
+        api = k8s.ResourceV1Api(self.api_client())
+        for manifest in device_classes():
+            api.create_device_class(body(manifest))
+
+    def _spawn_kwok_driver(self, spec: nodes.NodeSpec) -> None:
+        """The driver in publish-for-node mode: it runs here and publishes a node it is not on."""
+        workdir = self.layout.node_dir(spec.name)
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            str(Path(sys.executable).parent / "neuron-dra-driver"),
+            f"--node-name={spec.name}",
+            "--backend=simulated",
+            f"--instance-type={spec.instance_type}",
+            f"--health-file={workdir / UNHEALTHY_CORES_FILE}",
+            f"--kubeconfig={self.layout.component_kubeconfig(pki.NODE_AGENT)}",
+        ]
+        self._spawn(f"dra-driver-{spec.name}", argv, {**os.environ, "PYTHONSAFEPATH": "1"})
 
     def _start_karpenter(
         self, assets: karpenter.Assets, settings: karpenter.Settings, say: Callable[[str], None]
@@ -442,7 +507,23 @@ class LocalCluster:
             "kwok_nodes": self.kwok_nodes,
             "emulated_nodes": self.emulated_nodes,
             "autoscaler": self.autoscaler,
+            "allocation": self.allocation,
         }
+
+
+def _pool_published(api: k8s.ApiClient, node: str) -> bool:
+    """Every slice of the node's pool is there (the count each slice declares)."""
+    from neuron_dra_driver.layout import DRIVER_NAME
+
+    listed = k8s.ResourceV1Api(api).list_resource_slice(
+        field_selector=f"spec.nodeName={node}", _preload_content=False
+    )
+    slices = [
+        s for s in raw_json(listed).get("items") or [] if s["spec"].get("driver") == DRIVER_NAME
+    ]
+    if not slices:
+        return False
+    return len(slices) >= int(slices[0]["spec"]["pool"]["resourceSliceCount"])
 
 
 def _node_ready(core: k8s.CoreV1Api, name: str) -> bool:
@@ -482,4 +563,5 @@ def stop_cluster(state_dir: Path) -> list[str]:
     podnet.teardown_recorded(node_dirs)
     for node_dir in node_dirs:  # sockets of an agent that was killed before it cleaned up
         shutil.rmtree(plugin_dir_for(node_dir), ignore_errors=True)
+        shutil.rmtree(dra_dir_for(node_dir), ignore_errors=True)
     return stopped

@@ -156,6 +156,9 @@ def install_chart(cluster: LocalCluster) -> None:
         "--timeout",
         "5m",
     ]
+    if cluster.allocation == "dra":
+        # The nodes offer their cores through DRA only; the cluster made the DeviceClasses.
+        cmd += ["--set", "devicePlugin.enabled=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise ClusterError(f"helm install failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -270,6 +273,28 @@ def print_core_maps(cluster: LocalCluster) -> None:
     print(proc.stdout, end="", flush=True)
 
 
+def dra_cores(cluster: LocalCluster, node: str) -> dict[str, list[int]]:
+    """Pod name -> the cores its demo claims were allocated on ``node`` (from the claims)."""
+    out: dict[str, list[int]] = {}
+    for claim in _json(cluster, "resourceclaims", "-n", DEMO_NAMESPACE)["items"]:
+        owners = claim["metadata"].get("ownerReferences") or []
+        results = (((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}).get(
+            "results"
+        ) or []
+        for result in results:
+            if owners and result.get("pool") == node:
+                out.setdefault(owners[0]["name"], []).extend(block_cores(result["device"]))
+    # ascending, as the driver writes NEURON_RT_VISIBLE_CORES (groups follow that order)
+    return {pod: sorted(cores) for pod, cores in out.items()}
+
+
+def block_cores(device: str) -> list[int]:
+    """``core-3`` -> [3]; ``cores-4-7`` -> [4, 5, 6, 7] (the DRA driver's device names)."""
+    parts = device.split("-")
+    first, last = int(parts[1]), int(parts[-1])
+    return list(range(first, last + 1))
+
+
 def one_inference(cluster: LocalCluster) -> None:
     node = cluster.emulated_node
     alloc = json.loads((cluster.layout.node_dir(node) / ALLOCATIONS_FILE).read_text())
@@ -322,12 +347,15 @@ def run(
     kwok_nodes: str,
     emulated_nodes: str,
     autoscaler: karpenter.Settings | None = None,
+    allocation: str = "device-plugin",
 ) -> int:
     """The demo; with ``autoscaler``, Karpenter adds the nodes the scenarios do not fit on."""
     from neuron_localcluster.cli import ensure_up, usage_lines
 
     started = time.monotonic()
-    cluster = ensure_up(state_dir, kwok_nodes, emulated_nodes, autoscaler=autoscaler)
+    cluster = ensure_up(
+        state_dir, kwok_nodes, emulated_nodes, autoscaler=autoscaler, allocation=allocation
+    )
     models_dir = cluster.state_dir / "models"
     compile_models(models_dir)
     install_chart(cluster)

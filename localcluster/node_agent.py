@@ -12,6 +12,13 @@ cores the project's own device plugin chose, one node is driven by this agent in
 * it reports the pod's status and readiness (its HTTP readiness probe, really probed), renews the
   node's Lease so the node lifecycle controller keeps it Ready, and stops processes when pods go.
 
+With ``--allocation dra`` the node offers its NeuronCores through DRA only: no device plugin
+runs and the Node carries no ``aws.amazon.com/neuroncore`` capacity; instead the agent starts the
+project's DRA driver (``neuron-dra-driver --kubelet-plugin``) for this node and does what a
+kubelet does for DRA (:mod:`neuron_localcluster.dra_kubelet`): registers the driver from its
+plugins registry folder, prepares a pod's claims before starting its containers, applies the CDI
+specs' env edits to the processes, and unprepares the claims when the pod goes.
+
 Scope, deliberately small: one pass per second over the node's pods (a poll, not a watch), no
 images, no volumes beyond hostPath and emptyDir (their mount paths are rewritten in env values),
 restarts with a capped back-off for ``restartPolicy: Always``.
@@ -50,6 +57,12 @@ from neuron_device_plugin.kubelet_emulator import (
     PodResourcesServer,
 )
 from neuron_localcluster import nodes, pods
+from neuron_localcluster.dra_kubelet import (
+    ClaimHandle,
+    ClaimsNotReadyError,
+    DRAKubelet,
+    PluginWatcher,
+)
 from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
 from neuron_localcluster.podnet import PodNetwork, PodNetworkError
 
@@ -61,6 +74,12 @@ LEASE_SECONDS = 40
 TICK_S = 1.0
 MAX_BACKOFF_S = 30.0
 POD_GRACE_S = 10.0
+DEVICE_PLUGIN = "device-plugin"
+DRA = "dra"
+ALLOCATIONS = (DEVICE_PLUGIN, DRA)
+DRA_DRIVER_NAME = "neuroncores.neurongroups.dev"
+DRA_RETRY_S = 2.0
+UNHEALTHY_CORES_FILE = "unhealthy-cores"
 
 
 @dataclass
@@ -92,6 +111,8 @@ class RunningPod:
     containers: list[RunningContainer] = field(default_factory=list)
     devices: dict[str, list[str]] = field(default_factory=dict)
     holdings: list[ContainerHolding] = field(default_factory=list)
+    claims: list[ClaimHandle] = field(default_factory=list)
+    cdi: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     last_status: dict[str, Any] | None = None
     failed: str | None = None
 
@@ -107,6 +128,12 @@ def pod_resources_socket_for(workdir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"ng-pr-{_digest(workdir)}" / "kubelet.sock"
 
 
+def dra_dir_for(workdir: Path) -> Path:
+    """The short folder of the DRA driver's sockets: ``plugins/<driver>/`` and
+    ``plugins_registry/`` as under /var/lib/kubelet on a real node."""
+    return Path(tempfile.gettempdir()) / f"ng-dra-{_digest(workdir)}"
+
+
 def _digest(workdir: Path) -> str:
     return hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:12]
 
@@ -120,8 +147,17 @@ class NodeAgent:
         workdir: Path,
         plugin_argv: list[str] | None = None,
         bin_dirs: tuple[Path, ...] = (),
+        allocation: str = DEVICE_PLUGIN,
+        kubeconfig: Path | None = None,
     ) -> None:
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}")
+        if allocation == DRA and kubeconfig is None:
+            raise ValueError("allocation 'dra' needs the kubeconfig the DRA driver uses")
+        self.allocation = allocation
+        self.kubeconfig = kubeconfig
         self.core = k8s.CoreV1Api(api)
+        self.resource = k8s.ResourceV1Api(api)
         self.coord = k8s.CoordinationV1Api(api)
         self.spec = spec
         self.workdir = workdir
@@ -138,6 +174,12 @@ class NodeAgent:
         self._next_lease = 0.0
         self._next_node_status = 0.0
         self._published: str | None = None
+        self.dra_dir = dra_dir_for(workdir)
+        self.cdi_dir = workdir / "cdi"
+        self.watcher = PluginWatcher(self.dra_dir / "plugins_registry")
+        self.dra = DRAKubelet(self.watcher, self.cdi_dir, self._read_claim)
+        # pod uid -> (next try, why, claims prepared so far) of pods whose claims are not ready
+        self._waiting: dict[str, tuple[float, str, list[ClaimHandle]]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -146,6 +188,9 @@ class NodeAgent:
         self.net.setup()
         self.emulator.start()
         self.pod_resources.start()
+        if self.allocation == DRA:
+            self._start_dra_driver()
+            return
         argv = self.plugin_argv or [
             str(self._program("neuron-device-plugin")),
             "--backend",
@@ -177,6 +222,64 @@ class NodeAgent:
             )
         self._register_node()
 
+    def _start_dra_driver(self) -> None:
+        """Register the Node (the driver owns its slices by the Node's uid), then run the driver
+        for this node with its kubelet side, and register it as a kubelet would."""
+        self._register_node()
+        assert self.kubeconfig is not None
+        registry = self.watcher.registry_dir
+        registry.mkdir(parents=True, exist_ok=True)
+        self.cdi_dir.mkdir(parents=True, exist_ok=True)
+        argv = self.plugin_argv or [
+            str(self._program("neuron-dra-driver")),
+            "--node-name",
+            self.spec.name,
+            "--backend",
+            "simulated",
+            "--instance-type",
+            self.spec.instance_type,
+            "--health-file",
+            str(self.workdir / UNHEALTHY_CORES_FILE),
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--kubelet-plugin",
+            "--plugin-dir",
+            str(self.dra_dir / "plugins" / DRA_DRIVER_NAME),
+            "--registry-dir",
+            str(registry),
+            "--cdi-dir",
+            str(self.cdi_dir),
+        ]
+        driver_log = self.workdir / "dra-driver.log"
+        with driver_log.open("ab") as out:
+            self.plugin = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+        log.info("DRA driver started (pid %s), log %s", self.plugin.pid, driver_log)
+        deadline = time.monotonic() + 60
+        while DRA_DRIVER_NAME not in self.watcher.drivers:
+            if self.plugin.poll() is not None:
+                raise RuntimeError(
+                    f"the DRA driver exited {self.plugin.returncode} before registering; "
+                    f"see {driver_log}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the DRA driver did not register in 60s; see {driver_log}")
+            self.watcher.scan()
+            time.sleep(0.2)
+        log.info("DRA driver %s registered; the node offers its cores through DRA", DRA_DRIVER_NAME)
+
+    def _read_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            response = self.resource.read_namespaced_resource_claim(
+                name, namespace, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return raw_json(response)
+
     def _program(self, name: str) -> Path:
         for folder in self.bin_dirs:
             if os.access(folder / name, os.X_OK):
@@ -200,6 +303,7 @@ class NodeAgent:
         self._stop_pods(list(self.running.values()), grace=5.0)
         # Close the kubelet side first: the plugin's ListAndWatch streams end, so it exits at once.
         self.emulator.stop()
+        what = "DRA driver" if self.allocation == DRA else "device plugin"
         if self.plugin is not None:
             if self.plugin.poll() is None:
                 self.plugin.terminate()
@@ -207,12 +311,14 @@ class NodeAgent:
                 self.plugin.wait(10)
             except subprocess.TimeoutExpired:
                 log.warning(
-                    "device plugin (pid %s) ignored SIGTERM for 10s; killing it", self.plugin.pid
+                    "%s (pid %s) ignored SIGTERM for 10s; killing it", what, self.plugin.pid
                 )
                 self.plugin.kill()
                 self.plugin.wait()
         self.pod_resources.stop()
+        self.watcher.close()
         self.net.teardown()
+        shutil.rmtree(self.dra_dir, ignore_errors=True)
         shutil.rmtree(self.plugin_dir, ignore_errors=True)
         shutil.rmtree(self.pod_resources.socket_path.parent, ignore_errors=True)
         log.info("node agent for %s stopped", self.spec.name)
@@ -222,6 +328,10 @@ class NodeAgent:
     def _resource_counts(self) -> tuple[dict[str, str], dict[str, str]]:
         capacity: dict[str, str] = {}
         allocatable: dict[str, str] = {}
+        if self.allocation == DRA:
+            # No Neuron extended resources at all: a node that lists one (even as 0) is served by
+            # a device plugin as far as the scheduler's DRA extended-resource support goes.
+            return capacity, allocatable
         for resource in pods.NEURON_RESOURCES:
             plugin = self.emulator.client(resource)
             devices = plugin.devices() if plugin is not None else []
@@ -312,6 +422,8 @@ class NodeAgent:
         self._renew_lease()
         self._update_node_status()
         self._publish_allocations()
+        if self.allocation == DRA:
+            self.watcher.scan()
         response = self.core.list_pod_for_all_namespaces(
             field_selector=f"spec.nodeName={self.spec.name}", _preload_content=False
         )
@@ -327,12 +439,20 @@ class NodeAgent:
             if uid not in self.running:
                 if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                     continue
+                if uid in self._waiting and self._waiting[uid][0] > time.monotonic():
+                    continue
                 self._admit(pod)
             else:
                 self._supervise(self.running[uid])
         for uid in list(self.running):
             if uid not in seen:
                 self._stop_pod(self.running.pop(uid))
+        for uid in list(self._waiting):
+            if uid not in seen:  # gone before it started: undo what was prepared for it
+                in_use = {c.uid for pod in self.running.values() for c in pod.claims}
+                for claim in self._waiting.pop(uid)[2]:
+                    if claim.uid not in in_use:
+                        self.dra.unprepare(claim)
 
     def _finish_deletion(self, uid: str, meta: dict[str, Any]) -> None:
         pod = self.running.pop(uid, None)
@@ -354,6 +474,19 @@ class NodeAgent:
 
     def _admit(self, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod["spec"]
+        prepared = None
+        if self.allocation == DRA:
+            try:
+                prepared = self.dra.prepare_pod(pod)
+            except ClaimsNotReadyError as exc:
+                # As a kubelet: the pod waits (ContainerCreating) and the prepare is retried.
+                why = str(exc)
+                if meta["uid"] not in self._waiting or self._waiting[meta["uid"]][1] != why:
+                    log.info("pod %s/%s waits: %s", meta["namespace"], meta["name"], why)
+                    self._report_waiting(pod, why)
+                self._waiting[meta["uid"]] = (time.monotonic() + DRA_RETRY_S, why, exc.prepared)
+                return
+            self._waiting.pop(meta["uid"], None)
         pod_dir = self.workdir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         pod_dir.mkdir(parents=True, exist_ok=True)
         # hostNetwork pods share the node's addresses, as on a real node: no pod network
@@ -370,12 +503,27 @@ class NodeAgent:
             restart_policy=str(spec.get("restartPolicy") or "Always"),
         )
         self.running[running.uid] = running
+        if prepared is not None:
+            running.claims = prepared.claims
+            if prepared.devices:
+                running.devices[DRA_DRIVER_NAME] = prepared.devices
         try:
             volumes = pods.volume_paths(pod, pod_dir)
             for local in volumes.values():
                 Path(local).mkdir(parents=True, exist_ok=True)
             for container in spec.get("containers") or []:
-                allocated = self._allocate(running, container)
+                if prepared is None:
+                    allocated = self._allocate(running, container)
+                else:
+                    self._check_extended(pod, container)
+                    edits = prepared.per_container[str(container["name"])]
+                    allocated = dict(edits.env)
+                    running.cdi[str(container["name"])] = {
+                        "cdiDevices": edits.cdi_ids,
+                        # Recorded, not applied: a local process has no /dev/neuronN to get.
+                        "deviceNodes": edits.device_nodes,
+                        "mounts": edits.mounts,
+                    }
                 mounts = pods.mount_map(container, volumes)
                 env = pods.container_env(
                     pod,
@@ -411,6 +559,52 @@ class NodeAgent:
             log.warning("pod %s/%s cannot run: %s", running.namespace, running.name, exc)
         self._supervise(running)
 
+    def _check_extended(self, pod: dict[str, Any], container: dict[str, Any]) -> None:
+        """A DRA node has no Neuron extended resources: a container asking for one runs only on
+        the claim the scheduler made for it (as a kubelet, which would reject the pod for want
+        of the resource otherwise)."""
+        asked = pods.neuron_requests(container)
+        if not asked or (pod.get("status") or {}).get("extendedResourceClaimStatus"):
+            return
+        resource, count = next(iter(sorted(asked.items())))
+        raise pods.PodSpecError(
+            f"container {container.get('name')!r} asks for {resource}: {count}, which node "
+            f"{self.spec.name} offers only through DRA, and the pod has no "
+            "status.extendedResourceClaimStatus: it was bound without the scheduler, or no "
+            f"DeviceClass has extendedResourceName {resource}"
+        )
+
+    def _report_waiting(self, pod: dict[str, Any], why: str) -> None:
+        """Pending, containers ContainerCreating, and why in the pod's message (a kubelet says
+        it in a FailedPrepareDynamicResources event)."""
+        meta = pod["metadata"]
+        containers = [
+            pods.container_status(
+                c,
+                running_since=None,
+                ready=False,
+                restarts=0,
+                pid=None,
+                waiting_reason="ContainerCreating",
+            )
+            for c in pod["spec"].get("containers") or []
+        ]
+        status = pods.pod_status(
+            phase="Pending",
+            pod_ip=None,
+            ready=False,
+            started_at=pods.now_rfc3339(),
+            containers=containers,
+            message=f"waiting for its ResourceClaims to be prepared: {why}",
+        )
+        try:
+            self.core.patch_namespaced_pod_status(
+                meta["name"], meta["namespace"], {"status": status}
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def _write_allocations(self) -> None:
         """``allocations.json``: which devices and Allocate envs each running pod holds.
 
@@ -426,6 +620,8 @@ class NodeAgent:
                 "name": pod.name,
                 "podIP": pod.pod_ip,
                 "devices": pod.devices,
+                "claims": [f"{c.namespace}/{c.name}" for c in pod.claims],
+                "cdi": pod.cdi,
                 "envs": {
                     k: v
                     for rc in pod.containers
@@ -657,6 +853,10 @@ class NodeAgent:
     def _release(self, pod: RunningPod) -> None:
         if not pod.host_network:
             self.net.give_back(pod.pod_ip)
+        in_use = {c.uid for other in self.running.values() for c in other.claims}
+        for claim in pod.claims:
+            if claim.uid not in in_use:  # a claim shared with a pod still here stays prepared
+                self.dra.unprepare(claim)
         self._write_allocations()
         log.info(
             "stopped pod %s/%s, freed %s", pod.namespace, pod.name, pod.devices or "no devices"
@@ -687,6 +887,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", required=True, help="the Node's name")
     parser.add_argument("--instance-type", default="inf1.6xlarge", help="EC2 instance type")
     parser.add_argument("--workdir", required=True, type=Path, help="folder for sockets and logs")
+    parser.add_argument(
+        "--allocation",
+        choices=ALLOCATIONS,
+        default=DEVICE_PLUGIN,
+        help="how the node offers its NeuronCores: the device plugin (extended resources) or "
+        "the DRA driver (ResourceSlices; the agent acts as the kubelet's DRA manager)",
+    )
     args = parser.parse_args(argv)
     configure_logging(log_format="text", level="INFO")
     api = api_client_for(args.kubeconfig)
@@ -694,6 +901,8 @@ def main(argv: list[str] | None = None) -> int:
         api=api,
         spec=nodes.NodeSpec(args.node, args.instance_type, emulated=True),
         workdir=args.workdir,
+        allocation=args.allocation,
+        kubeconfig=args.kubeconfig,
     )
 
     def _term(signum: int, _frame: object) -> None:

@@ -178,3 +178,20 @@ def test_the_kubelet_plugin_flags_build_a_server_on_the_given_folders(tmp_path: 
             server.stop()
     finally:
         shutil.rmtree(short, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--dev-root=/host/dev", "--host-dev-root=/dev"], Path("/dev")),
+        (["--dev-root=/host/dev"], Path("/host/dev")),
+    ],
+    ids=["in-a-pod", "on-the-host"],
+)
+def test_host_dev_root_is_where_cdi_device_paths_point(argv: list[str], expected: Path) -> None:
+    from neuron_device_plugin.sysfs_backend import SysfsBackend
+    from neuron_dra_driver.cli import build_backend
+
+    backend = build_backend(build_parser(environ={}).parse_args(["--node-name=n", *argv]))
+    assert isinstance(backend, SysfsBackend)
+    assert backend.host_dev_root == expected
