@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,11 +243,33 @@ def refusal(info: reg.PluginInfo) -> str | None:
     return None
 
 
-class PluginWatcher:
-    """The kubelet's plugin watcher over a registry folder, polled by :meth:`scan`."""
+# The kubelet deletes a driver's ResourceSlices for its node once the driver has been gone this long
+# without registering again (pkg/kubelet/cm/dra/manager.go, defaultWipingDelay): an uninstalled
+# driver leaves no devices behind for the scheduler, while a restarting one keeps them.
+WIPING_DELAY_S = 30.0
 
-    def __init__(self, registry_dir: Path) -> None:
+
+class PluginWatcher:
+    """The kubelet's plugin watcher over a registry folder, polled by :meth:`scan`.
+
+    ``wipe(driver)`` is called for a driver that deregistered and did not come back within
+    ``wiping_delay_s``, as the kubelet then deletes that driver's ResourceSlices for its node.
+    """
+
+    def __init__(
+        self,
+        registry_dir: Path,
+        *,
+        wipe: Callable[[str], None] | None = None,
+        wiping_delay_s: float = WIPING_DELAY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.registry_dir = registry_dir
+        self.wipe = wipe
+        self.wiping_delay_s = wiping_delay_s
+        self.clock = clock
+        # driver name -> when it deregistered, until it comes back or its slices are wiped
+        self.gone_since: dict[str, float] = {}
         self.drivers: dict[str, Driver] = {}
         # (socket, inode, ctime) -> driver name ("" when refused): tells a socket a restarted
         # driver created again between two scans from the one it replaced (the inode number
@@ -269,8 +292,26 @@ class PluginWatcher:
                 self.drivers.pop(name)
                 driver.channel.close()
                 log.info("DRA driver %s deregistered (socket %s removed)", name, gone[0])
+                self.gone_since[name] = self.clock()
         for new in sorted(sockets - set(self._seen)):
-            self._seen[new] = self._register(new[0])
+            name = self._register(new[0])
+            self._seen[new] = name
+            self.gone_since.pop(name, None)
+        self._wipe_due()
+
+    def _wipe_due(self) -> None:
+        now = self.clock()
+        for name, since in list(self.gone_since.items()):
+            if now - since < self.wiping_delay_s:
+                continue
+            del self.gone_since[name]
+            if self.wipe is not None:
+                log.info(
+                    "DRA driver %s gone for %.0fs; deleting its ResourceSlices for this node",
+                    name,
+                    now - since,
+                )
+                self.wipe(name)
 
     def _register(self, socket: Path) -> str:
         with grpc.insecure_channel(f"unix://{socket}") as channel:

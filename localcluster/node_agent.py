@@ -176,10 +176,21 @@ class NodeAgent:
         self._published: str | None = None
         self.dra_dir = dra_dir_for(workdir)
         self.cdi_dir = workdir / "cdi"
-        self.watcher = PluginWatcher(self.dra_dir / "plugins_registry")
+        self.watcher = PluginWatcher(self.dra_dir / "plugins_registry", wipe=self._wipe_slices)
         self.dra = DRAKubelet(self.watcher, self.cdi_dir, self._read_claim)
         # pod uid -> (next try, why, claims prepared so far) of pods whose claims are not ready
         self._waiting: dict[str, tuple[float, str, list[ClaimHandle]]] = {}
+
+    def _wipe_slices(self, driver: str) -> None:
+        """Delete ``driver``'s ResourceSlices for this node, as the kubelet does once a driver
+        has been gone for its wiping delay (an uninstalled driver leaves no devices behind)."""
+        selector = f"spec.nodeName={self.spec.name},spec.driver={driver}"
+        try:
+            self.resource.delete_collection_resource_slice(field_selector=selector)
+        except ApiException as exc:
+            log.warning(
+                "could not delete %s's ResourceSlices: %s %s", driver, exc.status, exc.reason
+            )
 
     # ---- lifecycle -------------------------------------------------------------------------
 

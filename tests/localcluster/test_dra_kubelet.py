@@ -360,3 +360,40 @@ def test_a_driver_restarted_between_two_scans_is_registered_again(root: Path) ->
     finally:
         first.stop()
         watcher.close()
+
+
+def test_a_driver_gone_past_the_wiping_delay_has_its_slices_wiped_once(root: Path) -> None:
+    """As the kubelet: a driver that deregistered and did not come back within the delay has its
+    ResourceSlices for the node deleted; one that comes back in time keeps them."""
+    now = [0.0]
+    wiped: list[str] = []
+    watcher = PluginWatcher(
+        root / "registry", wipe=wiped.append, wiping_delay_s=30.0, clock=lambda: now[0]
+    )
+    server = _driver(root, Claims())
+    server.start()
+    watcher.scan()
+    assert set(watcher.drivers) == {DRIVER_NAME}
+    server.stop()
+    watcher.scan()
+    now[0] = 29.0
+    watcher.scan()
+    assert wiped == []
+    restarted = _driver(root, Claims())
+    restarted.start()
+    try:
+        watcher.scan()  # back within the delay: nothing is wiped, now or later
+        now[0] = 100.0
+        watcher.scan()
+        assert wiped == []
+    finally:
+        restarted.stop()
+    watcher.scan()
+    now[0] = 129.0
+    watcher.scan()
+    assert wiped == []
+    now[0] = 131.0
+    watcher.scan()
+    watcher.scan()
+    assert wiped == [DRIVER_NAME]
+    watcher.close()
