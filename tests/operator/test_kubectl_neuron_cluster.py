@@ -110,6 +110,9 @@ def test_cores_match_the_processes_visible_cores(cluster: Any) -> None:
             parse_core_list(e["envs"]["NEURON_RT_VISIBLE_CORES"])
         )
         for e in allocations.values()
+        # pods of other tests may share the node: a whole-device pod, or one holding no Neuron
+        # resource, holds no NeuronCore and is on no core map
+        if "NEURON_RT_VISIBLE_CORES" in e["envs"]
     }
 
     def reported() -> dict[str, Any] | None:
