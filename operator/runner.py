@@ -37,6 +37,7 @@ DEFAULTS = {
     "NEURON_OPERATOR_ALLOWED_VOLUME_TYPES": ",".join(api.DEFAULT_VOLUME_TYPES),
     "NEURON_OPERATOR_ALLOWED_HOST_PATHS": "",
     "NEURON_OPERATOR_BACKOFF_MAX_SECONDS": "300",
+    "NEURON_OPERATOR_WORKERS": "2",
 }
 
 
@@ -180,6 +181,14 @@ def add_run_command(commands: Any) -> None:
         default=_env("NEURON_OPERATOR_BACKOFF_MAX_SECONDS"),
         help="longest wait before retrying a write the API server refused (the wait doubles "
         "from 1 s after each refusal) [NEURON_OPERATOR_BACKOFF_MAX_SECONDS, default 300]",
+    )
+    add(
+        "--workers",
+        type=_number(int, 1, 64),
+        default=_env("NEURON_OPERATOR_WORKERS"),
+        help="threads reconciling NeuronWorkloads, each a different one at a time; events "
+        "coalesce into one pending reconcile per NeuronWorkload "
+        "[NEURON_OPERATOR_WORKERS, default 2]",
     )
     add(
         "--metrics-port",
@@ -343,6 +352,7 @@ def run_command(args: argparse.Namespace) -> int:
         is_leader=elector.is_leader if elector else lambda: True,
         backoff=Backoff(cap=args.backoff_max_seconds),
         schedule=retries,
+        workers=args.workers,
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, load_configuration)
@@ -362,6 +372,7 @@ def run_command(args: argparse.Namespace) -> int:
         threads.append(
             threading.Thread(target=elector.run, args=(stop,), name="lease", daemon=True)
         )
+    reconciler.start()
     for thread in threads:
         thread.start()
     server = None
@@ -373,6 +384,7 @@ def run_command(args: argparse.Namespace) -> int:
         except OSError as error:
             stop.set()
             wake.set()
+            reconciler.close()
             print(
                 f"neuron-operator run: cannot serve metrics on {args.metrics_address}:"
                 f"{args.metrics_port}: {error}; choose a free --metrics-port (0 disables it)",
@@ -396,6 +408,7 @@ def run_command(args: argparse.Namespace) -> int:
         retries.close()
         stop.set()
         wake.set()
+        reconciler.close()
         for thread in threads:
             thread.join(timeout=10)
     return 0
