@@ -257,6 +257,7 @@ class Reconciler:
         self._locks: dict[Key, threading.Lock] = {}
         self._held: dict[Key, Held] = {}
         self._guard = threading.Lock()
+        self._stopping = threading.Event()
         self.queue = (
             WorkQueue(lambda key: self.reconcile_by_name(*key), workers=workers)
             if workers
@@ -268,7 +269,9 @@ class Reconciler:
             self.queue.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the workers: what still waits is dropped (the next leader's resync covers it)."""
+        """Stop the workers: what still waits is dropped (the next leader's resync covers it),
+        and a reconcile under way sends no more writes (it writes status, and returns)."""
+        self._stopping.set()
         if self.queue is not None:
             dropped = self.queue.close(timeout)
             if dropped:
@@ -497,6 +500,8 @@ class Reconciler:
         created: list[str] = []
         refusals: list[Refusal] = []
         for name in create:
+            if self._stopping.is_set():
+                break
             try:
                 if self.kube.create_pod(pods[name], owner_uid):
                     created.append(name)
@@ -528,6 +533,8 @@ class Reconciler:
             delete = [name for name in delete if name not in ready_old]
         deleted: list[str] = []
         for name in delete:
+            if self._stopping.is_set():
+                break
             try:
                 if self.kube.delete_pod(namespace, name):
                     deleted.append(name)

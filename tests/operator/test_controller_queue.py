@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 import pytest
 
+from neuron_operator import conditions as c
 from neuron_operator.controller import Key, Reconciler, WorkQueue
 from neuron_operator.handlers import register
 
@@ -243,3 +244,24 @@ def test_without_workers_a_request_reconciles_at_once() -> None:
     kube = FakeKube(workload_body(copies=2))
     Reconciler(kube).request(NS, NAME)  # type: ignore[arg-type]
     assert len(kube.creates) == 2
+
+
+class ClosingKube(FakeKube):
+    """Closes the reconciler (as SIGTERM does) while its second pod is created."""
+
+    reconciler: Reconciler
+
+    def create_pod(self, body: dict[str, Any], owner_uid: str) -> bool:
+        created = super().create_pod(body, owner_uid)
+        if len(self.creates) == 2:
+            self.reconciler.close(timeout=0)
+        return created
+
+
+def test_a_reconcile_under_way_at_close_sends_no_more_writes_but_writes_status() -> None:
+    kube = ClosingKube(workload_body(copies=16))
+    kube.reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    kube.reconciler.request(NS, NAME)
+    assert len(kube.creates) == 2
+    progressing = c.find(kube.body["status"]["conditions"], c.PROGRESSING) or {}
+    assert progressing.get("status") == c.TRUE  # status written: the pods are still coming
