@@ -44,6 +44,7 @@ DEFAULTS = {
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning")
 EXIT_USAGE = 2
+KOPF_OBJECTS_LOGGER = "kopf.objects"
 
 
 def _env(name: str) -> str:
@@ -287,6 +288,21 @@ def check_run_args(args: argparse.Namespace) -> list[str]:
     return problems
 
 
+def configure_logging(level: str, log_format: str) -> None:
+    """kopf's log setup, less its "Handler ... succeeded" line per watch event below debug: one
+    line per pod event is thousands of lines (and their formatting) in a roll of large
+    workloads, and says nothing the operator's own lines do not.  kopf's warnings stay."""
+    import kopf
+
+    kopf.configure(
+        verbose=level == "debug",
+        quiet=level == "warning",
+        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
+    )
+    objects = logging.getLogger(KOPF_OBJECTS_LOGGER)
+    objects.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
 def run_command(args: argparse.Namespace) -> int:
     problems = check_run_args(args)
     if problems:
@@ -324,11 +340,7 @@ def run_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    kopf.configure(
-        verbose=args.log_level == "debug",
-        quiet=args.log_level == "warning",
-        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
-    )
+    configure_logging(args.log_level, args.log_format)
     namespaces = args.namespaces or _namespaces(_env("NEURON_OPERATOR_NAMESPACES"))
     api.configure_volume_policy(
         api.VolumePolicy(args.allowed_volume_types, args.allowed_host_paths)
