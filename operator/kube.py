@@ -140,7 +140,7 @@ class Kube:
         selector = ",".join(f"{k}={v}" for k, v in selector_labels(workload).items())
         token: str | None = None
         while True:
-            extra = {"_continue": token} if token else {}
+            extra: dict[str, Any] = {"_continue": token} if token else {}
             response = self.core.list_namespaced_pod(
                 namespace, label_selector=selector, limit=PAGE_PODS, _preload_content=False,
                 **extra,
