@@ -55,6 +55,7 @@ NORMAL = "Normal"
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 POD, SERVICE = "Pod", "Service"
+PROBE_CREATES = 1  # pods created before the deletes of a reconcile (see ``Reconciler._apply``)
 
 Key = tuple[str, str]
 # Calls ``retry`` after ``delay`` seconds, replacing any retry still pending for ``key``.
@@ -492,11 +493,8 @@ class Reconciler:
     def _create(
         self, create: Sequence[str], pods: Mapping[str, Mapping[str, Any]], owner_uid: str
     ) -> tuple[list[str], list[Refusal]]:
-        """Create pods; none when one would be too large, and no more after a refusal of the
-        API server (the next would be refused alike), but past a name taken by someone else."""
-        too_large = next((r for n in create if (r := pod_size_refusal(pods[n]))), None)
-        if too_large is not None:
-            return [], [too_large]
+        """Create pods; no more after a refusal of the API server (the next would be refused
+        alike), but past a name taken by someone else."""
         created: list[str] = []
         refusals: list[Refusal] = []
         for name in create:
@@ -523,12 +521,20 @@ class Reconciler:
     ) -> list[Refusal]:
         """Create and delete pods; returns the refusals met.
 
-        While new pods are refused, the ready pods of an older template stay: a roll only
-        removes them to make room for new pods that can come, so a refused spec loses nothing.
-        Other deletes go on (a scale-down may be what frees the quota)."""
+        None is created when one would be too large.  While new pods are refused, the ready
+        pods of an older template stay: a roll only removes them to make room for new pods that
+        can come, so a refused spec loses nothing.  Other deletes go on (a scale-down may be
+        what frees the quota).  The first ``PROBE_CREATES`` pods are created before the deletes,
+        as the probe that new pods are accepted, and the rest after them: in a roll of many pods
+        the old pods' cores are freed at once, not after every new pod was sent."""
         meta = body["metadata"]
-        namespace = str(meta["namespace"])
-        created, refusals = self._create(create, pods, str(meta["uid"]))
+        namespace, uid = str(meta["namespace"]), str(meta["uid"])
+        too_large = next((r for n in create if (r := pod_size_refusal(pods[n]))), None)
+        created: list[str] = []
+        refusals: list[Refusal] = [too_large] if too_large is not None else []
+        if too_large is None:
+            created, refusals = self._create(create[:PROBE_CREATES], pods, uid)
+        go_on = too_large is None and all(r.reason == c.REASON_NOT_OWNED for r in refusals)
         if creates_held or any(r.kind == POD for r in refusals):
             delete = [name for name in delete if name not in ready_old]
         deleted: list[str] = []
@@ -541,6 +547,10 @@ class Reconciler:
             except ChildRefusedError as error:
                 refusals.append(error.refusal)
                 break
+        if go_on:
+            more, more_refusals = self._create(create[PROBE_CREATES:], pods, uid)
+            created += more
+            refusals += more_refusals
         metrics.PODS_CREATED.inc(len(created))
         metrics.PODS_DELETED.inc(len(deleted))
         if created:

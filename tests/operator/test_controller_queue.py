@@ -265,3 +265,32 @@ def test_a_reconcile_under_way_at_close_sends_no_more_writes_but_writes_status()
     assert len(kube.creates) == 2
     progressing = c.find(kube.body["status"]["conditions"], c.PROGRESSING) or {}
     assert progressing.get("status") == c.TRUE  # status written: the pods are still coming
+
+
+class OrderedKube(FakeKube):
+    """Records creates and deletes in the order they are sent."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.order: list[str] = []
+
+    def create_pod(self, body: dict[str, Any], owner_uid: str) -> bool:
+        self.order.append("create")
+        return super().create_pod(body, owner_uid)
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        self.order.append("delete")
+        return super().delete_pod(namespace, name)
+
+
+def test_a_roll_frees_the_old_pods_cores_before_sending_the_bulk_of_new_pods() -> None:
+    kube = OrderedKube(workload_body(copies=16))
+    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    reconciler.request(NS, NAME)
+    kube.order.clear()
+    kube.body["spec"]["image"] = "neuron-groups/runtime:0.2.0"
+    kube.body["metadata"]["generation"] = 2
+    reconciler.request(NS, NAME)
+    # One new pod probes that new pods are accepted; then the 4 old pods a roll of 16 may take
+    # down (25%) go; then the other 15 new pods.
+    assert kube.order == ["create"] + ["delete"] * 4 + ["create"] * 15
