@@ -274,7 +274,12 @@ def main() -> int:
             "wait", "--for=condition=Established", "--timeout=60s",
             "crd/neuronworkloads.neurongroups.dev",
         )  # fmt: skip
-        cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+        # A reused cluster may still be deleting the namespace of a run before.
+        cluster.kubectl(
+            "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", "--timeout=600s",
+            timeout=660,
+        )  # fmt: skip
+        cluster.kubectl("create", "namespace", NAMESPACE)
         log_dir = Path(tempfile.mkdtemp(prefix="bench-operator-log-"))
         log = args.operator_log or log_dir / "operator.log"
         times: dict[str, list[tuple[float, float]]] = {"nwl": [], "deploy": []}
