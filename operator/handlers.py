@@ -5,7 +5,11 @@ that must also notice a pod deleted by hand wants level-based behaviour instead.
 ``on.event`` handlers are used (no finalizers, no progress annotations): any event of a
 NeuronWorkload, and any event of a pod it manages, reconciles that NeuronWorkload from what exists
 now.  The periodic resync in ``runner.py`` covers events missed while no replica led.
-Handlers are short: they find the object and hand it to the ``Reconciler``.
+
+Handlers are ``async`` and only *request* a reconcile (``Reconciler.request``, which queues it,
+coalescing, for the reconciler's worker threads): they return at once, so kopf holds no task, no
+pod body and no thread per event while a reconcile runs, and has nothing to cancel at SIGTERM.
+A synchronous handler would instead wait in kopf's thread pool for each event's reconcile.
 """
 
 from __future__ import annotations
@@ -59,13 +63,21 @@ def register(
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(load_configuration())
 
+    if reconciler.queue is None:
+        raise ValueError(
+            "the reconciler needs worker threads (Reconciler(..., workers=N)) to be driven by "
+            "watch events; without, each event would reconcile inside kopf's event loop"
+        )
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def workload_event(*, type: str | None, body: kopf.Body, **_: Any) -> None:
-        if type != DELETED:
-            reconciler.reconcile(body)
+    async def workload_event(
+        *, type: str | None, name: str | None, namespace: str | None, **_: Any
+    ) -> None:
+        if type != DELETED and name is not None and namespace is not None:
+            reconciler.request(namespace, name)
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGER}, registry=registry)
-    def pod_event(*, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    async def pod_event(*, body: kopf.Body, namespace: str | None, **_: Any) -> None:
         owner = controller_name(body)
         if owner is not None and namespace is not None:
-            reconciler.reconcile_by_name(namespace, owner)
+            reconciler.request(namespace, owner)

@@ -12,7 +12,7 @@ import datetime
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from kubernetes import client
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 CONFLICT = 409
 NOT_FOUND = 404
 MAX_EVENT_MESSAGE = 1000
+PAGE_PODS = 500
 
 
 class ChildRefusedError(Exception):
@@ -132,12 +133,25 @@ class Kube:
             items.extend(_json(response)["items"])
         return items
 
-    def list_pods(self, namespace: str, workload: str) -> list[dict[str, Any]]:
+    def list_pods(self, namespace: str, workload: str) -> Iterator[dict[str, Any]]:
+        """The workload's pods, read ``PAGE_PODS`` at a time: a caller that keeps only what it
+        needs of each pod never holds more than one page of full pod bodies (a list of 3,200
+        pods in one piece is some 100 MB of Python objects)."""
         selector = ",".join(f"{k}={v}" for k, v in selector_labels(workload).items())
-        response = self.core.list_namespaced_pod(
-            namespace, label_selector=selector, _preload_content=False
-        )
-        return list(_json(response)["items"])
+        token: str | None = None
+        while True:
+            extra: dict[str, Any] = {"_continue": token} if token else {}
+            response = self.core.list_namespaced_pod(
+                namespace, label_selector=selector, limit=PAGE_PODS, _preload_content=False,
+                **extra,
+            )  # fmt: skip
+            page = _json(response)
+            del response
+            yield from page["items"]
+            token = (page.get("metadata") or {}).get("continue")
+            del page
+            if not token:
+                return
 
     def _find_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A pod by name, through ``list`` (the operator's RBAC has no ``get`` on pods)."""

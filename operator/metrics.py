@@ -33,3 +33,13 @@ REFUSALS = Counter(
     "by reason (Forbidden, QuotaExceeded, PodTooLarge, InvalidSpec, NotOwned, APIUnavailable...).",
     ["reason"],
 )
+RECONCILE_REQUESTS = Counter(
+    "neuron_operator_reconcile_requests_total",
+    "Requests for a reconcile (watch events, resync, retries), by what became of them: queued, "
+    "or coalesced into one already waiting.",
+    ["result"],
+)
+RECONCILE_QUEUE = Gauge(
+    "neuron_operator_reconcile_queue_depth",
+    "NeuronWorkloads waiting for a reconcile (each counted once, however many requests).",
+)

@@ -37,12 +37,14 @@ DEFAULTS = {
     "NEURON_OPERATOR_ALLOWED_VOLUME_TYPES": ",".join(api.DEFAULT_VOLUME_TYPES),
     "NEURON_OPERATOR_ALLOWED_HOST_PATHS": "",
     "NEURON_OPERATOR_BACKOFF_MAX_SECONDS": "300",
+    "NEURON_OPERATOR_WORKERS": "2",
 }
 
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning")
 EXIT_USAGE = 2
+KOPF_OBJECTS_LOGGER = "kopf.objects"
 
 
 def _env(name: str) -> str:
@@ -182,6 +184,14 @@ def add_run_command(commands: Any) -> None:
         "from 1 s after each refusal) [NEURON_OPERATOR_BACKOFF_MAX_SECONDS, default 300]",
     )
     add(
+        "--workers",
+        type=_number(int, 1, 64),
+        default=_env("NEURON_OPERATOR_WORKERS"),
+        help="threads reconciling NeuronWorkloads, each a different one at a time; events "
+        "coalesce into one pending reconcile per NeuronWorkload "
+        "[NEURON_OPERATOR_WORKERS, default 2]",
+    )
+    add(
         "--metrics-port",
         type=_number(int, 0, 65535),
         default=_env("NEURON_OPERATOR_METRICS_PORT"),
@@ -278,6 +288,21 @@ def check_run_args(args: argparse.Namespace) -> list[str]:
     return problems
 
 
+def configure_logging(level: str, log_format: str) -> None:
+    """kopf's log setup, less its "Handler ... succeeded" line per watch event below debug: one
+    line per pod event is thousands of lines (and their formatting) in a roll of large
+    workloads, and says nothing the operator's own lines do not.  kopf's warnings stay."""
+    import kopf
+
+    kopf.configure(
+        verbose=level == "debug",
+        quiet=level == "warning",
+        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
+    )
+    objects = logging.getLogger(KOPF_OBJECTS_LOGGER)
+    objects.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
 def run_command(args: argparse.Namespace) -> int:
     problems = check_run_args(args)
     if problems:
@@ -315,11 +340,7 @@ def run_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    kopf.configure(
-        verbose=args.log_level == "debug",
-        quiet=args.log_level == "warning",
-        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
-    )
+    configure_logging(args.log_level, args.log_format)
     namespaces = args.namespaces or _namespaces(_env("NEURON_OPERATOR_NAMESPACES"))
     api.configure_volume_policy(
         api.VolumePolicy(args.allowed_volume_types, args.allowed_host_paths)
@@ -343,6 +364,7 @@ def run_command(args: argparse.Namespace) -> int:
         is_leader=elector.is_leader if elector else lambda: True,
         backoff=Backoff(cap=args.backoff_max_seconds),
         schedule=retries,
+        workers=args.workers,
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, load_configuration)
@@ -362,6 +384,7 @@ def run_command(args: argparse.Namespace) -> int:
         threads.append(
             threading.Thread(target=elector.run, args=(stop,), name="lease", daemon=True)
         )
+    reconciler.start()
     for thread in threads:
         thread.start()
     server = None
@@ -373,6 +396,7 @@ def run_command(args: argparse.Namespace) -> int:
         except OSError as error:
             stop.set()
             wake.set()
+            reconciler.close()
             print(
                 f"neuron-operator run: cannot serve metrics on {args.metrics_address}:"
                 f"{args.metrics_port}: {error}; choose a free --metrics-port (0 disables it)",
@@ -396,6 +420,7 @@ def run_command(args: argparse.Namespace) -> int:
         retries.close()
         stop.set()
         wake.set()
+        reconciler.close()
         for thread in threads:
             thread.join(timeout=10)
     return 0
