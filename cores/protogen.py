@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 # protoc writes bare ``Mapping`` in the stub, which mypy --strict rejects: one directive on top of
@@ -53,3 +54,34 @@ def regenerate(proto: Path, virtual_dir: str) -> list[Path]:
             shutil.copyfile(path, proto.parent / name)
             written.append(proto.parent / name)
     return written
+
+
+@dataclass(frozen=True)
+class ProtoSet:
+    """The protos of one package's ``api`` folder, compiled under one virtual folder."""
+
+    api_dir: Path
+    proto_names: tuple[str, ...]
+    virtual_dir: str
+
+    @property
+    def generated_names(self) -> tuple[str, ...]:
+        return tuple(
+            f"{Path(name).stem}_pb2{suffix}"
+            for name in self.proto_names
+            for suffix in (".py", ".pyi")
+        )
+
+    def generate_into(self, out_root: Path) -> dict[str, Path]:
+        """Compile every proto with output under ``out_root``; generated file name -> path."""
+        generated: dict[str, Path] = {}
+        for name in self.proto_names:
+            generated.update(compile_proto(self.api_dir / name, self.virtual_dir, out_root))
+        return generated
+
+    def main(self) -> int:
+        """Regenerate the committed modules, printing each file written."""
+        for name in self.proto_names:
+            for path in regenerate(self.api_dir / name, self.virtual_dir):
+                print(f"wrote {path}")
+        return 0

@@ -1,7 +1,7 @@
 """Regenerate the ``_pb2.py`` and ``_pb2.pyi`` modules of ``deviceplugin.proto`` (Device Plugin API
 v1beta1) and ``podresources.proto`` (the kubelet's PodResources API v1, List only).
 
-Run ``python -m neuron_device_plugin.api.generate`` after editing the ``.proto``; how and why the
+Run ``python -m neuron_device_plugin.api.generate`` after editing a ``.proto``; how and why the
 modules are generated is in ``neuron_cores.protogen``.
 """
 
@@ -10,30 +10,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from neuron_cores.protogen import compile_proto, regenerate
+from neuron_cores.protogen import ProtoSet
 
-API_DIR = Path(__file__).resolve().parent
-PROTO_NAMES = ("deviceplugin.proto", "podresources.proto")
-VIRTUAL_DIR = "neuron_device_plugin/api"
-GENERATED_NAMES = tuple(
-    f"{name.removesuffix('.proto')}_pb2{ext}" for name in PROTO_NAMES for ext in (".py", ".pyi")
+PROTOS = ProtoSet(
+    api_dir=Path(__file__).resolve().parent,
+    proto_names=("deviceplugin.proto", "podresources.proto"),
+    virtual_dir="neuron_device_plugin/api",
 )
-
-
-def generate_into(out_root: Path) -> dict[str, Path]:
-    """Compile every proto with output under ``out_root``; return generated file name -> path."""
-    generated: dict[str, Path] = {}
-    for name in PROTO_NAMES:
-        generated.update(compile_proto(API_DIR / name, VIRTUAL_DIR, out_root))
-    return generated
-
-
-def main() -> int:
-    for name in PROTO_NAMES:
-        for path in regenerate(API_DIR / name, VIRTUAL_DIR):
-            print(f"wrote {path}")
-    return 0
-
+API_DIR = PROTOS.api_dir
+GENERATED_NAMES = PROTOS.generated_names
+generate_into = PROTOS.generate_into
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(PROTOS.main())

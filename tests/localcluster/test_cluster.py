@@ -6,8 +6,6 @@ import ipaddress
 import json
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +20,6 @@ from neuron_localcluster.kube import ApiException, body
 pytestmark = pytest.mark.cluster
 
 TOLERATE_NEURON = [{"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"}]
-
-
-@pytest.fixture
-def namespace(local_cluster: LocalCluster) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core = k8s.CoreV1Api(local_cluster.api_client())
-    core.create_namespace(body({"metadata": {"name": name}}))
-    local_cluster.wait_for(
-        lambda: core.read_namespaced_service_account("default", name),
-        60,
-        f"the default service account in {name}",
-    )
-    yield name
-    core.delete_namespace(name)
 
 
 def _json(cluster: LocalCluster, *args: str) -> Any:

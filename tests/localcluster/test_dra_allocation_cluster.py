@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_localcluster import LocalCluster
 from neuron_localcluster.kube import body, raw_json
 from neuron_localcluster.node_agent import ALLOCATIONS_FILE, dra_dir_for
+
+from .conftest import fresh_namespace
 
 pytestmark = pytest.mark.cluster
 
@@ -54,16 +55,7 @@ def dra_cluster() -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def namespace(dra_cluster: LocalCluster) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core = k8s.CoreV1Api(dra_cluster.api_client())
-    core.create_namespace(body({"metadata": {"name": name}}))
-    dra_cluster.wait_for(
-        lambda: core.read_namespaced_service_account("default", name),
-        60,
-        f"the default service account in {name}",
-    )
-    yield name
-    core.delete_namespace(name)
+    yield from fresh_namespace(dra_cluster)
 
 
 @pytest.fixture(scope="module")

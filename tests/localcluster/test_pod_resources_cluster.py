@@ -9,8 +9,6 @@ cores stayed off for good, so this test fails on a stand-in that lacks what the 
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,20 +26,6 @@ DEVICES = "aws.amazon.com/neuron"
 # The plugin keeps a hold it made in the last 30 s even when no listing shows it yet (the kubelet
 # records an allocation after Allocate returns); then a health poll and a node status report.
 RELEASE_WITHIN_S = 90
-
-
-@pytest.fixture
-def namespace(local_cluster: LocalCluster) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core = k8s.CoreV1Api(local_cluster.api_client())
-    core.create_namespace(body({"metadata": {"name": name}}))
-    local_cluster.wait_for(
-        lambda: core.read_namespaced_service_account("default", name),
-        60,
-        f"the default service account in {name}",
-    )
-    yield name
-    core.delete_namespace(name)
 
 
 def _get(cluster: LocalCluster, *args: str) -> Any:
