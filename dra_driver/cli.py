@@ -264,21 +264,8 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
 
 
 def build_backend(args: argparse.Namespace) -> Backend:
-    if args.backend == "simulated":
-        return SimulatedBackend.from_flags(
-            instance_type=args.instance_type or None,
-            devices=args.devices,
-            cores_per_device=args.cores_per_device,
-            health_file=Path(args.health_file) if args.health_file else None,
-        )
-    counters = [c.strip() for c in args.error_counters.split(",") if c.strip()]
-    return SysfsBackend(
-        sysfs_root=Path(args.sysfs_root),
-        dev_root=Path(args.dev_root),
-        host_dev_root=Path(args.host_dev_root) if args.host_dev_root else None,
-        error_counters=counters,
-        recovery_s=args.recovery_seconds,
-    )
+    """The device plugin's backend from the same flags: one source of truth for what a node has."""
+    return device_plugin_backend(args)
 
 
 def api_client(kubeconfig: str) -> Any:
