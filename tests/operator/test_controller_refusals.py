@@ -65,6 +65,9 @@ class FakeKube:
     def list_pods(self, namespace: str, workload: str) -> list[dict[str, Any]]:
         return list(self.pods.values())
 
+    def block_class_exists(self) -> bool:
+        return False  # a device-plugin cluster: Auto means the device plugin
+
     def ensure_service(self, body: dict[str, Any], owner_uid: str) -> bool:
         if self.service_refusal is not None:
             raise ChildRefusedError(self.service_refusal)
