@@ -162,11 +162,20 @@ def allocated_cores(
     ]
 
 
+def allocated_summary(allocated: Sequence[Mapping[str, Any]]) -> str:
+    """One line for ``kubectl get nwl -o wide``: each node's pods' cores, ``n1: 0-3 4-7; n2: 0``."""
+    by_node: dict[str, list[str]] = {}
+    for entry in allocated:
+        by_node.setdefault(str(entry["node"]), []).append(str(entry["cores"]))
+    return "; ".join(f"{node}: {' '.join(cores)}" for node, cores in sorted(by_node.items()))
+
+
 __all__ = [
     "BLOCKS_CLASS",
     "CLAIM_NAME",
     "ClaimCores",
     "allocated_cores",
+    "allocated_summary",
     "build_template",
     "claim_cores",
     "device_cores",

@@ -29,7 +29,7 @@ from typing import Any
 from neuron_operator import conditions as c
 from neuron_operator import metrics
 from neuron_operator.api import ALLOCATION_DRA, InvalidSpecError, workload_from_object
-from neuron_operator.claims import resolve_allocation
+from neuron_operator.claims import allocated_summary, resolve_allocation
 from neuron_operator.drasync import sync as sync_dra
 from neuron_operator.kube import API_ERRORS, ChildRefusedError, Kube, controller_uid, now_rfc3339
 from neuron_operator.planner import plan
@@ -293,8 +293,9 @@ class Reconciler:
             status["claimTemplates"] = dra.templates
         if dra.allocated is not None:
             status["allocatedCores"] = dra.allocated
+            status["allocatedSummary"] = allocated_summary(dra.allocated)
         elif allocation != ALLOCATION_DRA and previous.get("allocatedCores"):
-            status["allocatedCores"] = []
+            status["allocatedCores"], status["allocatedSummary"] = [], ""
         stuck = sum(1 for p in observed if p.unschedulable and not p.terminating)
         metrics.UNSCHEDULABLE_PODS.labels(namespace, name).set(stuck)
         if _condition_true(status, c.UNSCHEDULABLE) and not _condition_true(

@@ -11,6 +11,7 @@ from neuron_operator.api import Workload, parse_spec
 from neuron_operator.claimkube import TemplateRefusedError
 from neuron_operator.claims import (
     allocated_cores,
+    allocated_summary,
     claim_cores,
     device_cores,
     resolve_allocation,
@@ -238,3 +239,13 @@ def test_device_plugin_mode_reads_nothing_unless_templates_are_left() -> None:
     done = run(kube, "DevicePlugin", was_dra=True)
     assert done.deleted == ["w-cores-2"] and done.templates == []
     assert done.allocated is None
+
+
+def test_allocated_summary_groups_by_node() -> None:
+    allocated = [
+        {"pod": "p1", "node": "n2", "cores": "0"},
+        {"pod": "p2", "node": "n1", "cores": "0-3"},
+        {"pod": "p3", "node": "n1", "cores": "4-7"},
+    ]
+    assert allocated_summary(allocated) == "n1: 0-3 4-7; n2: 0"
+    assert allocated_summary([]) == ""

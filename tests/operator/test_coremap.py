@@ -255,7 +255,7 @@ def test_dra_node_map_comes_from_the_claims() -> None:
     view = coremap.node_cores(dra_node, [dra_pod], claims, dra=True)
     assert view.recorded and view.capacity == 16 and view.allocatable == 16
     assert view.requested == 4 and view.free == 12
-    assert {core: h.pod for core, h in view.holders.items()} == {c: "ns/a" for c in range(4, 8)}
+    assert {core: h.pod for core, h in view.holders.items()} == dict.fromkeys(range(4, 8), "ns/a")
     assert [view.holders[c].group for c in (4, 5, 6, 7)] == [0, 0, 1, 1]
     assert view.free_cores() == [0, 1, 2, 3, *range(8, 16)]
     assert not view.unplaced
