@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from neuron_dra_driver.layout import Block
 from neuron_operator import conditions as c
 from neuron_operator.api import Workload, parse_spec
 from neuron_operator.claimkube import TemplateRefusedError
@@ -249,3 +250,12 @@ def test_allocated_summary_groups_by_node() -> None:
     ]
     assert allocated_summary(allocated) == "n1: 0-3 4-7; n2: 0"
     assert allocated_summary([]) == ""
+
+
+@pytest.mark.parametrize(
+    ("first", "size"),
+    [(3, 1), (0, 6), (14, 2), (32, 32)],
+    ids=["one-core", "six-from-zero", "top-pair", "upper-half-of-64"],
+)
+def test_device_cores_reads_the_driver_device_names(first: int, size: int) -> None:
+    assert device_cores(Block(first, size).name) == tuple(range(first, first + size))
