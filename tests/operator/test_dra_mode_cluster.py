@@ -291,7 +291,7 @@ def test_scale_roll_unschedulable_and_gc_in_dra_mode(operators: Operators) -> No
         operators,
         lambda: (
             [t["metadata"]["name"] for t in get(cluster, "resourceclaimtemplates")["items"]]
-            == [f"{name}-cores-2"]
+            == [f"{name}-cores-6"]
         ),
         "the 4-core template to be removed after the roll",
     )
