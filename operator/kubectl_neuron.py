@@ -103,11 +103,12 @@ class Cluster:
 
     def _dra_list(self, what: str, call: Callable[..., Any], **kwargs: Any) -> list[dict[str, Any]]:
         """A list of resource.k8s.io objects; empty where the cluster does not serve that API
-        (404), so device-plugin clusters print as before."""
+        (404) or the user may not read it (403): the map then shows what the pods and nodes
+        say, as on device-plugin clusters, instead of failing."""
         try:
             items: list[dict[str, Any]] = self._call(what, call, **kwargs)["items"]
         except PluginError as exc:
-            if exc.status == 404:
+            if exc.status in (403, 404):
                 return []
             raise
         return items
