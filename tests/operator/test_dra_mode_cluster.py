@@ -322,3 +322,25 @@ def test_scale_roll_unschedulable_and_gc_in_dra_mode(operators: Operators) -> No
         ),
         "the pods and claim templates to be garbage-collected",
     )
+
+
+def test_a_second_operator_takes_over_in_dra_mode(operators: Operators) -> None:
+    """HA: with the leader gone, the standby's reconciles make the templates and claims."""
+    cluster = operators.cluster
+    operators.start("op-b")
+    operators.stop("op-a")
+    try:
+        document = workload(
+            "02-resnet50-process.yaml",
+            allocation="DRA",
+            nodeSelector=dict(KWOK_ONLY),
+            models=[{"name": "m", "path": "/models/m", "cores": 3, "copies": 2}],
+        )
+        document["metadata"]["name"] = "failover"
+        assert apply(cluster, document).returncode == 0
+        body = ready(operators, "failover")
+        assert body["status"]["claimTemplates"] == ["failover-cores-3"]
+        check_blocks(cluster, ["failover"])
+        cluster.kubectl("delete", "nwl", "failover", "-n", NS, "--wait=true")
+    finally:
+        operators.start("op-a")
