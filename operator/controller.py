@@ -265,7 +265,8 @@ class Reconciler:
         )
         fresh.extend(dra.refusals)
         actions = diff(list(by_name), hash_, observed)
-        create = () if POD in holding else actions.create
+        # pods name their claim template: none is created while a template is refused
+        create = () if POD in holding or dra.refusals else actions.create
         ready_old = {p.name for p in observed if p.ready and p.template_hash != hash_}
         fresh.extend(
             self._apply(
@@ -274,7 +275,7 @@ class Reconciler:
                 actions.delete,
                 by_name,
                 ready_old=ready_old,
-                creates_held=POD in holding,
+                creates_held=POD in holding or bool(dra.refusals),
             )
         )
         refusals = kept + fresh
