@@ -257,8 +257,10 @@ def wait_ready(cluster: LocalCluster, names: Sequence[str], print_: Callable[[st
 def print_core_maps(cluster: LocalCluster) -> None:
     """Each node's cores through ``kubectl neuron cores``, the plugin users run themselves.
 
-    The emulated node publishes which pod holds which core (its Allocate answers) as the Node
-    annotation the plugin reads; kwok nodes run nothing, so for them it lists each pod's count.
+    The emulated node publishes which pod holds which core (its containers'
+    NEURON_RT_VISIBLE_CORES) as the Node annotation the plugin reads; on ``--allocation dra`` the
+    plugin also reads the ResourceClaims' allocations, so kwok nodes show their holders too
+    (with the device plugin, kwok nodes run nothing and it lists each pod's count).
     """
     plugin = Path(sys.executable).parent / "kubectl-neuron"
     proc = subprocess.run(
@@ -271,28 +273,6 @@ def print_core_maps(cluster: LocalCluster) -> None:
     if proc.returncode != 0:
         raise ClusterError(f"kubectl neuron cores failed: {proc.stderr.strip()}")
     print(proc.stdout, end="", flush=True)
-
-
-def dra_cores(cluster: LocalCluster, node: str) -> dict[str, list[int]]:
-    """Pod name -> the cores its demo claims were allocated on ``node`` (from the claims)."""
-    out: dict[str, list[int]] = {}
-    for claim in _json(cluster, "resourceclaims", "-n", DEMO_NAMESPACE)["items"]:
-        owners = claim["metadata"].get("ownerReferences") or []
-        results = (((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}).get(
-            "results"
-        ) or []
-        for result in results:
-            if owners and result.get("pool") == node:
-                out.setdefault(owners[0]["name"], []).extend(block_cores(result["device"]))
-    # ascending, as the driver writes NEURON_RT_VISIBLE_CORES (groups follow that order)
-    return {pod: sorted(cores) for pod, cores in out.items()}
-
-
-def block_cores(device: str) -> list[int]:
-    """``core-3`` -> [3]; ``cores-4-7`` -> [4, 5, 6, 7] (the DRA driver's device names)."""
-    parts = device.split("-")
-    first, last = int(parts[1]), int(parts[-1])
-    return list(range(first, last + 1))
 
 
 def one_inference(cluster: LocalCluster) -> None:

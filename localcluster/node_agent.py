@@ -47,7 +47,13 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from neuron_cores import ALLOCATIONS_ANNOTATION, VISIBLE_CORES_ENV, format_record, parse_core_list
+from neuron_cores import (
+    ALLOCATIONS_ANNOTATION,
+    VISIBLE_CORES_ENV,
+    format_record,
+    lookup_instance_type,
+    parse_core_list,
+)
 from neuron_cores.logs import configure_logging
 from neuron_device_plugin.ids import CORE_ID_PREFIX, parse_id
 from neuron_device_plugin.kubelet_emulator import (
@@ -673,6 +679,10 @@ class NodeAgent:
             and index not in taken
         )
         total = int(self._resource_counts()[0].get(nodes.CORE_RESOURCE, "0"))
+        if total <= 0 and self.allocation == DRA:
+            # DRA nodes advertise no neuroncore capacity: the instance type says how many cores
+            # (the CDI env of each claim still sets NEURON_RT_VISIBLE_CORES, read above)
+            total = lookup_instance_type(self.spec.instance_type).cores
         if total <= 0:
             return
         record = format_record(total, held, unhealthy)

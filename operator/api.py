@@ -28,11 +28,13 @@ ISOLATION_PROCESS = "Process"
 ISOLATIONS = (ISOLATION_SHARED, ISOLATION_PROCESS)
 
 # spec.allocation: how each pod gets its NeuronCores.  DevicePlugin: an aws.amazon.com/neuroncore
-# request, cores chosen by the device plugin.  Auto (the default) picks DRA where the cluster offers
-# it; the DRA mode is not in this release yet, so Auto means DevicePlugin for now.
+# request, cores chosen by the device plugin.  DRA: a ResourceClaim for one contiguous block from
+# the DRA driver, made from a ResourceClaimTemplate the workload owns.  Auto (the default): DRA
+# when the cluster has the driver's block DeviceClass, else the device plugin.
 ALLOCATION_DEVICE_PLUGIN = "DevicePlugin"
+ALLOCATION_DRA = "DRA"
 ALLOCATION_AUTO = "Auto"
-ALLOCATIONS = (ALLOCATION_DEVICE_PLUGIN, ALLOCATION_AUTO)
+ALLOCATIONS = (ALLOCATION_DEVICE_PLUGIN, ALLOCATION_DRA, ALLOCATION_AUTO)
 
 MODELS_ENV = "NEURON_MODELS"
 # Two more planned values, set only in pods of a spec.container (so an image's own flags can take
@@ -896,16 +898,12 @@ def parse_spec(raw: object, policy: VolumePolicy | None = None) -> WorkloadSpec:
         problems.add("isolation", isolation, "is not an isolation", "use Shared or Process")
     allocation = raw.get("allocation", ALLOCATION_AUTO)
     if allocation not in ALLOCATIONS:
-        hint = (
-            "; DRA allocation is not available in this operator release yet"
-            if allocation == "DRA"
-            else ""
-        )
         problems.add(
             "allocation",
             allocation,
             "is not an allocation mode",
-            f"use {' or '.join(ALLOCATIONS)} (Auto, the default, uses the device plugin){hint}",
+            f"use {', '.join(ALLOCATIONS)} (Auto, the default, uses DRA where the cluster has "
+            "the neuroncores.neurongroups.dev DeviceClass, else the device plugin)",
         )
     image = raw.get("image")
     if not isinstance(image, str) or not image.strip():

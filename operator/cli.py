@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import yaml
 
 from neuron_operator.api import InvalidSpecError, Workload, workload_from_object
+from neuron_operator.claims import resolve_allocation
 from neuron_operator.planner import Plan, plan
 from neuron_operator.pods import build_pod
 from neuron_operator.refusals import pod_size_refusal
@@ -40,6 +41,12 @@ def load_workloads(path: Path) -> list[Workload]:
     return [workload_from_object(d) for d in documents]
 
 
+def offline_allocation(workload: Workload) -> str:
+    """The allocation mode a plan printed without a cluster shows: DRA only when the spec says
+    so (``Auto`` depends on the cluster's DeviceClasses, which ``plan`` does not read)."""
+    return resolve_allocation(workload.spec.allocation, block_class_exists=False)
+
+
 def _text_report(workload: Workload, result: Plan, out: TextIO) -> None:
     pods = result.pods
     print(
@@ -49,7 +56,7 @@ def _text_report(workload: Workload, result: Plan, out: TextIO) -> None:
         file=out,
     )
     for pod_plan in pods:
-        manifest = build_pod(pod_plan, workload)
+        manifest = build_pod(pod_plan, workload, offline_allocation(workload))
         names = ",".join(m.name for m in pod_plan.load_order)
         print(
             f"  {manifest['metadata']['name']}  cores={pod_plan.cores}  "
@@ -91,7 +98,9 @@ def print_plans(workloads: Sequence[Workload], source: str, output: str, out: Te
         for problem in error.problems:
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_INVALID
-    items: list[dict[str, Any]] = [build_pod(p, w) for w, result in plans for p in result.pods]
+    items: list[dict[str, Any]] = [
+        build_pod(p, w, offline_allocation(w)) for w, result in plans for p in result.pods
+    ]
     too_large = next((r for pod in items if (r := pod_size_refusal(pod))), None)
     if too_large is not None:  # the operator would refuse to send it (PodTooLarge)
         print(f"error: {source}: {too_large.describe()}", file=sys.stderr)

@@ -35,6 +35,8 @@ REASON_COMPLETE = "Complete"
 REASON_SPEC_VALID = "SpecValid"
 REASON_SPEC_INVALID = "SpecInvalid"
 REASON_INSUFFICIENT_CORES = "InsufficientNeuronCores"
+# DRA: no node has a free run of a pod's block size (it may have that many scattered free cores)
+REASON_NO_CONTIGUOUS_RUN = "NoContiguousRun"
 REASON_POD_UNSCHEDULABLE = "PodsUnschedulable"
 REASON_SCHEDULED = "PodsScheduled"
 REASON_ACCEPTED = "Accepted"

@@ -35,7 +35,9 @@ from typing import Any
 
 from neuron_operator import conditions as c
 from neuron_operator import metrics
-from neuron_operator.api import InvalidSpecError, workload_from_object
+from neuron_operator.api import ALLOCATION_DRA, InvalidSpecError, workload_from_object
+from neuron_operator.claims import allocated_summary, resolve_allocation
+from neuron_operator.drasync import sync as sync_dra
 from neuron_operator.kube import API_ERRORS, ChildRefusedError, Kube, controller_uid, now_rfc3339
 from neuron_operator.planner import plan
 from neuron_operator.pods import build_pod, build_service, selector_string, template_hash
@@ -378,8 +380,9 @@ class Reconciler:
         except InvalidSpecError as error:
             self._release(key)
             return self._report_invalid(body, previous, error.problems)
-        hash_ = template_hash(workload.spec)
-        desired = {(p.replica, p.index): build_pod(p, workload) for p in result.pods}
+        allocation = resolve_allocation(workload.spec.allocation, self.kube.block_class_exists())
+        hash_ = template_hash(workload.spec, allocation)
+        desired = {(p.replica, p.index): build_pod(p, workload, allocation) for p in result.pods}
         by_name = {pod["metadata"]["name"]: pod for pod in desired.values()}
         held = self._held_now(key, uid, generation)
         holding = held.kinds(self.clock()) if held else frozenset()
@@ -395,8 +398,20 @@ class Reconciler:
         observed = [
             observe_pod(p) for p in self.kube.list_pods(namespace, name) if controller_uid(p) == uid
         ]
+        dra = sync_dra(
+            self.kube,
+            workload,
+            allocation=allocation,
+            was_dra=bool(previous.get("claimTemplates")),
+            pod_cores=[p.cores for p in result.layout],
+            rolling=any(p.template_hash != hash_ for p in observed),
+            holding=holding,
+            pods=sorted(p.name for p in observed if not p.terminating),
+        )
+        fresh.extend(dra.refusals)
         actions = diff(list(by_name), hash_, observed)
-        create = () if POD in holding else actions.create
+        # pods name their claim template: none is created while a template is refused
+        create = () if POD in holding or dra.refusals else actions.create
         ready_old = {p.name for p in observed if p.ready and p.template_hash != hash_}
         fresh.extend(
             self._apply(
@@ -405,7 +420,7 @@ class Reconciler:
                 actions.delete,
                 by_name,
                 ready_old=ready_old,
-                creates_held=POD in holding,
+                creates_held=POD in holding or bool(dra.refusals),
             )
         )
         refusals = kept + fresh
@@ -419,6 +434,14 @@ class Reconciler:
             observed=observed,
             selector=selector_string(name),
         )
+        status["allocation"] = allocation
+        if dra.templates is not None:
+            status["claimTemplates"] = dra.templates
+        if dra.allocated is not None:
+            status["allocatedCores"] = dra.allocated
+            status["allocatedSummary"] = allocated_summary(dra.allocated)
+        elif allocation != ALLOCATION_DRA and previous.get("allocatedCores"):
+            status["allocatedCores"], status["allocatedSummary"] = [], ""
         stuck = sum(1 for p in observed if p.unschedulable and not p.terminating)
         metrics.UNSCHEDULABLE_PODS.labels(namespace, name).set(stuck)
         if _condition_true(status, c.UNSCHEDULABLE) and not _condition_true(

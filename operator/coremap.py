@@ -11,11 +11,14 @@ plain data.  Where the truth comes from:
 
 A node without a record (a kwok node; a real node whose plugin does not publish one) still lists
 the pods holding its cores, with their counts, and says that the placement is not reported.
+* on DRA nodes (cores offered through ResourceSlices, no ``aws.amazon.com/neuroncore`` capacity):
+  the pods' ResourceClaims' allocations (pool = node, device ``cores-4-7``) say which pod holds
+  which core, on kwok nodes too; the node's size comes from its instance type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,14 +27,17 @@ from neuron_cores import (
     AllocationRecord,
     AllocationRecordError,
     GroupSizesError,
+    UnknownInstanceTypeError,
     contiguous_runs,
     format_core_list,
     is_contiguous,
+    lookup_instance_type,
     parse_group_sizes,
     parse_record,
     read_natural,
     split_into_groups,
 )
+from neuron_operator.claims import claim_cores
 from neuron_operator.pods import (
     ANNOTATION_GROUPS,
     INSTANCE_TYPE_LABEL,
@@ -136,14 +142,50 @@ def _groups(pod: Mapping[str, Any] | None, cores: Sequence[int]) -> list[tuple[i
     return [tuple(ordered)]
 
 
-def node_cores(node: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> NodeCores:
-    """The core map of ``node`` from its record (if any) and the active pods bound to it."""
+def instance_cores(node: Mapping[str, Any]) -> int:
+    """The NeuronCores of the node's instance type; 0 when it is not a known Neuron type."""
+    kind = ((node.get("metadata") or {}).get("labels") or {}).get(INSTANCE_TYPE_LABEL)
+    if not kind:
+        return 0
+    try:
+        return lookup_instance_type(str(kind)).cores
+    except UnknownInstanceTypeError:
+        return 0
+
+
+def claimed_cores(claims: Iterable[Mapping[str, Any]], node: str) -> dict[str, tuple[int, ...]]:
+    """``namespace/pod`` -> the cores its DRA claims were allocated on ``node``."""
+    out: dict[str, list[int]] = {}
+    for claim in claims:
+        found = claim_cores(claim)
+        if found is None or found.node != node:
+            continue
+        namespace = (claim.get("metadata") or {}).get("namespace", "")
+        out.setdefault(f"{namespace}/{found.pod}", []).extend(found.cores)
+    return {key: tuple(sorted(cores)) for key, cores in out.items()}
+
+
+def node_cores(
+    node: Mapping[str, Any],
+    pods: Iterable[Mapping[str, Any]],
+    claims: Iterable[Mapping[str, Any]] = (),
+    *,
+    dra: bool = False,
+) -> NodeCores:
+    """The core map of ``node`` from its record (if any), the active pods bound to it and the
+    ResourceClaims allocated on it; ``dra``: the node publishes its cores as ResourceSlices."""
     meta = node.get("metadata") or {}
     name = str(meta.get("name", ""))
     bound = [p for p in pods if (p.get("spec") or {}).get("nodeName") == name and is_active(p)]
     by_key = {pod_key(p): p for p in bound}
+    held = {k: cores for k, cores in claimed_cores(claims, name).items() if k in by_key}
     asking = {pod_key(p): n for p in bound if (n := core_request(p)) > 0}
+    asking.update({k: len(cores) for k, cores in held.items() if k not in asking})
     capacity = _count(node, "capacity")
+    allocatable = _count(node, "allocatable")
+    dra = capacity == 0 and (dra or bool(held))
+    if dra:  # the cores are offered through DRA: the instance type says how many
+        capacity = allocatable = max([instance_cores(node), *(max(c) + 1 for c in held.values())])
     record: AllocationRecord | None = None
     problem = None
     text = (meta.get("annotations") or {}).get(ALLOCATIONS_ANNOTATION)
@@ -154,8 +196,9 @@ def node_cores(node: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> No
             problem = str(exc)
     holders: dict[int, Holder] = {}
     split: dict[str, tuple[tuple[int, ...], ...]] = {}
-    if record is not None:
-        for key, cores in record.pods.items():
+    placed_cores = {**held, **(record.pods if record is not None else {})}
+    if placed_cores:
+        for key, cores in placed_cores.items():
             pod = by_key.get(key)
             groups = _groups(pod, cores)
             for index, group in enumerate(groups):
@@ -164,25 +207,29 @@ def node_cores(node: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> No
             scattered = tuple(g for g in groups if not is_contiguous(g))
             if scattered:
                 split[key] = scattered
-    placed = set(record.pods) if record else set()
+    placed = set(placed_cores)
     return NodeCores(
         name=name,
         instance_type=(meta.get("labels") or {}).get(INSTANCE_TYPE_LABEL),
         capacity=record.cores if record else capacity,
-        allocatable=_count(node, "allocatable"),
+        allocatable=record.cores - len(record.unhealthy) if record and dra else allocatable,
         requested=sum(asking.values()),
         holders=holders,
         unhealthy=record.unhealthy if record else (),
-        recorded=record is not None,
+        recorded=record is not None or dra,
         unplaced=tuple(sorted((k, n) for k, n in asking.items() if k not in placed)),
         problem=problem,
         split=split,
     )
 
 
-def is_neuron_node(node: Mapping[str, Any]) -> bool:
-    return _count(node, "capacity") > 0 or ALLOCATIONS_ANNOTATION in (
-        (node.get("metadata") or {}).get("annotations") or {}
+def is_neuron_node(node: Mapping[str, Any], dra_nodes: Collection[str] = ()) -> bool:
+    """A node offering NeuronCores: through the device plugin (capacity), a record, or the DRA
+    driver (``dra_nodes``: the pools of its ResourceSlices)."""
+    return (
+        _count(node, "capacity") > 0
+        or ALLOCATIONS_ANNOTATION in ((node.get("metadata") or {}).get("annotations") or {})
+        or (node.get("metadata") or {}).get("name") in dra_nodes
     )
 
 

@@ -21,6 +21,7 @@ from urllib3.exceptions import HTTPError
 
 from neuron_operator import conditions as c
 from neuron_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from neuron_operator.claimkube import ClaimApi
 from neuron_operator.pods import MANAGER, selector_labels
 from neuron_operator.refusals import Refusal, classify_exception, not_owned, quote
 
@@ -99,10 +100,11 @@ def _read_for(
         raise ChildRefusedError(classify_exception(error, kind, meta["name"])) from None
 
 
-class Kube:
-    """The API calls of the reconcile loop."""
+class Kube(ClaimApi):
+    """The API calls of the reconcile loop (those of the DRA mode in ``claimkube.ClaimApi``)."""
 
     def __init__(self, api_client: client.ApiClient, *, instance: str = MANAGER) -> None:
+        ClaimApi.__init__(self, api_client)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.instance = instance

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_operator import coremap
 from neuron_operator.api import API_VERSION, GROUP, PLURAL, VERSION, InvalidSpecError
 from neuron_operator.api import workload_from_object as parse_workload
@@ -99,6 +100,45 @@ class Cluster:
             )
         items: list[dict[str, Any]] = body["items"]
         return items
+
+    def _dra_list(self, what: str, call: Callable[..., Any], **kwargs: Any) -> list[dict[str, Any]]:
+        """A list of resource.k8s.io objects; empty where the cluster does not serve that API
+        (404) or the user may not read it (403): the map then shows what the pods and nodes
+        say, as on device-plugin clusters, instead of failing."""
+        try:
+            items: list[dict[str, Any]] = self._call(what, call, **kwargs)["items"]
+        except PluginError as exc:
+            if exc.status in (403, 404):
+                return []
+            raise
+        return items
+
+    def claims(self, namespace: str | None) -> list[dict[str, Any]]:
+        """ResourceClaims (DRA): whose cores their allocations hold."""
+        from kubernetes import client
+
+        api = client.ResourceV1Api(self.api)
+        if namespace is None:
+            return self._dra_list(
+                "list resourceclaims in all namespaces",
+                api.list_resource_claim_for_all_namespaces,
+            )
+        return self._dra_list(
+            f"list resourceclaims in namespace {namespace}",
+            api.list_namespaced_resource_claim,
+            namespace=namespace,
+        )
+
+    def dra_nodes(self) -> set[str]:
+        """The nodes whose cores the DRA driver publishes (its ResourceSlices' pools)."""
+        from kubernetes import client
+
+        slices = self._dra_list(
+            "list resourceslices",
+            client.ResourceV1Api(self.api).list_resource_slice,
+            field_selector=f"spec.driver={DRIVER_NAME}",
+        )
+        return {str((s.get("spec") or {}).get("nodeName")) for s in slices}
 
     def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(
@@ -189,12 +229,15 @@ def cores_command(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> in
         if missing:
             raise PluginError(f"no node named {', '.join(missing)}; see `kubectl get nodes`")
         nodes = [n for n in nodes if n["metadata"]["name"] in args.nodes]
-    else:
-        nodes = [n for n in nodes if coremap.is_neuron_node(n)]
+    dra_nodes = cluster.dra_nodes()
+    if not args.nodes:
+        nodes = [n for n in nodes if coremap.is_neuron_node(n, dra_nodes)]
     namespace = None if args.all_namespaces or not args.namespace_given else args.namespace
     pods = cluster.pods(namespace)
+    claims = cluster.claims(namespace)
     views = [
-        coremap.node_cores(n, pods) for n in sorted(nodes, key=lambda n: n["metadata"]["name"])
+        coremap.node_cores(n, pods, claims, dra=n["metadata"]["name"] in dra_nodes)
+        for n in sorted(nodes, key=lambda n: n["metadata"]["name"])
     ]
     if args.output == "json":
         json.dump({"nodes": [coremap.to_json(v) for v in views]}, out, indent=2)
@@ -265,7 +308,13 @@ def why_command(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> int:
             return 0
     nodes = cluster.nodes()
     all_pods = cluster.pods(None)  # free cores count every namespace's pods
-    views = {n["metadata"]["name"]: coremap.node_cores(n, all_pods) for n in nodes}
+    claims, dra_nodes = cluster.claims(None), cluster.dra_nodes()
+    views = {
+        n["metadata"]["name"]: coremap.node_cores(
+            n, all_pods, claims, dra=n["metadata"]["name"] in dra_nodes
+        )
+        for n in nodes
+    }
     report = []
     for item in pods:
         name = item["metadata"]["name"]

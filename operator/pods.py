@@ -16,6 +16,8 @@ from typing import Any
 
 from neuron_cores import GROUP_SIZES_ENV
 from neuron_operator.api import (
+    ALLOCATION_DEVICE_PLUGIN,
+    ALLOCATION_DRA,
     API_VERSION,
     KIND,
     MODEL_NAMES_ENV,
@@ -26,6 +28,7 @@ from neuron_operator.api import (
     WorkloadSpec,
     expand_model_arg,
 )
+from neuron_operator.claims import pod_claim_refs
 from neuron_operator.planner import PodPlan
 
 NEURONCORE_RESOURCE = "aws.amazon.com/neuroncore"
@@ -51,15 +54,19 @@ POD_TEMPLATE_VERSION = "1"
 RUN_AS_USER = 65532
 
 
-def template_hash(spec: WorkloadSpec) -> str:
-    """A short hash of everything that shapes the pods (all of the spec but ``replicas``)."""
+def template_hash(spec: WorkloadSpec, allocation: str = ALLOCATION_DEVICE_PLUGIN) -> str:
+    """A short hash of everything that shapes the pods (all of the spec but ``replicas``, and the
+    allocation mode in force, ``allocation``: ``DevicePlugin`` or ``DRA``)."""
     shape = dataclasses.asdict(spec)
     shape.pop("replicas")
     if shape["container"] is None:  # absent before spec.container existed: keep those hashes
         shape.pop("container")
-    # Both modes of this release build the same pods (a neuroncore request): switching between
-    # them, or the field appearing, must not roll anything.
+    # spec.allocation itself is not hashed, the mode it resolves to is, and only when it is DRA:
+    # device-plugin pods keep the hashes they had before the field existed (no roll on upgrade,
+    # nor when Auto keeps meaning the device plugin), and a switch either way rolls the pods.
     shape.pop("allocation")
+    if allocation == ALLOCATION_DRA:
+        shape["allocationMode"] = ALLOCATION_DRA
     text = json.dumps([POD_TEMPLATE_VERSION, shape], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -95,9 +102,16 @@ def _metadata(workload: Workload, name: str, labels: dict[str, str]) -> dict[str
     return meta
 
 
-def _resources(spec: WorkloadSpec, cores: int) -> dict[str, Any]:
+def _resources(spec: WorkloadSpec, cores: int, claims: list[dict[str, Any]]) -> dict[str, Any]:
     requests = dict(spec.pod.resources.get("requests") or {})
     limits = dict(spec.pod.resources.get("limits") or {})
+    if claims:  # DRA: the cores come from the pod's ResourceClaim
+        result: dict[str, Any] = {"claims": claims}
+        if requests:
+            result["requests"] = requests
+        if limits:
+            result["limits"] = limits
+        return result
     # Extended resources cannot be overcommitted: request equals limit.
     requests[NEURONCORE_RESOURCE] = str(cores)
     limits[NEURONCORE_RESOURCE] = str(cores)
@@ -188,7 +202,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _container(spec: WorkloadSpec, plan_pod: PodPlan) -> dict[str, Any]:
+def _container(
+    spec: WorkloadSpec, plan_pod: PodPlan, claims: list[dict[str, Any]]
+) -> dict[str, Any]:
     env = [*_planned_env(spec, plan_pod), *(dict(e) for e in spec.pod.env)]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, *(dict(m) for m in spec.pod.volume_mounts)]
     serving = _serving(spec, plan_pod)
@@ -199,7 +215,7 @@ def _container(spec: WorkloadSpec, plan_pod: PodPlan) -> dict[str, Any]:
         **{k: serving[k] for k in ("args", "workingDir") if k in serving},
         "ports": serving["ports"],
         "env": env,
-        "resources": _resources(spec, plan_pod.cores),
+        "resources": _resources(spec, plan_pod.cores, claims),
         **{k: v for k, v in serving.items() if k.endswith("Probe")},
         "volumeMounts": mounts,
         "securityContext": {
@@ -218,10 +234,14 @@ def _tolerations(spec: WorkloadSpec) -> list[dict[str, Any]]:
     return given if own in given else [own, *given]
 
 
-def build_pod(plan_pod: PodPlan, workload: Workload) -> dict[str, Any]:
-    """The Pod manifest for one planned pod of a workload."""
+def build_pod(
+    plan_pod: PodPlan, workload: Workload, allocation: str = ALLOCATION_DEVICE_PLUGIN
+) -> dict[str, Any]:
+    """The Pod manifest for one planned pod of a workload, in the allocation mode in force
+    (``DevicePlugin``: a neuroncore request; ``DRA``: a claim from the workload's template)."""
     spec = workload.spec
-    hash_ = template_hash(spec)
+    hash_ = template_hash(spec, allocation)
+    refs = pod_claim_refs(workload.name, plan_pod.cores) if allocation == ALLOCATION_DRA else {}
     labels = {
         **selector_labels(workload.name),
         LABEL_MANAGED_BY: MANAGER,
@@ -242,7 +262,7 @@ def build_pod(plan_pod: PodPlan, workload: Workload) -> dict[str, Any]:
     if spec.instance_type:
         node_selector[INSTANCE_TYPE_LABEL] = spec.instance_type
     pod_spec: dict[str, Any] = {
-        "containers": [_container(spec, plan_pod)],
+        "containers": [_container(spec, plan_pod, refs.get("claims", []))],
         "restartPolicy": "Always",
         "automountServiceAccountToken": False,
         "securityContext": {
@@ -256,6 +276,8 @@ def build_pod(plan_pod: PodPlan, workload: Workload) -> dict[str, Any]:
     }
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
+    if refs:
+        pod_spec["resourceClaims"] = refs["resourceClaims"]
     if spec.pod.service_account_name:
         pod_spec["serviceAccountName"] = spec.pod.service_account_name
     if spec.pod.image_pull_secrets:

@@ -141,17 +141,41 @@ def _ready_replicas(
     return count
 
 
-def _unschedulable(live: Sequence[ObservedPod], generation: int) -> dict[str, Any]:
+# What kube-scheduler's DRA plugin says when no node has a device left for a pod's claim.
+DRA_NO_DEVICE = "cannot allocate all claims"
+
+
+def _unschedulable(
+    live: Sequence[ObservedPod], generation: int, pod_cores: Mapping[str, int]
+) -> dict[str, Any]:
+    """``Unschedulable`` from the scheduler's messages.  ``InsufficientNeuronCores``: no node has
+    the cores (device plugin: its count; DRA: a free core for a 1-core block).  ``NoContiguousRun``
+    (DRA): no node has a free run of a pod's block size; scattered free cores do not help, so an
+    autoscaler adds a node and a person frees or defragments one (``kubectl neuron cores``)."""
     stuck = [p for p in live if p.unschedulable]
     if not stuck:
         return c.condition(c.UNSCHEDULABLE, c.FALSE, c.REASON_SCHEDULED, "", generation)
-    reason = (
-        c.REASON_INSUFFICIENT_CORES
-        if any(NEURONCORE_RESOURCE in (p.unschedulable or "") for p in stuck)
-        else c.REASON_POD_UNSCHEDULABLE
-    )
-    message = f"{len(stuck)} pods pending: {stuck[0].name}: {stuck[0].unschedulable}"
+    runs = [p for p in stuck if DRA_NO_DEVICE in (p.unschedulable or "")]
+    blocks = [p for p in runs if pod_cores.get(p.name, 0) > 1]
+    first = (blocks or runs or stuck)[0]
+    if blocks:
+        reason = c.REASON_NO_CONTIGUOUS_RUN
+        size = pod_cores[first.name]
+        detail = (
+            f"no node has a free run of {size} adjacent NeuronCores for its block claim "
+            f"(the scheduler: {first.unschedulable})"
+        )
+    elif runs or any(NEURONCORE_RESOURCE in (p.unschedulable or "") for p in stuck):
+        reason, detail = c.REASON_INSUFFICIENT_CORES, str(first.unschedulable)
+    else:
+        reason, detail = c.REASON_POD_UNSCHEDULABLE, str(first.unschedulable)
+    message = f"{len(stuck)} pods pending: {first.name}: {detail}"
     return c.condition(c.UNSCHEDULABLE, c.TRUE, reason, message, generation)
+
+
+def _pod_cores(result: Plan, desired: Mapping[tuple[int, int], str]) -> dict[str, int]:
+    cores = {p.index: p.cores for p in result.layout}
+    return {name: cores.get(index, 0) for (_, index), name in desired.items()}
 
 
 def compute_status(
@@ -206,7 +230,7 @@ def compute_status(
             ready,
             progressing,
             c.condition(c.INVALID_SPEC, c.FALSE, c.REASON_SPEC_VALID, "", generation),
-            _unschedulable(live, generation),
+            _unschedulable(live, generation, _pod_cores(result, desired)),
             c.condition(c.REFUSED, c.FALSE, c.REASON_ACCEPTED, "", generation),
         ],
     }

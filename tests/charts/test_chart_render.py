@@ -101,8 +101,21 @@ def _grants(objects: list[Obj]) -> set[tuple[str, str, str]]:
         ("", "services", ("get", "create")),
         ("", "events", ("create",)),
         ("coordination.k8s.io", "leases", ("create", "get", "update")),
+        ("resource.k8s.io", "resourceclaimtemplates", ("get", "list", "create", "delete")),
+        ("resource.k8s.io", "resourceclaims", ("list",)),
+        ("resource.k8s.io", "deviceclasses", ("get",)),
     ],
-    ids=["workloads", "status", "pods", "services", "events", "leases"],
+    ids=[
+        "workloads",
+        "status",
+        "pods",
+        "services",
+        "events",
+        "leases",
+        "claim-templates",
+        "claims",
+        "device-classes",
+    ],
 )
 def test_operator_rbac_grants_what_it_needs(
     render: Render, group: str, resource: str, verbs: tuple[str, ...]
@@ -126,6 +139,10 @@ def test_operator_rbac_grants_what_it_needs(
         ("neuronworkloads/scale", "update"),
         ("customresourcedefinitions", "get"),
         ("leases", "delete"),
+        ("resourceclaims", "create"),
+        ("resourceclaims", "delete"),
+        ("resourceclaimtemplates", "update"),
+        ("deviceclasses", "list"),
     ],
     ids=[
         "no-secret-get",
@@ -139,6 +156,10 @@ def test_operator_rbac_grants_what_it_needs(
         "no-scale-update",
         "no-crd-get",
         "no-lease-delete",
+        "no-claim-create",
+        "no-claim-delete",
+        "no-claim-template-update",
+        "no-deviceclass-list",
     ],
 )
 def test_operator_rbac_withholds_what_it_does_not_need(
@@ -154,6 +175,30 @@ def test_lease_rights_are_limited_to_the_one_lease(render: Render) -> None:
         assert rule["resources"] == ["leases"]
         if set(rule["verbs"]) != {"create"}:
             assert rule["resourceNames"] == ["neuron-groups-operator"]
+
+
+@pytest.mark.parametrize(
+    "values", [None, "ha-namespaced-values"], ids=["cluster-wide", "namespaced"]
+)
+def test_device_class_read_is_one_class_bound_cluster_wide(
+    render: Render, values: str | None
+) -> None:
+    objs = render(values_files=VALUE_SETS[values]) if values else render()
+    role = next(
+        o
+        for o in objs
+        if o["kind"] == "ClusterRole" and any("deviceclasses" in r["resources"] for r in o["rules"])
+    )
+    assert role["rules"] == [
+        {
+            "apiGroups": ["resource.k8s.io"],
+            "resources": ["deviceclasses"],
+            "resourceNames": ["neuroncores.neurongroups.dev"],
+            "verbs": ["get"],
+        }
+    ]
+    bound = {o["roleRef"]["name"] for o in objs if o["kind"] == "ClusterRoleBinding"}
+    assert role["metadata"]["name"] in bound
 
 
 def test_namespaced_operator_is_bound_only_in_its_namespaces(render: Render) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from neuron_cores import ALLOCATIONS_ANNOTATION, parse_record
 from neuron_localcluster import cli
 from neuron_localcluster.cluster import ClusterError, LocalCluster
 from neuron_localcluster.layout import Ports
@@ -110,9 +111,30 @@ def test_a_dra_node_offers_no_neuron_extended_resources(tmp_path: Path) -> None:
 class _Core:
     def __init__(self) -> None:
         self.patches: list[tuple[str, str, dict[str, Any]]] = []
+        self.node_patches: list[tuple[str, dict[str, Any]]] = []
+
+    def patch_node(self, name: str, patch: dict[str, Any]) -> None:
+        self.node_patches.append((name, patch))
 
     def patch_namespaced_pod_status(self, name: str, namespace: str, patch: dict[str, Any]) -> None:
         self.patches.append((name, namespace, patch))
+
+
+def test_a_dra_node_publishes_its_allocation_record(tmp_path: Path) -> None:
+    """No neuroncore capacity on a DRA node: the record's size comes from the instance type."""
+    agent = NodeAgent(
+        api=k8s.ApiClient(),
+        spec=NodeSpec("n", "inf1.6xlarge", emulated=True),
+        workdir=tmp_path,
+        allocation="dra",
+        kubeconfig=tmp_path / "kubeconfig",
+    )
+    core = _Core()
+    agent.core = core  # type: ignore[assignment]
+    agent._publish_allocations()
+    ((node, patch),) = core.node_patches
+    record = parse_record(patch["metadata"]["annotations"][ALLOCATIONS_ANNOTATION], node="n")
+    assert (node, record.cores, dict(record.pods)) == ("n", 16, {})
 
 
 def test_a_pod_whose_claims_are_not_ready_waits_with_the_reason(tmp_path: Path) -> None:

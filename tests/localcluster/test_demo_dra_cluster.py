@@ -1,15 +1,15 @@
 """``neuron-localcluster demo --allocation dra``: the seed's three scenarios through DRA only.
 
-Every node offers its cores through the DRA driver alone; the operator's pods ask for
-``aws.amazon.com/neuroncore`` (it does not create claims before issue 11), which the
-extended-resource DeviceClass serves with 1-core blocks: on kwok nodes the scheduler allocates
-them, on the emulated node the agent prepares them through the driver's kubelet side and the
-serving processes answer inference.
+Every node offers its cores through the DRA driver alone; the samples' ``allocation: Auto``
+resolves to the operator's DRA mode (one block claim per pod from the workload's templates): on
+kwok nodes the scheduler allocates them, on the emulated node the agent prepares them through the
+driver's kubelet side and the serving processes answer inference.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,11 +44,12 @@ def test_the_seeds_scenarios_run_and_serve_through_dra() -> None:
     assert "every node's NeuronCores are published as DRA ResourceSlices" in out
     assert "all scenarios Ready" in out
     assert "==> inference: pod " in out
-    headers = [line for line in out.splitlines() if "NeuronCores)" in line]
+    # the core map (kubectl neuron cores): three full inf1.6xlarge nodes, every core held by a
+    # demo pod, on kwok nodes too (from the pods' ResourceClaims)
+    headers = [line for line in out.splitlines() if " NeuronCores: " in line]
     assert len(headers) == 3
-    assert all("through DRA" in line for line in headers), headers
-    core_lines = [line for line in out.splitlines() if line.startswith("  core ")]
-    assert len(core_lines) == 48  # three inf1.6xlarge nodes, each core held by one pod
-    assert not any(line.endswith(("free", "*")) for line in core_lines)
+    assert all("16 NeuronCores: 0 free" in line for line in headers), headers
+    core_lines = [line for line in out.splitlines() if re.match(r"^ +\d+  demo/", line)]
+    assert len(core_lines) == 48
     assert any(name.startswith("dra-driver-kwok-") for name in stopped)
     assert "operator" in stopped

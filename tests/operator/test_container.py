@@ -294,8 +294,8 @@ def test_allocation_modes_build_the_same_pods(given: str | None, parsed: str) ->
 
 @pytest.mark.parametrize(
     ("value", "fragment"),
-    [("DRA", "not available in this operator release yet"), ("Gpu", "use DevicePlugin or Auto")],
-    ids=["dra-not-yet", "unknown"],
+    [("Gpu", "use DevicePlugin, DRA, Auto"), ("dra", "use DevicePlugin, DRA, Auto")],
+    ids=["unknown", "wrong-case"],
 )
 def test_unknown_allocation_modes_are_refused(value: str, fragment: str) -> None:
     with pytest.raises(InvalidSpecError) as error:

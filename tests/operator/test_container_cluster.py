@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from neuron_operator.api import workload_from_object
+from neuron_operator.drasync import template_bodies
+
 from .conftest import apply
 
 pytestmark = [pytest.mark.cluster]
@@ -145,8 +148,18 @@ def test_planned_env_names_cannot_be_set_by_hand(cluster: Any) -> None:
     assert "are set by the operator from the plan" in result.stderr
 
 
+ALLOCATION_VALUES = [
+    ("device-plugin", "DevicePlugin", True),
+    ("dra", "DRA", True),
+    ("auto", "Auto", True),
+    ("unknown", "Gpu", False),
+]
+
+
 @pytest.mark.parametrize(
-    ("value", "accepted"), [("DevicePlugin", True), ("DRA", False)], ids=["device-plugin", "dra"]
+    ("value", "accepted"),
+    [a[1:] for a in ALLOCATION_VALUES],
+    ids=[a[0] for a in ALLOCATION_VALUES],
 )
 def test_allocation_modes_at_apply_time(cluster: Any, value: str, accepted: bool) -> None:
     document = sample(TRITON)
@@ -154,4 +167,32 @@ def test_allocation_modes_at_apply_time(cluster: Any, value: str, accepted: bool
     result = dry_run(cluster, document)
     assert (result.returncode == 0) is accepted, result.stderr
     if not accepted:
-        assert 'spec.allocation: Unsupported value: "DRA"' in result.stderr
+        assert f'spec.allocation: Unsupported value: "{value}"' in result.stderr
+
+
+@pytest.mark.parametrize("name", SERVING_SAMPLES, ids=[s[:2] for s in SERVING_SAMPLES])
+def test_dra_mode_pods_and_claim_templates_are_accepted(cluster: Any, name: str) -> None:
+    """The pods of DRA mode (a claim, no extended resource) and the ResourceClaimTemplates they
+    name pass the API server's validation and the restricted Pod Security Standard."""
+    document = sample(name)
+    document["spec"]["allocation"] = "DRA"
+    planned = subprocess.run(
+        [sys.executable, "-m", "neuron_operator.cli", "plan", "-", "-o", "json"],
+        check=True, capture_output=True, text=True, env={"PYTHONSAFEPATH": "1"},
+        input=yaml.safe_dump(document),
+    ).stdout  # fmt: skip
+    pods = json.loads(planned)["items"]
+    workload = workload_from_object(
+        {**document, "metadata": {**document["metadata"], "namespace": NS}}
+    )
+    named = {p["spec"]["resourceClaims"][0]["resourceClaimTemplateName"] for p in pods}
+    templates = template_bodies(workload, [int(n.rsplit("-", 1)[1]) for n in named])
+    assert {t["metadata"]["name"] for t in templates} == named
+    assert pods and templates
+    for obj in [*templates, *pods]:
+        obj["metadata"]["namespace"] = NS
+        assert "aws.amazon.com/neuroncore" not in json.dumps(obj)
+        result = cluster.kubectl(
+            "create", "--dry-run=server", "-f", "-", check=False, input=json.dumps(obj)
+        )
+        assert result.returncode == 0, result.stderr

@@ -11,6 +11,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from neuron_operator import conditions as c
+from neuron_operator.claimkube import TemplateRefusedError
 from neuron_operator.controller import Backoff, Reconciler
 from neuron_operator.kube import ChildRefusedError
 from neuron_operator.refusals import Refusal, classify_status, not_owned
@@ -64,6 +65,9 @@ class FakeKube:
 
     def list_pods(self, namespace: str, workload: str) -> list[dict[str, Any]]:
         return list(self.pods.values())
+
+    def block_class_exists(self) -> bool:
+        return False  # a device-plugin cluster: Auto means the device plugin
 
     def ensure_service(self, body: dict[str, Any], owner_uid: str) -> bool:
         if self.service_refusal is not None:
@@ -291,3 +295,61 @@ def test_a_failing_read_is_retried_with_backoff_not_raised(
 def test_backoff_doubles_and_is_capped() -> None:
     backoff = Backoff(base=1.0, cap=300.0)
     assert [backoff.delay(n) for n in (1, 2, 3, 9, 10, 500)] == [1, 2, 4, 256, 300, 300]
+
+
+class FakeDraKube(FakeKube):
+    """A cluster with the DRA driver's DeviceClass: templates and claims, scripted."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.templates: dict[str, str | None] = {}  # name -> controller uid
+        self.order: list[str] = []
+
+    def block_class_exists(self) -> bool:
+        return True
+
+    def ensure_claim_template(self, body: dict[str, Any], owner_uid: str) -> bool:
+        name = body["metadata"]["name"]
+        if name in self.templates and self.templates[name] != owner_uid:
+            raise TemplateRefusedError(not_owned("ResourceClaimTemplate", name, NS, "Pod x"))
+        self.order.append(f"template {name}")
+        created = name not in self.templates
+        self.templates[name] = owner_uid
+        return created
+
+    def list_claim_templates(self, namespace: str, workload: str) -> list[dict[str, Any]]:
+        return []
+
+    def delete_claim_template(self, namespace: str, name: str) -> bool:
+        return self.templates.pop(name, None) is not None
+
+    def list_claims(self, namespace: str, workload: str) -> list[dict[str, Any]]:
+        return []
+
+    def create_pod(self, body: dict[str, Any], owner_uid: str) -> bool:
+        self.order.append("pod")
+        return super().create_pod(body, owner_uid)
+
+
+def test_auto_on_a_dra_cluster_makes_templates_before_claiming_pods() -> None:
+    body = workload_body(copies=2)
+    kube = FakeDraKube(body)
+    reconciler = Reconciler(kube, schedule=lambda *_: None)  # type: ignore[arg-type]
+    reconciler.reconcile_by_name(NS, NAME)
+    assert kube.order == ["template w-cores-1", "pod", "pod"]
+    for pod in kube.pods.values():
+        assert pod["spec"]["resourceClaims"][0]["resourceClaimTemplateName"] == "w-cores-1"
+    status = kube.body["status"]
+    assert (status["allocation"], status["allocatedCores"]) == ("DRA", [])
+
+
+def test_a_claim_template_of_another_owner_is_refused_not_owned() -> None:
+    kube = FakeDraKube(workload_body())
+    kube.templates["w-cores-1"] = "someone-else"
+    reconciler = Reconciler(kube, schedule=lambda *_: None)  # type: ignore[arg-type]
+    reconciler.reconcile_by_name(NS, NAME)
+    refused = condition(kube, c.REFUSED)
+    assert (refused["status"], refused["reason"]) == (c.TRUE, c.REASON_NOT_OWNED)
+    assert "ResourceClaimTemplate" in refused["message"]
+    assert kube.templates["w-cores-1"] == "someone-else"
+    assert not kube.creates  # a pod would claim through the foreign template

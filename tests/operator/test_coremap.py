@@ -228,3 +228,38 @@ def test_scattered_groups_are_flagged_in_the_map_and_in_why() -> None:
     assert reasons[0].startswith("ns/odd is Running on node n1")
     assert "no contiguous run: ns/odd got cores 1,3,5,7" in reasons[1]
     assert coremap.why_pending(pods[1], [node("n1", cores=8)], {"n1": view})[1:] == []
+
+
+def dra_claim(pod_name: str, device: str, node_name: str) -> dict[str, Any]:
+    result = {"driver": "neuroncores.neurongroups.dev", "pool": node_name, "device": device}
+    return {
+        "metadata": {
+            "namespace": "ns",
+            "ownerReferences": [{"kind": "Pod", "name": pod_name, "controller": True}],
+        },
+        "status": {"allocation": {"devices": {"results": [result]}}},
+    }
+
+
+def test_dra_node_map_comes_from_the_claims() -> None:
+    dra_node = node("n1", cores=0)  # DRA: no aws.amazon.com/neuroncore capacity
+    dra_pod = pod("a", 0, on="n1", groups="2,2", workload="w")
+    dra_pod["spec"]["containers"][0]["resources"] = {"claims": [{"name": "neuroncores"}]}
+    claims = [
+        dra_claim("a", "cores-4-7", "n1"),
+        dra_claim("b", "core-0", "n1"),  # its pod is gone: not shown
+        dra_claim("c", "cores-0-1", "n2"),  # another node
+    ]
+    assert not coremap.is_neuron_node(dra_node)
+    assert coremap.is_neuron_node(dra_node, {"n1"})
+    view = coremap.node_cores(dra_node, [dra_pod], claims, dra=True)
+    assert view.recorded and view.capacity == 16 and view.allocatable == 16
+    assert view.requested == 4 and view.free == 12
+    assert {core: h.pod for core, h in view.holders.items()} == dict.fromkeys(range(4, 8), "ns/a")
+    assert [view.holders[c].group for c in (4, 5, 6, 7)] == [0, 0, 1, 1]
+    assert view.free_cores() == [0, 1, 2, 3, *range(8, 16)]
+    assert not view.unplaced
+    lines = coremap.text_lines(view)
+    assert lines[0] == "n1 (inf1.6xlarge, 16 NeuronCores: 12 free, 0 unhealthy)"
+    empty = coremap.node_cores(dra_node, [], [], dra=True)
+    assert empty.recorded and empty.free == 16 and not empty.holders

@@ -246,3 +246,56 @@ def test_observe_pod_reads_only_ascii_label_numbers(label: str) -> None:
     seen = observe_pod(pod)
     assert seen.index == 2
     assert seen.replica == (-1 if label in ("\u00b9", "\u0661", "-1", "") else 10**18)
+
+
+DRA_FULL = (
+    "0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 2 cannot "
+    "allocate all claims. preemption: 0/3 nodes are available: 3 Preemption is not helpful for "
+    "scheduling."
+)
+UNSCHEDULABLE_CASES = [
+    ("dra-block", 16, DRA_FULL, c.REASON_NO_CONTIGUOUS_RUN, "a free run of 16 adjacent"),
+    ("dra-one-core", 1, DRA_FULL, c.REASON_INSUFFICIENT_CORES, "cannot allocate all claims"),
+    (
+        "device-plugin",
+        16,
+        "0/3 nodes are available: 3 Insufficient aws.amazon.com/neuroncore.",
+        c.REASON_INSUFFICIENT_CORES,
+        "Insufficient aws.amazon.com/neuroncore",
+    ),
+    (
+        "other",
+        16,
+        "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.",
+        c.REASON_POD_UNSCHEDULABLE,
+        "node affinity",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("cores", "message", "reason", "fragment"),
+    [u[1:] for u in UNSCHEDULABLE_CASES],
+    ids=[u[0] for u in UNSCHEDULABLE_CASES],
+)
+def test_unschedulable_reason_from_the_scheduler(
+    cores: int, message: str, reason: str, fragment: str
+) -> None:
+    spec = parse_spec(
+        {
+            "image": "i",
+            "nodeCores": 16,
+            "models": [{"name": "m", "path": "/m", "cores": cores}],
+        }
+    )
+    result = plan(spec)
+    desired = {(p.replica, p.index): f"w-{NEW}-{p.replica}-{p.index}" for p in result.pods}
+    stuck = ObservedPod(desired[(0, 0)], NEW, 0, 0, unschedulable=message)
+    status = compute_status(
+        generation=1, result=result, current_hash=NEW, desired=desired, observed=[stuck],
+        selector="sel",
+    )  # fmt: skip
+    found = c.find(status["conditions"], c.UNSCHEDULABLE)
+    assert found is not None
+    assert (found["status"], found["reason"]) == (c.TRUE, reason)
+    assert fragment in found["message"]
