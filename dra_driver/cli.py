@@ -24,13 +24,12 @@ from types import FrameType
 from typing import Any
 
 from neuron_cores.logs import LOG_FORMATS, configure_logging
-from neuron_device_plugin.simulated_backend import SimulatedBackend
+from neuron_device_plugin.cli import build_backend as device_plugin_backend
 from neuron_device_plugin.sysfs_backend import (
     DEFAULT_DEV_ROOT,
     DEFAULT_ERROR_COUNTERS,
     DEFAULT_RECOVERY_S,
     DEFAULT_SYSFS_ROOT,
-    SysfsBackend,
 )
 from neuron_device_plugin.topology import Backend, DiscoveryError, Topology
 from neuron_dra_driver.kubeletplugin import (
