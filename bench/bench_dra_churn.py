@@ -1,7 +1,7 @@
-"""Churn on the real kube-scheduler: the device-plugin path against the DRA path, in one run.
+"""Churn on the real kube-scheduler: the device-plugin path against the DRA paths, in one run.
 
 One seeded sequence of pod creates and deletes (pods asking 1, 2, 4, 6 or 8 NeuronCores) is
-replayed twice, each time on a fresh local cluster (kube-apiserver, kube-scheduler,
+replayed three times, each time on a fresh local cluster (kube-apiserver, kube-scheduler,
 kube-controller-manager, kwok; v1.36.1) with the same kwok 16-core nodes (inf1.6xlarge):
 
 * ``device-plugin``: the nodes advertise ``aws.amazon.com/neuroncore: 16`` and a pod asks for
@@ -12,7 +12,10 @@ kube-controller-manager, kwok; v1.36.1) with the same kwok 16-core nodes (inf1.6
   pod's cores are freed when it is deleted;
 * ``dra``: the nodes offer their cores only as the DRA driver's ResourceSlices
   (``neuron-localcluster up --allocation dra``) and a pod claims one block of exactly k cores from a
-  ResourceClaimTemplate; the scheduler allocates the block.
+  ResourceClaimTemplate; the scheduler allocates the block;
+* ``dra-extended``: the same DRA nodes, but an unmodified pod asks for
+  ``aws.amazon.com/neuroncore: k``: the DeviceClass with that ``extendedResourceName`` lets the
+  scheduler serve it with k 1-core devices in a claim it makes for the pod (no contiguity asked).
 
 After each step the bench waits for the scheduler to have acted on the pod (bound, or marked
 Unschedulable) or for a deleted pod's cores to be free, then records per path:
@@ -60,6 +63,7 @@ from neuron_localcluster import LocalCluster, ensure_binaries
 from neuron_localcluster.kube import ApiException, body, raw_json
 
 SIZES = (1, 2, 4, 6, 8)
+PATHS = ("device-plugin", "dra", "dra-extended")
 CORES = 16
 TOLERATE_NEURON = [{"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"}]
 SETTLE_S = 30.0
@@ -223,7 +227,7 @@ class Replay:
         """The pod is deleted and (DRA) its claim's block is free again."""
         if _exists(lambda: self.core.read_namespaced_pod(name, self.namespace)):
             return False
-        return self.path != "dra" or name not in self.allocations()
+        return self.path == "device-plugin" or name not in self.allocations()
 
     def manifest(self, name: str, size: int) -> dict[str, Any]:
         container: dict[str, Any] = {"name": "c", "image": "busybox"}
@@ -243,7 +247,7 @@ class Replay:
 
     def allocations(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         """pod -> (node, cores) of every scheduled pod."""
-        if self.path != "dra":
+        if self.path == "device-plugin":
             return {p: (self.node_of[p], c) for p, c in self.cores_of.items()}
         listed = raw_json(
             self.resource.list_namespaced_resource_claim(self.namespace, _preload_content=False)
@@ -282,7 +286,7 @@ def account(
     """Count newly scheduled pods; each node's free cores and longest free run."""
     # the device plugin path: the node's plugin picks cores for each newly bound pod
     for pod in live:
-        if run.path != "dra" and pod in watcher.bound_at and pod not in run.cores_of:
+        if run.path == "device-plugin" and pod in watcher.bound_at and pod not in run.cores_of:
             node = watcher.node_of[pod]
             taken = {c for n, cs in run.allocations().values() if n == node for c in cs}
             free = [c for c in range(CORES) if c not in taken]
@@ -370,13 +374,13 @@ def main() -> None:
     ensure_binaries()
     steps = churn(args.seed, args.steps, args.nodes)
     results = []
-    for path in ("device-plugin", "dra"):
+    for path in PATHS:
         state = Path(tempfile.mkdtemp(prefix=f"ngchurn-{path}-"))
         cluster = LocalCluster.up(
             state,
             kwok_nodes=f"{args.nodes}xinf1.6xlarge",
             emulated_nodes="",
-            allocation=path,
+            allocation="device-plugin" if path == "device-plugin" else "dra",
         )
         try:
             started = time.monotonic()
