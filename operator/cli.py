@@ -47,7 +47,7 @@ def offline_allocation(workload: Workload) -> str:
     return resolve_allocation(workload.spec.allocation, block_class_exists=False)
 
 
-def _text_report(workload: Workload, result: Plan, out: TextIO) -> None:
+def _text_report(workload: Workload, result: Plan, mode: str, out: TextIO) -> None:
     pods = result.pods
     print(
         f"{workload.namespace}/{workload.name}: {len(pods)} pods "
@@ -56,7 +56,7 @@ def _text_report(workload: Workload, result: Plan, out: TextIO) -> None:
         file=out,
     )
     for pod_plan in pods:
-        manifest = build_pod(pod_plan, workload, offline_allocation(workload))
+        manifest = build_pod(pod_plan, workload, mode)
         names = ",".join(m.name for m in pod_plan.load_order)
         print(
             f"  {manifest['metadata']['name']}  cores={pod_plan.cores}  "
@@ -86,11 +86,24 @@ def plan_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return print_plans(workloads, str(args.file), args.output, out)
 
 
-def print_plans(workloads: Sequence[Workload], source: str, output: str, out: TextIO) -> int:
+def print_plans(
+    workloads: Sequence[Workload],
+    source: str,
+    output: str,
+    out: TextIO,
+    *,
+    in_force: str | None = None,
+) -> int:
     """Plan ``workloads`` and print them as ``plan`` does; 2 with the reason when one cannot be.
 
-    ``kubectl neuron plan`` prints live NeuronWorkloads through this too.
+    ``kubectl neuron plan`` prints live NeuronWorkloads through this too, with ``in_force``: the
+    allocation mode the operator resolved for them (``status.allocation``), which for ``Auto``
+    depends on the cluster and so cannot be told from the spec.
     """
+
+    def mode(workload: Workload) -> str:
+        return in_force or offline_allocation(workload)
+
     try:
         plans = [(w, plan(w.spec)) for w in workloads]
     except InvalidSpecError as error:
@@ -99,7 +112,7 @@ def print_plans(workloads: Sequence[Workload], source: str, output: str, out: Te
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_INVALID
     items: list[dict[str, Any]] = [
-        build_pod(p, w, offline_allocation(w)) for w, result in plans for p in result.pods
+        build_pod(p, w, mode(w)) for w, result in plans for p in result.pods
     ]
     too_large = next((r for pod in items if (r := pod_size_refusal(pod))), None)
     if too_large is not None:  # the operator would refuse to send it (PodTooLarge)
@@ -107,7 +120,7 @@ def print_plans(workloads: Sequence[Workload], source: str, output: str, out: Te
         return EXIT_INVALID
     if output == "text":
         for workload, result in plans:
-            _text_report(workload, result, out)
+            _text_report(workload, result, mode(workload), out)
         return 0
     pod_list = {"apiVersion": "v1", "kind": "List", "items": items}
     if output == "json":

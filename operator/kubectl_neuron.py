@@ -22,10 +22,21 @@ from typing import Any, TextIO
 
 from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_operator import coremap
-from neuron_operator.api import API_VERSION, GROUP, PLURAL, VERSION, InvalidSpecError
+from neuron_operator.api import (
+    ALLOCATION_DEVICE_PLUGIN,
+    ALLOCATION_DRA,
+    API_VERSION,
+    GROUP,
+    PLURAL,
+    VERSION,
+    InvalidSpecError,
+)
 from neuron_operator.api import workload_from_object as parse_workload
 from neuron_operator.cli import EXIT_INVALID, OUTPUTS, load_workloads, print_plans
 from neuron_operator.pods import selector_labels
+
+# What status.allocation may say: the mode the operator resolved (never Auto).
+ALLOCATION_MODES_IN_FORCE = (ALLOCATION_DEVICE_PLUGIN, ALLOCATION_DRA)
 
 EXIT_ERROR = 1
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -279,7 +290,14 @@ def plan_command(
         for problem in error.problems:
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_INVALID
-    return print_plans([workload], f"NeuronWorkload {namespace}/{target}", args.output, out)
+    in_force = (found.get("status") or {}).get("allocation")
+    return print_plans(
+        [workload],
+        f"NeuronWorkload {namespace}/{target}",
+        args.output,
+        out,
+        in_force=in_force if in_force in ALLOCATION_MODES_IN_FORCE else None,
+    )
 
 
 def why_command(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from neuron_operator.cli import build_parser, main, plan_command
+from neuron_operator.cli import build_parser, load_workloads, main, plan_command, print_plans
 from neuron_operator.runner import DEFAULTS, check_run_args
 
 REPO = Path(__file__).resolve().parents[2]
@@ -269,3 +269,23 @@ def test_docs_and_run_flags_agree() -> None:
 def test_documented_switches_parse_alone(form: str) -> None:
     assert form.split("=", maxsplit=1)[0] in documented_run_flags()
     build_parser().parse_args(["run", form])
+
+
+@pytest.mark.parametrize(
+    ("in_force", "claims"),
+    [(None, False), ("DevicePlugin", False), ("DRA", True)],
+    ids=["offline-auto-is-device-plugin", "in-force-device-plugin", "in-force-dra"],
+)
+def test_a_live_workloads_plan_shows_the_mode_in_force(in_force: str | None, claims: bool) -> None:
+    """``kubectl neuron plan NAME`` passes status.allocation: an Auto workload the operator runs
+    through DRA prints pods with a block claim, not with aws.amazon.com/neuroncore."""
+    (workload,) = load_workloads(SAMPLES / "01-resnet50-shared.yaml")
+    assert workload.spec.allocation == "Auto"
+    out = io.StringIO()
+    assert print_plans([workload], "test", "json", out, in_force=in_force) == 0
+    pods = json.loads(out.getvalue())["items"]
+    assert pods
+    for pod in pods:
+        limits = pod["spec"]["containers"][0].get("resources", {}).get("limits", {})
+        assert bool(pod["spec"].get("resourceClaims")) is claims
+        assert ("aws.amazon.com/neuroncore" in limits) is not claims
