@@ -19,7 +19,7 @@ from types import FrameType
 from neuron_cores.logs import LOG_FORMATS, configure_logging
 from neuron_device_plugin.ids import CORE_RESOURCE, DEFAULT_PLUGIN_DIR, DEVICE_RESOURCE
 from neuron_device_plugin.metrics import PluginMetrics, serve_metrics
-from neuron_device_plugin.plugin import PluginConfig, PluginManager, RegistrationRefusedError
+from neuron_device_plugin.plugin import PluginConfig, PluginManager
 from neuron_device_plugin.podresources import DEFAULT_POD_RESOURCES_SOCKET
 from neuron_device_plugin.policy import DEFAULT_POLICY, POLICIES
 from neuron_device_plugin.resources import ResourcesMode
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     manager = PluginManager(backend, config, metrics)
     try:
         manager.start()
-    except (DiscoveryError, OSError, ValueError, RegistrationRefusedError) as err:
+    except (DiscoveryError, OSError, ValueError) as err:
         print(f"neuron-device-plugin: {err}", file=sys.stderr)
         manager.stop()
         return EXIT_FAILED
@@ -317,10 +317,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     manager.wait()
     if http is not None:
         http.shutdown()
-    if manager.failure:
-        manager.stop()
-        print(f"neuron-device-plugin: {manager.failure}", file=sys.stderr)
-        return EXIT_FAILED
     return 0
 
 

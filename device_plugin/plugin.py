@@ -81,13 +81,6 @@ _CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 FileIdentity = tuple[int, int, int]
 
 
-class RegistrationRefusedError(RuntimeError):
-    """Register failed (any gRPC status): the message names the kubelet, resource and reason.
-
-    :func:`register_with_kubelet` raises it; the plugin's watcher never does, it retries.
-    """
-
-
 @dataclass(frozen=True)
 class PluginConfig:
     plugin_dir: Path = Path(DEFAULT_PLUGIN_DIR)
@@ -163,22 +156,6 @@ def describe_rpc_error(err: BaseException) -> str:
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         return f"{name}: {err.details()}"
     return f"{type(err).__name__}: {err}"
-
-
-def register_with_kubelet(
-    kubelet_socket: Path, endpoint: str, resource_name: str, timeout: float = REGISTER_TIMEOUT_S
-) -> None:
-    """Call Register once and wait; RegistrationRefusedError, whatever the status, if it fails."""
-    request = register_request(endpoint, resource_name)
-    target = f"unix://{kubelet_socket.resolve()}"
-    with grpc.insecure_channel(target, options=_CHANNEL_OPTIONS) as channel:
-        try:
-            RegistrationStub(channel).register(request, timeout=timeout)
-        except grpc.RpcError as err:
-            raise RegistrationRefusedError(
-                f"the kubelet at {kubelet_socket} did not register {resource_name} "
-                f"(endpoint {endpoint}, API {API_VERSION}): {describe_rpc_error(err)}"
-            ) from None
 
 
 @dataclass
@@ -378,8 +355,6 @@ class PluginManager:
         self.config = config or PluginConfig()
         self.metrics = metrics or PluginMetrics()
         self.kubelet_socket = self.config.plugin_dir / KUBELET_SOCKET_NAME
-        # A fatal failure, for the command to report; no answer of the kubelet is one.
-        self.failure: str | None = None
         self.topology: Topology | None = None
         self.endpoints: dict[str, PluginEndpoint] = {}
         self._stopping = threading.Event()
@@ -498,9 +473,8 @@ class PluginManager:
     # --- probes ---------------------------------------------------------------------------------
 
     def liveness(self) -> tuple[bool, str]:
-        """Alive unless a fatal failure happened (the chart's liveness probe)."""
-        if self.failure:
-            return False, self.failure
+        """Alive while the process answers (the chart's liveness probe): no answer of the kubelet
+        is fatal, the watcher retries every failure."""
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
@@ -511,8 +485,6 @@ class PluginManager:
             for e in self.endpoints.values()
             if e.registered_with is None or e.registered_with != kubelet
         ]
-        if self.failure:
-            return False, self.failure
         if not self.endpoints:
             return False, "not started"
         if waiting:
@@ -525,7 +497,7 @@ class PluginManager:
     # --- shutdown -------------------------------------------------------------------------------
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until stop() or a fatal failure; True if that happened within ``timeout``."""
+        """Block until stop(); True if that happened within ``timeout``."""
         return self._done.wait(timeout)
 
     def stop(self) -> None:
