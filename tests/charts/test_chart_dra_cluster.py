@@ -132,8 +132,9 @@ def on_node_a(local_cluster: LocalCluster, installed: list[dict[str, Any]]) -> P
     def policy_active() -> bool:
         # the policy is compiled a moment after it is created: wait until it refuses a write
         proc = _driver(kubeconfig, node_b, "--once")
-        if proc.returncode == 0:  # not active yet: undo the write it let through
-            _driver(local_cluster.kubeconfig, node_b, "--cleanup")
+        # undo whatever it let through: a policy that becomes active while the driver publishes
+        # refuses only the later slices, and the earlier ones stay behind
+        _driver(local_cluster.kubeconfig, node_b, "--cleanup")
         return proc.returncode == 1 and "may write only" in proc.stderr
 
     local_cluster.wait_for(policy_active, 90, "the own-node policy to refuse node B's slices")
