@@ -30,6 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence, Set
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,11 @@ BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 POD, SERVICE = "Pod", "Service"
 PROBE_CREATES = 1  # pods created before the deletes of a reconcile (see ``Reconciler._apply``)
+# Pod creates in flight at once for one reconcile.  Creates go out in batches that double from 1
+# (as the ReplicaSet controller's slow start does): a refused spec costs one call, an accepted one
+# is sent 8 at a time instead of one after another.  Below the Kubernetes client's connection pool
+# (5 per CPU).
+MAX_PARALLEL_CREATES = 8
 
 Key = tuple[str, str]
 # Calls ``retry`` after ``delay`` seconds, replacing any retry still pending for ``key``.
@@ -261,6 +267,7 @@ class Reconciler:
         self._held: dict[Key, Held] = {}
         self._guard = threading.Lock()
         self._stopping = threading.Event()
+        self._creates = ThreadPoolExecutor(MAX_PARALLEL_CREATES, thread_name_prefix="create")
         self.queue = (
             WorkQueue(lambda key: self.reconcile_by_name(*key), workers=workers)
             if workers
@@ -279,6 +286,7 @@ class Reconciler:
             dropped = self.queue.close(timeout)
             if dropped:
                 log.info("stopping: %d queued reconciles dropped", dropped)
+        self._creates.shutdown(wait=False, cancel_futures=True)
 
     def request(self, namespace: str, name: str) -> None:
         """A reconcile of one NeuronWorkload: queued (coalescing) with workers, else done now."""
@@ -516,21 +524,35 @@ class Reconciler:
     def _create(
         self, create: Sequence[str], pods: Mapping[str, Mapping[str, Any]], owner_uid: str
     ) -> tuple[list[str], list[Refusal]]:
-        """Create pods; no more after a refusal of the API server (the next would be refused
-        alike), but past a name taken by someone else."""
+        """Create pods in batches of 1, 2, 4 ... ``MAX_PARALLEL_CREATES``, each batch at once; no
+        batch after a refusal of the API server (the next would be refused alike), but past a
+        name taken by someone else.  ``created`` keeps the order of ``create``."""
         created: list[str] = []
         refusals: list[Refusal] = []
-        for name in create:
-            if self._stopping.is_set():
-                break
-            try:
-                if self.kube.create_pod(pods[name], owner_uid):
+        start, size = 0, 1
+        while start < len(create) and not self._stopping.is_set():
+            batch = create[start : start + size]
+            outcomes = list(
+                self._creates.map(lambda n: self._create_one(pods[n], owner_uid), batch)
+            )
+            for name, outcome in zip(batch, outcomes, strict=True):
+                if outcome is True:
                     created.append(name)
-            except ChildRefusedError as error:
-                refusals.append(error.refusal)
-                if error.refusal.reason != c.REASON_NOT_OWNED:
-                    break
+                elif isinstance(outcome, Refusal):
+                    refusals.append(outcome)
+            if any(r.reason != c.REASON_NOT_OWNED for r in refusals):
+                break
+            start, size = start + size, min(size * 2, MAX_PARALLEL_CREATES)
         return created, refusals
+
+    def _create_one(self, pod: Mapping[str, Any], owner_uid: str) -> bool | Refusal:
+        """True: created; False: this workload's pod already exists; else the refusal."""
+        if self._stopping.is_set():
+            return False
+        try:
+            return self.kube.create_pod(pod, owner_uid)
+        except ChildRefusedError as error:
+            return error.refusal
 
     def _apply(
         self,

@@ -17,8 +17,10 @@ import kopf
 import pytest
 
 from neuron_operator import conditions as c
-from neuron_operator.controller import Key, Reconciler, WorkQueue
+from neuron_operator.controller import MAX_PARALLEL_CREATES, Key, Reconciler, WorkQueue
 from neuron_operator.handlers import register
+from neuron_operator.kube import ChildRefusedError
+from neuron_operator.refusals import Refusal
 
 from .test_controller_refusals import NAME, NS, UID, FakeKube, workload_body
 
@@ -294,3 +296,61 @@ def test_a_roll_frees_the_old_pods_cores_before_sending_the_bulk_of_new_pods() -
     # One new pod probes that new pods are accepted; then the 4 old pods a roll of 16 may take
     # down (25%) go; then the other 15 new pods.
     assert kube.order == ["create"] + ["delete"] * 4 + ["create"] * 15
+
+
+class ConcurrentKube(FakeKube):
+    """Records the creates in flight at once; the first create of a batch of two waits until
+    the second has started, which can happen only when a batch is sent at once."""
+
+    def __init__(self, body: dict[str, Any], *, refuse: int | None = None) -> None:
+        super().__init__(body)
+        self.sent: list[str] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.second_started = threading.Event()
+        self.refuse = refuse
+        self._guard = threading.Lock()
+
+    def create_pod(self, body: dict[str, Any], owner_uid: str) -> bool:
+        with self._guard:
+            self.sent.append(body["metadata"]["name"])
+            number = len(self.sent)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            # sends 1 (the probe), 2 (the first batch after the deletes), then 3 and 4 together
+            if number == 3:
+                self.second_started.wait(WAIT)
+            elif number == 4:
+                self.second_started.set()
+            if number == self.refuse:
+                raise ChildRefusedError(
+                    Refusal(
+                        c.REASON_QUOTA_EXCEEDED, "Pod", body["metadata"]["name"], "exceeded quota"
+                    )
+                )
+            return super().create_pod(body, owner_uid)
+        finally:
+            with self._guard:
+                self.in_flight -= 1
+
+
+def test_pods_are_created_in_doubling_batches_sent_at_once() -> None:
+    kube = ConcurrentKube(workload_body(copies=16))
+    Reconciler(kube).request(NS, NAME)  # type: ignore[arg-type]
+    assert kube.second_started.is_set()
+    assert len(kube.sent) == len(set(kube.sent)) == 16
+    assert 2 <= kube.most_in_flight <= MAX_PARALLEL_CREATES
+    assert len(kube.pods) == 16
+
+
+def test_a_refused_create_stops_the_batches_after_its_own() -> None:
+    # sends: 1 | 2 | 3, 4 | 5, 6, 7, 8 | ...: the 6th is refused, so 7 and 8 (same batch) are
+    # sent and nothing after them
+    kube = ConcurrentKube(workload_body(copies=16), refuse=6)
+    Reconciler(kube).request(NS, NAME)  # type: ignore[arg-type]
+    assert len(kube.sent) == 8
+    assert len(kube.pods) == 7
+    refused = c.find(kube.body["status"]["conditions"], c.REFUSED) or {}
+    assert refused.get("status") == c.TRUE
+    assert refused.get("reason") == c.REASON_QUOTA_EXCEEDED
