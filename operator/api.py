@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from neuron_cores import GROUP_SIZES_ENV, INSTANCE_TYPES, lookup_instance_type
+from neuron_cores import GROUP_SIZES_ENV, INSTANCE_TYPES, MODELS_ENV, lookup_instance_type
 
 GROUP = "neurongroups.dev"
 VERSION = "v1alpha1"
@@ -36,7 +36,6 @@ ALLOCATION_DRA = "DRA"
 ALLOCATION_AUTO = "Auto"
 ALLOCATIONS = (ALLOCATION_DEVICE_PLUGIN, ALLOCATION_DRA, ALLOCATION_AUTO)
 
-MODELS_ENV = "NEURON_MODELS"
 # Two more planned values, set only in pods of a spec.container (so an image's own flags can take
 # them through Kubernetes' $(VAR) expansion): each model of the pod once, in load order, and the
 # pod's NeuronCore count.
@@ -379,7 +378,7 @@ def _parse_models(raw: object, problems: _Problems) -> tuple[ModelSpec, ...]:
         problems.add(
             "models",
             f"{sum(m.copies for m in models)} copies",
-            f"need up to {text} characters of NEURON_MODELS in one pod, more than "
+            f"need up to {text} characters of {MODELS_ENV} in one pod, more than "
             f"{MAX_PLAN_TEXT} (the pod must stay under the API server's request limit)",
             "serve fewer copies, or shorter model names and paths",
         )
