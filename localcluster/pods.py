@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuron_cores import is_ascii_digits
-from neuron_localcluster.nodes import CORE_RESOURCE, DEVICE_RESOURCE
+from neuron_cores import CORE_RESOURCE, DEVICE_RESOURCE, is_ascii_digits
 
 NEURON_RESOURCES = (CORE_RESOURCE, DEVICE_RESOURCE)
 SERVE_HOST_ENV = "NEURON_SERVE_HOST"
