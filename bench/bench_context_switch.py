@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from neuron_cores import GROUP_SIZES_ENV
 from neuron_runtime import NeuronRuntime, compile_model
 
 MODEL: dict[str, Any] = {"input_dim": 512, "width": 512, "depth": 4, "classes": 10}
@@ -36,7 +37,7 @@ def measure(
     """(requests per second, switches, seconds spent switching)."""
     env = {
         "NEURON_SIM_CORES": "1",
-        "NEURONCORE_GROUP_SIZES": "1",
+        GROUP_SIZES_ENV: "1",
         "NEURON_SIM_CORE_MEMORY_MB": "0",
         "NEURON_SIM_SCHEDULER": scheduler,
         "NEURON_SIM_STATE_DIR": str(state),

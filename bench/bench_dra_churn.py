@@ -55,6 +55,7 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes import watch
 
+from neuron_cores import CORE_RESOURCE, NEURON_TAINT_EFFECT, NEURON_TAINT_KEY
 from neuron_device_plugin.policy import best_fit
 from neuron_dra_driver.classes import block_claim
 from neuron_dra_driver.layout import NodeShape
@@ -65,7 +66,7 @@ from neuron_localcluster.kube import ApiException, body, raw_json
 SIZES = (1, 2, 4, 6, 8)
 PATHS = ("device-plugin", "dra", "dra-extended")
 CORES = 16
-TOLERATE_NEURON = [{"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"}]
+TOLERATE_NEURON = [{"key": NEURON_TAINT_KEY, "operator": "Exists", "effect": NEURON_TAINT_EFFECT}]
 SETTLE_S = 30.0
 POLL_S = 0.02
 GRACE_S = 10.0
@@ -242,7 +243,7 @@ class Replay:
             ]
             container["resources"] = {"claims": [{"name": "cores"}]}
         else:
-            container["resources"] = {"limits": {"aws.amazon.com/neuroncore": str(size)}}
+            container["resources"] = {"limits": {CORE_RESOURCE: str(size)}}
         return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
 
     def allocations(self) -> dict[str, tuple[str, tuple[int, ...]]]:

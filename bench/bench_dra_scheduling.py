@@ -31,7 +31,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from neuron_cores import lookup_instance_type
+from neuron_cores import NEURON_TAINT_EFFECT, NEURON_TAINT_KEY, lookup_instance_type
 from neuron_dra_driver.classes import block_claim, device_classes
 from neuron_dra_driver.layout import DRIVER_NAME, NodeShape, first_fit, placement_order
 from neuron_dra_driver.publisher import KubeSliceApi, Publisher
@@ -39,7 +39,7 @@ from neuron_localcluster import LocalCluster, ensure_binaries
 from neuron_localcluster.kube import body, raw_json
 
 FILLS = {16: (6, 4, 2, 2, 1, 1), 64: (33, 16, 8, 4, 2, 1)}
-TOLERATE_NEURON = [{"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"}]
+TOLERATE_NEURON = [{"key": NEURON_TAINT_KEY, "operator": "Exists", "effect": NEURON_TAINT_EFFECT}]
 POLL_S = 0.005
 TIMEOUT_S = 60.0
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from neuron_cores import GROUP_SIZES_ENV
 from neuron_runtime import NeuronRuntime, compile_model
 
 MODEL: dict[str, Any] = {"input_dim": 512, "width": 512, "depth": 4, "classes": 10}
@@ -66,7 +67,7 @@ def measure(
     """One measurement of ``groups`` 1-core groups."""
     env = {
         "NEURON_SIM_CORES": str(node_cores),
-        "NEURONCORE_GROUP_SIZES": f"{groups}x1",
+        GROUP_SIZES_ENV: f"{groups}x1",
         "NEURON_SIM_STATE_DIR": str(state),
     }
     x = np.random.default_rng(0).standard_normal((batch, MODEL["input_dim"]), dtype=np.float32)

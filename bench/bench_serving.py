@@ -47,6 +47,7 @@ import tritonclient.grpc.aio as grpcclient
 import tritonclient.http.aio as httpclient
 from tritonclient.utils import InferenceServerException
 
+from neuron_cores import GROUP_SIZES_ENV, MODELS_ENV, ModelEntry, encode_models
 from neuron_runtime import compile_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -188,8 +189,7 @@ def start_ours(model: Path, state: Path) -> Running:
     env = dict(
         os.environ,
         PYTHONSAFEPATH="1",
-        NEURON_MODELS=f"{MODEL_NAME}={model}",
-        NEURONCORE_GROUP_SIZES="1",
+        **{MODELS_ENV: encode_models([ModelEntry(MODEL_NAME, str(model))]), GROUP_SIZES_ENV: "1"},
         NEURON_SIM_CORES="1",
         NEURON_SIM_STATE_DIR=str(state),
         NEURON_SERVE_HOST="127.0.0.1",

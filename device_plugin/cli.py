@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from neuron_cores import CORE_RESOURCE, DEVICE_RESOURCE
 from neuron_cores.logs import LOG_FORMATS, configure_logging
-from neuron_device_plugin.ids import CORE_RESOURCE, DEFAULT_PLUGIN_DIR, DEVICE_RESOURCE
+from neuron_device_plugin.ids import DEFAULT_PLUGIN_DIR
 from neuron_device_plugin.metrics import PluginMetrics, serve_metrics
 from neuron_device_plugin.plugin import PluginConfig, PluginManager
 from neuron_device_plugin.podresources import DEFAULT_POD_RESOURCES_SOCKET

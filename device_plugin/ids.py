@@ -16,9 +16,9 @@ DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 MAX_ID_LENGTH = 63
-
-CORE_RESOURCE = "aws.amazon.com/neuroncore"
-DEVICE_RESOURCE = "aws.amazon.com/neuron"
+# The resource names themselves (aws.amazon.com/neuroncore and aws.amazon.com/neuron) are
+# neuron_cores.CORE_RESOURCE and DEVICE_RESOURCE: the operator, the DRA driver and the local
+# cluster rely on them too.
 
 CORE_ID_PREFIX = "neuroncore-"
 DEVICE_ID_PREFIX = "neuron-"

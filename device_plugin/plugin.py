@@ -38,6 +38,7 @@ from types import TracebackType
 
 import grpc
 
+from neuron_cores import CORE_RESOURCE, DEVICE_RESOURCE
 from neuron_device_plugin.api import deviceplugin_pb2 as pb
 from neuron_device_plugin.api.services import (
     API_VERSION,
@@ -45,12 +46,7 @@ from neuron_device_plugin.api.services import (
     RegistrationStub,
     add_device_plugin_servicer,
 )
-from neuron_device_plugin.ids import (
-    CORE_RESOURCE,
-    DEFAULT_PLUGIN_DIR,
-    DEVICE_RESOURCE,
-    KUBELET_SOCKET_NAME,
-)
+from neuron_device_plugin.ids import DEFAULT_PLUGIN_DIR, KUBELET_SOCKET_NAME
 from neuron_device_plugin.metrics import PluginMetrics
 from neuron_device_plugin.podresources import HoldRefresher, PodResourcesClient
 from neuron_device_plugin.policy import DEFAULT_POLICY, lookup_policy

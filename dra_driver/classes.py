@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from neuron_cores import CORE_RESOURCE
 from neuron_dra_driver.layout import API_VERSION, DRIVER_NAME
 
 BLOCKS_CLASS = DRIVER_NAME
 SINGLE_CORE_CLASS = "neuroncore.neurongroups.dev"
-EXTENDED_RESOURCE = "aws.amazon.com/neuroncore"
 
 
 def cores_expression(cores: int) -> str:
@@ -42,7 +42,7 @@ def device_classes() -> list[dict[str, Any]]:
             "metadata": {"name": SINGLE_CORE_CLASS},
             "spec": {
                 "selectors": [{"cel": {"expression": f"{driver} && {cores_expression(1)}"}}],
-                "extendedResourceName": EXTENDED_RESOURCE,
+                "extendedResourceName": CORE_RESOURCE,
             },
         },
     ]

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from neuron_cores import CORE_RESOURCE
 from neuron_cores.logs import configure_logging
 from neuron_localcluster import binaries, cache, karpenter, layout, podnet
 from neuron_localcluster.cluster import (
@@ -194,7 +195,7 @@ def _allocation_flag(cmd: argparse.ArgumentParser) -> None:
         "--allocation",
         type=_allocation,
         default=os.environ.get(ALLOCATION_ENV, DEVICE_PLUGIN),
-        help="how nodes offer their NeuronCores: device-plugin (aws.amazon.com/neuroncore) or "
+        help=f"how nodes offer their NeuronCores: device-plugin ({CORE_RESOURCE}) or "
         "dra (the DRA driver's ResourceSlices only; see docs/dra.md) "
         f"(env {ALLOCATION_ENV}, default {DEVICE_PLUGIN})",
     )

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from neuron_cores import HTTP_PORT, MODELS_ENV, VISIBLE_CORES_ENV, decode_models
 from neuron_localcluster import clitools, karpenter, processes
 from neuron_localcluster.cluster import ClusterError, LocalCluster
 from neuron_localcluster.node_agent import ALLOCATIONS_FILE
@@ -281,9 +282,9 @@ def one_inference(cluster: LocalCluster) -> None:
     entry = next(iter(sorted(alloc.values(), key=lambda e: e["name"])), None)
     if entry is None:
         raise ClusterError(f"no demo pod runs on the emulated node {node}")
-    model = next(iter(entry["envs"].get("NEURON_MODELS", "resnet50=").split(",")))
-    model = model.split("=", 1)[0]
-    base = f"http://{entry['podIP']}:8000/v2/models/{model}"
+    models = decode_models(entry["envs"].get(MODELS_ENV, ""))
+    model = models[0].name if models else "resnet50"
+    base = f"http://{entry['podIP']}:{HTTP_PORT}/v2/models/{model}"
     with urllib.request.urlopen(base, timeout=10) as resp:
         meta = json.loads(resp.read())
     tensor = meta["inputs"][0]
@@ -316,7 +317,7 @@ def one_inference(cluster: LocalCluster) -> None:
     best = max(range(len(data)), key=lambda i: data[i])
     say(
         f"inference: pod {entry['name']} ({entry['podIP']}, cores "
-        f"{entry['envs'].get('NEURON_RT_VISIBLE_CORES')}) model {model}: output {out['name']} "
+        f"{entry['envs'].get(VISIBLE_CORES_ENV)}) model {model}: output {out['name']} "
         f"shape {out['shape']}, argmax {best} ({data[best]:.4f}), {took:.0f} ms"
     )
 

@@ -29,16 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuron_cores import INSTANCE_TYPES, lookup_instance_type
+from neuron_cores import CORE_RESOURCE, DEVICE_RESOURCE, INSTANCE_TYPES, lookup_instance_type
 from neuron_localcluster.binaries import BinaryError, build_env, find_go, run_go_build
 from neuron_localcluster.cache import cache_root, locked
-from neuron_localcluster.nodes import (
-    CORE_RESOURCE,
-    DEVICE_RESOURCE,
-    INSTANCE_TYPE_LABEL,
-    NEURON_TAINT,
-    ROLE_LABEL,
-)
+from neuron_localcluster.nodes import INSTANCE_TYPE_LABEL, NEURON_TAINT, ROLE_LABEL
 
 log = logging.getLogger(__name__)
 

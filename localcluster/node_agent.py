@@ -49,6 +49,8 @@ from kubernetes import client as k8s
 
 from neuron_cores import (
     ALLOCATIONS_ANNOTATION,
+    CORE_RESOURCE,
+    DEVICE_RESOURCE,
     VISIBLE_CORES_ENV,
     format_record,
     lookup_instance_type,
@@ -228,14 +230,14 @@ class NodeAgent:
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
             )
         log.info("device plugin started (pid %s), log %s", self.plugin.pid, plugin_log)
-        self.emulator.wait_for_registration(nodes.CORE_RESOURCE, timeout=60)
-        log.info("device plugin registered %s", nodes.CORE_RESOURCE)
+        self.emulator.wait_for_registration(CORE_RESOURCE, timeout=60)
+        log.info("device plugin registered %s", CORE_RESOURCE)
         try:
-            self.emulator.wait_for_registration(nodes.DEVICE_RESOURCE, timeout=10)
+            self.emulator.wait_for_registration(DEVICE_RESOURCE, timeout=10)
         except TimeoutError:
             log.warning(
                 "device plugin did not register %s; the node offers cores only",
-                nodes.DEVICE_RESOURCE,
+                DEVICE_RESOURCE,
             )
         self._register_node()
 
@@ -669,7 +671,7 @@ class NodeAgent:
             )
             for pod in self.running.values()
         }
-        plugin = self.emulator.client(nodes.CORE_RESOURCE)
+        plugin = self.emulator.client(CORE_RESOURCE)
         taken = {core for cores in held.values() for core in cores}
         unhealthy = sorted(
             index
@@ -678,7 +680,7 @@ class NodeAgent:
             and (index := parse_id(device.id, CORE_ID_PREFIX)) is not None
             and index not in taken
         )
-        total = int(self._resource_counts()[0].get(nodes.CORE_RESOURCE, "0"))
+        total = int(self._resource_counts()[0].get(CORE_RESOURCE, "0"))
         if total <= 0 and self.allocation == DRA:
             # DRA nodes advertise no neuroncore capacity: the instance type says how many cores
             # (the CDI env of each claim still sets NEURON_RT_VISIBLE_CORES, read above)

@@ -13,13 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from neuron_cores import is_ascii_digits, lookup_instance_type
+from neuron_cores import (
+    CORE_RESOURCE,
+    DEVICE_RESOURCE,
+    NEURON_TAINT_EFFECT,
+    NEURON_TAINT_KEY,
+    is_ascii_digits,
+    lookup_instance_type,
+)
 from neuron_localcluster.layout import KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE
 
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
-CORE_RESOURCE = "aws.amazon.com/neuroncore"
-DEVICE_RESOURCE = "aws.amazon.com/neuron"
-NEURON_TAINT = {"key": "aws.amazon.com/neuron", "effect": "NoSchedule"}
+NEURON_TAINT = {"key": NEURON_TAINT_KEY, "effect": NEURON_TAINT_EFFECT}
 ROLE_LABEL = "neuron-groups.io/simulation"
 # Plain resources a node offers besides Neuron ones: generous, so Neuron capacity is what binds.
 BASE_CAPACITY = {"cpu": "64", "memory": "256Gi", "pods": "110", "ephemeral-storage": "100Gi"}

@@ -16,8 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuron_cores import is_ascii_digits
-from neuron_localcluster.nodes import CORE_RESOURCE, DEVICE_RESOURCE
+from neuron_cores import (
+    CORE_RESOURCE,
+    DEVICE_RESOURCE,
+    MODELS_ENV,
+    ModelEntry,
+    ModelListError,
+    decode_models,
+    encode_models,
+    is_ascii_digits,
+)
 
 NEURON_RESOURCES = (CORE_RESOURCE, DEVICE_RESOURCE)
 SERVE_HOST_ENV = "NEURON_SERVE_HOST"
@@ -112,18 +120,31 @@ def mount_map(container: Mapping[str, Any], volumes: Mapping[str, str]) -> list[
     return sorted(pairs, key=lambda p: -len(p[0]))
 
 
+def _local_path(path: str, mounts: Sequence[tuple[str, str]]) -> str:
+    for mount_path, local in mounts:
+        if path == mount_path or path.startswith(mount_path + "/"):
+            return local + path[len(mount_path) :]
+    return path
+
+
 def translate_path(value: str, mounts: Sequence[tuple[str, str]]) -> str:
     """Rewrite in-container paths in ``value`` (``name=/models/a,b=/x``) to the local folders."""
     parts = []
     for token in value.split(","):
         key, eq, rest = token.rpartition("=")
-        path = rest
-        for mount_path, local in mounts:
-            if path == mount_path or path.startswith(mount_path + "/"):
-                path = local + path[len(mount_path) :]
-                break
-        parts.append(f"{key}{eq}{path}")
+        parts.append(f"{key}{eq}{_local_path(rest, mounts)}")
     return ",".join(parts)
+
+
+def translate_models(value: str, mounts: Sequence[tuple[str, str]]) -> str:
+    """``NEURON_MODELS`` with each model's path rewritten to its local folder, read and written
+    with the runtime's own codec (a path may hold commas); a value the runtime would refuse is
+    rewritten like any other variable, and the runtime then says what is wrong with it."""
+    try:
+        entries = decode_models(value)
+    except ModelListError:
+        return translate_path(value, mounts)
+    return encode_models(ModelEntry(e.name, _local_path(e.path, mounts)) for e in entries)
 
 
 def _field_ref(pod: Mapping[str, Any], path: str, pod_ip: str, node: str) -> str:
@@ -160,7 +181,8 @@ def container_env(
     for item in container.get("env") or []:
         name = item["name"]
         if "value" in item:
-            env[name] = translate_path(str(item.get("value") or ""), mounts)
+            translate = translate_models if name == MODELS_ENV else translate_path
+            env[name] = translate(str(item.get("value") or ""), mounts)
         elif (item.get("valueFrom") or {}).get("fieldRef"):
             env[name] = _field_ref(pod, item["valueFrom"]["fieldRef"]["fieldPath"], pod_ip, node)
         else:

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from neuron_cores import CORE_RESOURCE
 from neuron_localcluster.cluster import LocalCluster
 from neuron_localcluster.karpenter import NODEPOOL_LABEL
-from neuron_localcluster.nodes import CORE_RESOURCE, INSTANCE_TYPE_LABEL, NEURON_TAINT
+from neuron_localcluster.nodes import INSTANCE_TYPE_LABEL, NEURON_TAINT
 
 IMAGE = "neuron-groups/runtime:0.1.0"
 WORKLOAD_LABEL = "app.kubernetes.io/instance"

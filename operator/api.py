@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from neuron_cores import GROUP_SIZES_ENV, INSTANCE_TYPES, lookup_instance_type
+from neuron_cores import GROUP_SIZES_ENV, INSTANCE_TYPES, MODELS_ENV, lookup_instance_type
 
 GROUP = "neurongroups.dev"
 VERSION = "v1alpha1"
@@ -36,7 +36,6 @@ ALLOCATION_DRA = "DRA"
 ALLOCATION_AUTO = "Auto"
 ALLOCATIONS = (ALLOCATION_DEVICE_PLUGIN, ALLOCATION_DRA, ALLOCATION_AUTO)
 
-MODELS_ENV = "NEURON_MODELS"
 # Two more planned values, set only in pods of a spec.container (so an image's own flags can take
 # them through Kubernetes' $(VAR) expansion): each model of the pod once, in load order, and the
 # pod's NeuronCore count.
@@ -54,11 +53,14 @@ MAX_MODEL_PATH = 1024
 # The operator refuses layouts that would create more pods than this for one NeuronWorkload:
 # a typo such as ``copies: 100000`` with ``Process`` should not flood the API server.
 MAX_PODS = 2000
-# A pod's NEURON_MODELS lists every model copy it serves as ``name=path,``; with every copy in one
-# pod (a small spec.cores budget does that) it holds sum(copies x (len(name) + len(path) + 2))
-# characters.  The CRD and ``parse_spec`` bound that sum, and the user's env, so that a planned pod
-# stays far below the API server's 3 MiB request limit and etcd's 1.5 MiB object limit.  Names and
-# paths are printable ASCII without quotes or backslashes, so a character is one byte, in JSON too.
+# A pod's NEURON_MODELS lists every model copy it serves as ``name=path`` and one separator
+# (``neuron_cores.encode_models``); with every copy in one pod (a small spec.cores budget does that)
+# it holds at most sum(copies x (len(name) + len(path) + 2)) characters.  The CRD and
+# ``parse_spec`` bound that sum, and the user's env, so that a planned pod stays far below the API
+# server's 3 MiB request limit and etcd's 1.5 MiB object limit.  Names and paths are printable
+# ASCII without quotes or backslashes, so a character is one byte, in JSON too.  So is the
+# separator the encoder picks when a path holds a comma, unless the paths together hold every
+# other printable punctuation character: then it is '"', two bytes in JSON, at most 1.25 MiB.
 MAX_PLAN_TEXT = 1024 * 1024
 MAX_ENV_TEXT = 64 * 1024
 
@@ -141,8 +143,8 @@ DEFAULT_PORT = "http"
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _VOLUME_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-# Printable ASCII but ',' (it separates NEURON_MODELS entries), '"' and backslash (JSON escapes).
-_MODEL_PATH = re.compile(r"^/[ !#-+\--\[\]-~]*$")
+# Printable ASCII but '"' and backslash (JSON escapes them: two bytes for one character).
+_MODEL_PATH = re.compile(r"^/[ !#-\[\]-~]*$")
 _PARENT = re.compile(r"(^|/)\.\.(/|$)")
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -338,7 +340,7 @@ def _parse_model(raw: object, index: int, problems: _Problems) -> ModelSpec | No
         problems.add(
             f"{path}.path",
             model_path,
-            "is not an absolute path in printable ASCII without ',', '\"' or '\\'",
+            "is not an absolute path in printable ASCII without '\"' or '\\'",
             "give the compiled model's directory inside the container, e.g. /models/resnet50",
         )
         model_path = None
@@ -379,7 +381,7 @@ def _parse_models(raw: object, problems: _Problems) -> tuple[ModelSpec, ...]:
         problems.add(
             "models",
             f"{sum(m.copies for m in models)} copies",
-            f"need up to {text} characters of NEURON_MODELS in one pod, more than "
+            f"need up to {text} characters of {MODELS_ENV} in one pod, more than "
             f"{MAX_PLAN_TEXT} (the pod must stay under the API server's request limit)",
             "serve fewer copies, or shorter model names and paths",
         )

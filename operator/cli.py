@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from neuron_cores import GROUP_SIZES_ENV
 from neuron_operator.api import InvalidSpecError, Workload, workload_from_object
 from neuron_operator.claims import resolve_allocation
 from neuron_operator.planner import Plan, plan
@@ -60,7 +61,7 @@ def _text_report(workload: Workload, result: Plan, mode: str, out: TextIO) -> No
         names = ",".join(m.name for m in pod_plan.load_order)
         print(
             f"  {manifest['metadata']['name']}  cores={pod_plan.cores}  "
-            f"NEURONCORE_GROUP_SIZES={pod_plan.group_sizes_env}  models={names}",
+            f"{GROUP_SIZES_ENV}={pod_plan.group_sizes_env}  models={names}",
             file=out,
         )
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from neuron_cores import (
     ALLOCATIONS_ANNOTATION,
+    CORE_RESOURCE,
     AllocationRecord,
     AllocationRecordError,
     GroupSizesError,
@@ -44,7 +45,6 @@ from neuron_operator.pods import (
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     MANAGER,
-    NEURONCORE_RESOURCE,
 )
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -108,9 +108,9 @@ def core_request(pod: Mapping[str, Any]) -> int:
     total = 0
     for container in (pod.get("spec") or {}).get("containers") or []:
         resources = container.get("resources") or {}
-        value = (resources.get("limits") or {}).get(NEURONCORE_RESOURCE) or (
+        value = (resources.get("limits") or {}).get(CORE_RESOURCE) or (
             resources.get("requests") or {}
-        ).get(NEURONCORE_RESOURCE)
+        ).get(CORE_RESOURCE)
         total += read_natural(str(value)) or 0 if value is not None else 0
     return total
 
@@ -120,7 +120,7 @@ def is_active(pod: Mapping[str, Any]) -> bool:
 
 
 def _count(node: Mapping[str, Any], part: str) -> int:
-    value = ((node.get("status") or {}).get(part) or {}).get(NEURONCORE_RESOURCE)
+    value = ((node.get("status") or {}).get(part) or {}).get(CORE_RESOURCE)
     return (read_natural(str(value)) or 0) if value is not None else 0
 
 
@@ -432,7 +432,7 @@ def _core_reasons(
         return [
             f"not enough cores: {name} needs {want} NeuronCores and the most any node "
             f"{where or ''} has free is {best.free} (node {best.name}); free cores or add a node "
-            f"(the scheduler says Insufficient {NEURONCORE_RESOURCE})".replace("  ", " ")
+            f"(the scheduler says Insufficient {CORE_RESOURCE})".replace("  ", " ")
         ]
     lines = []
     for view in roomy:

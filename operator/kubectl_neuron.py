@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from neuron_cores import CORE_RESOURCE
 from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_operator import coremap
 from neuron_operator.api import (
@@ -254,7 +255,7 @@ def cores_command(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> in
         json.dump({"nodes": [coremap.to_json(v) for v in views]}, out, indent=2)
         out.write("\n")
     elif not views:
-        print("no node offers NeuronCores (aws.amazon.com/neuroncore)", file=out)
+        print(f"no node offers NeuronCores ({CORE_RESOURCE})", file=out)
     else:
         print("\n\n".join("\n".join(coremap.text_lines(v)) for v in views), file=out)
     return 0

@@ -10,8 +10,9 @@ the arithmetic can be tested exhaustively.  Three decisions, in order:
    is large enough, cycling through the groups in order so the extra models spread evenly.  The
    largest model always opens the first group, so every copy finds a group: the seed's A(4) B(3)
    with ``cores: 4`` becomes one group of 4 holding A then B.
-2. Load order.  Within a process, the seed's rule: first one model per group in group order,
-   then the further models again in group order.
+2. Load order.  Within a process, the runtime puts the k-th model loaded into group k mod n
+   (``neuron_cores.load_order``, the rule the runtime itself follows): one model per group in
+   group order, then the further models again in group order.
 3. Pods.  ``Process``: one pod per group.  ``Shared``: groups are packed into pods no larger
    than a node, best-fit decreasing, which keeps the pod count low (no two pods could be merged:
    any-fit packing guarantees it) and usually at the lower bound ceil(cores / node cores).
@@ -26,7 +27,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from neuron_cores import format_group_sizes
+from neuron_cores import ModelEntry, can_load, encode_models, format_group_sizes
+from neuron_cores import load_order as cores_load_order
 from neuron_operator.api import ISOLATION_PROCESS, WorkloadSpec, check_pod_count
 
 
@@ -73,7 +75,7 @@ class PodPlan:
 
     @property
     def models_env(self) -> str:
-        return ",".join(f"{m.name}={m.path}" for m in self.load_order)
+        return encode_models(ModelEntry(m.name, m.path) for m in self.load_order)
 
 
 @dataclass(frozen=True)
@@ -151,12 +153,12 @@ def plan_groups(copies: Sequence[ModelCopy], budget: int | None) -> list[Group]:
 
 
 def load_order(groups: Sequence[Group]) -> tuple[ModelCopy, ...]:
-    """The seed's rule: one model per group in group order, then the rest again in group order."""
-    order: list[ModelCopy] = []
-    depth = max((len(g.models) for g in groups), default=0)
-    for round_ in range(depth):
-        order.extend(g.models[round_] for g in groups if round_ < len(g.models))
-    return tuple(order)
+    """The order in which the runtime's rule loads each group's models into it.
+
+    Raises ``neuron_cores.LoadOrderError`` for groups the rule cannot fill (``runtime_order``
+    never makes those).
+    """
+    return tuple(cores_load_order([g.models for g in groups]))
 
 
 def pack_groups(sizes: Sequence[int], node_cores: int) -> list[list[int]]:
@@ -196,8 +198,7 @@ def runtime_order(groups: Sequence[Group]) -> list[list[Group]]:
     processes of equal counts, each still within the node's cores.
     """
     ordered = sorted(groups, key=lambda g: -len(g.models))
-    counts = [len(g.models) for g in ordered]
-    if not ordered or counts[0] - counts[-1] <= 1:
+    if can_load([len(g.models) for g in ordered]):
         return [ordered]
     parts: dict[int, list[Group]] = {}
     for group in ordered:

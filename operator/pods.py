@@ -14,14 +14,21 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from neuron_cores import GROUP_SIZES_ENV
+from neuron_cores import (
+    CORE_RESOURCE,
+    GROUP_SIZES_ENV,
+    GRPC_PORT,
+    HTTP_PORT,
+    MODELS_ENV,
+    NEURON_TAINT_EFFECT,
+    NEURON_TAINT_KEY,
+)
 from neuron_operator.api import (
     ALLOCATION_DEVICE_PLUGIN,
     ALLOCATION_DRA,
     API_VERSION,
     KIND,
     MODEL_NAMES_ENV,
-    MODELS_ENV,
     POD_CORES_ENV,
     ContainerSettings,
     Workload,
@@ -31,8 +38,6 @@ from neuron_operator.api import (
 from neuron_operator.claims import pod_claim_refs
 from neuron_operator.planner import PodPlan
 
-NEURONCORE_RESOURCE = "aws.amazon.com/neuroncore"
-NEURON_TAINT_KEY = "aws.amazon.com/neuron"
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -47,8 +52,6 @@ ANNOTATION_MODELS = "neurongroups.dev/models"
 APP_NAME = "neuron-workload"
 MANAGER = "neuron-operator"
 CONTAINER_NAME = "runtime"
-HTTP_PORT = 8000
-GRPC_PORT = 8001
 # Bumped when the operator changes the pods it builds, so an upgrade rolls them.
 POD_TEMPLATE_VERSION = "1"
 RUN_AS_USER = 65532
@@ -113,8 +116,8 @@ def _resources(spec: WorkloadSpec, cores: int, claims: list[dict[str, Any]]) -> 
             result["limits"] = limits
         return result
     # Extended resources cannot be overcommitted: request equals limit.
-    requests[NEURONCORE_RESOURCE] = str(cores)
-    limits[NEURONCORE_RESOURCE] = str(cores)
+    requests[CORE_RESOURCE] = str(cores)
+    limits[CORE_RESOURCE] = str(cores)
     return {"requests": requests, "limits": limits}
 
 
@@ -229,7 +232,7 @@ def _container(
 
 
 def _tolerations(spec: WorkloadSpec) -> list[dict[str, Any]]:
-    own = {"key": NEURON_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+    own = {"key": NEURON_TAINT_KEY, "operator": "Exists", "effect": NEURON_TAINT_EFFECT}
     given = [dict(t) for t in spec.pod.tolerations]
     return given if own in given else [own, *given]
 

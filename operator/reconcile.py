@@ -18,14 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from neuron_cores import read_natural
+from neuron_cores import CORE_RESOURCE, read_natural
 from neuron_operator import conditions as c
 from neuron_operator.planner import Plan
 from neuron_operator.pods import (
     LABEL_POD_INDEX,
     LABEL_REPLICA,
     LABEL_TEMPLATE_HASH,
-    NEURONCORE_RESOURCE,
 )
 from neuron_operator.refusals import Refusal, quote
 
@@ -165,7 +164,7 @@ def _unschedulable(
             f"no node has a free run of {size} adjacent NeuronCores for its block claim "
             f"(the scheduler: {first.unschedulable})"
         )
-    elif runs or any(NEURONCORE_RESOURCE in (p.unschedulable or "") for p in stuck):
+    elif runs or any(CORE_RESOURCE in (p.unschedulable or "") for p in stuck):
         reason, detail = c.REASON_INSUFFICIENT_CORES, str(first.unschedulable)
     else:
         reason, detail = c.REASON_POD_UNSCHEDULABLE, str(first.unschedulable)

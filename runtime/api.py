@@ -2,8 +2,9 @@
 
 One runtime per process owns the process's core claim (through the node-local arbiter), carves
 the claimed cores into NeuronCore Groups per ``NEURONCORE_GROUP_SIZES``, and loads models by the
-seed's rule: the k-th model loaded goes to group k while groups remain, later ones wrap around
-into the same groups again, in order, and are context-switched there.
+seed's rule (``neuron_cores.load_group``, which the operator's planner also follows): the k-th
+model loaded goes to group k while groups remain, later ones wrap around into the same groups
+again, in order, and are context-switched there.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from neuron_cores import split_into_groups
+from neuron_cores import (
+    GROUP_SIZES_ENV,
+    VISIBLE_CORES_ENV,
+    copy_name,
+    load_group,
+    split_into_groups,
+)
 from neuron_runtime.arbiter import CoreArbiter, CoreClaim
 from neuron_runtime.artifact import Artifact, TensorSpec, load_artifact
 from neuron_runtime.config import RuntimeConfig, config_from_env
@@ -128,8 +135,8 @@ class NeuronRuntime:
         self._lock = threading.Lock()
         self._closed = False
         log.info(
-            "runtime pid %s: NEURONCORE_GROUP_SIZES=%s, groups %s",
-            os.getpid(), config.group_sizes_text, [g.cores for g in self.groups],
+            "runtime pid %s: %s=%s, groups %s",
+            os.getpid(), GROUP_SIZES_ENV, config.group_sizes_text, [g.cores for g in self.groups],
         )  # fmt: skip
 
     @classmethod
@@ -147,7 +154,7 @@ class NeuronRuntime:
             states = self.arbiter.snapshot()
             raise ResourceExhaustedError(
                 reason=(
-                    f"the layout needs {config.cores_needed} cores but NEURON_RT_VISIBLE_CORES "
+                    f"the layout needs {config.cores_needed} cores but {VISIBLE_CORES_ENV} "
                     f"makes only {len(config.visible_cores)} visible"
                 ),
                 asked=config.cores_needed,
@@ -163,7 +170,7 @@ class NeuronRuntime:
             f"group {g.index}: core{'s' if len(g.cores) > 1 else ''} {','.join(map(str, g.cores))}"
             for g in self.groups
         ]
-        return f"NEURONCORE_GROUP_SIZES={self.config.group_sizes_text}; " + "; ".join(parts)
+        return f"{GROUP_SIZES_ENV}={self.config.group_sizes_text}; " + "; ".join(parts)
 
     def _group(self, index: int) -> Group:
         if self._closed:
@@ -171,12 +178,15 @@ class NeuronRuntime:
         return self._groups[index]
 
     def load_model(self, path: str | Path, name: str | None = None) -> Predictor:
-        """Load the next model: group k for the k-th load, wrapping around (the seed's rule)."""
+        """Load the next model: group k mod n for the k-th load (the seed's rule).
+
+        Without ``name`` the model's own name, or for a further copy ``name#2``, ``name#3``...
+        """
         artifact = load_artifact(path)
         with self._lock:
             if self._closed:
                 raise RuntimeClosedError("this NeuronRuntime is closed")
-            index = len(self._predictors) % len(self.groups)
+            index = load_group(len(self._predictors), len(self.groups))
             group = self.groups[index]
             if artifact.cores > len(group.cores):
                 raise ModelDoesNotFitError(
@@ -191,7 +201,7 @@ class NeuronRuntime:
                 name = base
                 copy = 2
                 while name in taken:
-                    name, copy = f"{base}-{copy}", copy + 1
+                    name, copy = copy_name(base, copy), copy + 1
             elif name in taken:
                 raise ValueError(f"a model named {name!r} is already loaded; pick another name")
             predictor = Predictor(self, name, artifact, index)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from neuron_cores import GROUP_SIZES_ENV, VISIBLE_CORES_ENV
+
 EXHAUSTED_PREFIX = "All machine learning accelerators are currently being consumed"
 
 
@@ -62,10 +64,9 @@ class ResourceExhaustedError(NeuronRuntimeError):
         held = "; ".join(h.describe() for h in holders) if holders else "none"
         super().__init__(
             f"{EXHAUSTED_PREFIX}: {reason}. Asked for {asked_text} "
-            f"(NEURONCORE_GROUP_SIZES={group_sizes}); free cores: {_cores_text(self.free)}; "
+            f"({GROUP_SIZES_ENV}={group_sizes}); free cores: {_cores_text(self.free)}; "
             f"held: {held}. Stop the holding processes (a claim ends with its process, "
-            "no reset needed), or lower NEURONCORE_GROUP_SIZES / pick other "
-            "NEURON_RT_VISIBLE_CORES."
+            f"no reset needed), or lower {GROUP_SIZES_ENV} / pick other {VISIBLE_CORES_ENV}."
         )
 
 
@@ -82,7 +83,7 @@ class ModelDoesNotFitError(ModelLoadError):
         super().__init__(
             f"model {model!r} was compiled for {model_cores} NeuronCores but NeuronCore Group "
             f"{group} has only {group_cores}. Recompile with --cores {group_cores} or fewer, "
-            "or set NEURONCORE_GROUP_SIZES so this model's group is large enough."
+            f"or set {GROUP_SIZES_ENV} so this model's group is large enough."
         )
 
 

@@ -9,7 +9,8 @@ life cycle).  ``runtime_binding`` is the one place that
 touches ``neuron_runtime.NeuronRuntime``.
 """
 
-from neuron_runtime.serving.config import ConfigError, ModelEntry, ServeConfig
+from neuron_cores.models import ModelEntry
+from neuron_runtime.serving.config import ConfigError, ServeConfig
 from neuron_runtime.serving.server import (
     InferenceServer,
     RuntimeHooks,

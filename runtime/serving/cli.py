@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
+from neuron_cores import GROUP_SIZES_ENV
 from neuron_cores.logs import configure_logging
 from neuron_runtime.config import ENVIRONMENT_HELP
 from neuron_runtime.serving.config import ConfigError, add_serve_arguments, config_from_args
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 DESCRIPTION = (
     "Serve models over the Open Inference Protocol (KServe v2): REST with JSON and binary tensors "
     "on --http-port (plus /metrics), gRPC inference.GRPCInferenceService on --grpc-port. Models "
-    "load in the order given into the groups of NEURONCORE_GROUP_SIZES; a name given again is "
+    f"load in the order given into the groups of {GROUP_SIZES_ENV}; a name given again is "
     "another copy, in its own group. SIGTERM drains and exits 0."
 )
 

@@ -9,14 +9,15 @@ so the precedence rules and the error messages are tested without touching ``os.
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from neuron_cores.logs import LOG_FORMATS
+from neuron_cores.models import MODELS_ENV, ModelEntry, ModelListError, decode_models
+from neuron_cores.models import parse_model_pair as _parse_model_pair
 from neuron_cores.numbers import quote, read_natural
+from neuron_cores.ports import GRPC_PORT, HTTP_PORT
 
-MODELS_ENV = "NEURON_MODELS"
 HTTP_PORT_ENV = "NEURON_HTTP_PORT"
 GRPC_PORT_ENV = "NEURON_GRPC_PORT"
 HOST_ENV = "NEURON_SERVE_HOST"
@@ -28,25 +29,16 @@ DRAIN_ENV = "NEURON_SERVE_DRAIN_DELAY"
 THREADS_ENV = "NEURON_SERVE_THREADS_PER_GROUP"
 READ_TIMEOUT_ENV = "NEURON_SERVE_READ_TIMEOUT"
 
-DEFAULT_HTTP_PORT = 8000
-DEFAULT_GRPC_PORT = 8001
+DEFAULT_HTTP_PORT = HTTP_PORT
+DEFAULT_GRPC_PORT = GRPC_PORT
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_READ_TIMEOUT_S = 60.0
 MAX_READ_TIMEOUT_S = 3600.0
 
-# Model names travel in URLs (/v2/models/{name}) and metric labels: keep them plain.
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names it, the accepted form and the fix."""
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    path: str
 
 
 @dataclass(frozen=True)
@@ -68,19 +60,18 @@ class ServeConfig:
 
 
 def parse_model_entry(text: str, source: str) -> ModelEntry:
-    name, sep, path = text.strip().partition("=")
-    name, path = name.strip(), path.strip()
-    if not sep or not path or not _MODEL_NAME.match(name):
-        raise ConfigError(
-            f"{source}: {text!r} is not NAME=PATH (NAME: letters, digits, '_', '.', '-'; "
-            "e.g. resnet=/models/resnet50); repeat the pair to load several copies"
-        )
-    return ModelEntry(name, path)
+    try:
+        return _parse_model_pair(text, source)
+    except ModelListError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_models_env(value: str) -> tuple[ModelEntry, ...]:
-    """``NEURON_MODELS``: comma-separated ``name=path`` pairs, in load order."""
-    return tuple(parse_model_entry(item, MODELS_ENV) for item in value.split(",") if item.strip())
+    """``NEURON_MODELS`` in load order (its encoding: ``neuron_cores.models``)."""
+    try:
+        return decode_models(value)
+    except ModelListError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _int_setting(value: str, what: str, low: int, high: int) -> int:
@@ -132,7 +123,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME=PATH",
         help=f"a model to load, in order; repeat the flag (or a NAME) for more models or copies. "
-        f"Env {MODELS_ENV}: comma-separated NAME=PATH pairs (used when no --model is given)",
+        f"Env {MODELS_ENV}: comma-separated NAME=PATH pairs, or ';' first to separate them "
+        "by ';' when a path holds ',' (used when no --model is given)",
     )
     add(
         "--host",

@@ -3,7 +3,8 @@
 It builds the runtime from the environment (``NEURONCORE_GROUP_SIZES`` and friends), loads each
 model under a name the runtime accepts, and translates the runtime's statistics and exceptions into
 the server's terms.  The runtime refuses two predictors with one name, so the second and later
-copies of a model are registered as ``name#2``, ``name#3``...: the server still routes them all as
+copies of a model are registered as ``name#2``, ``name#3``... (``neuron_cores.copy_name``, the
+names the runtime also gives copies loaded without a name): the server still routes them all as
 ``name``, and the runtime's per-group metrics show which copy is resident where.
 """
 
@@ -12,13 +13,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
+from neuron_cores.models import copy_name
 from neuron_runtime.serving.server import RuntimeHooks
 from neuron_runtime.serving.service import ModelLoader, PredictorLike
-
-
-def copy_name(name: str, ordinal: int) -> str:
-    """The runtime's name for the ``ordinal``-th (1-based) copy of a served model."""
-    return name if ordinal == 1 else f"{name}#{ordinal}"
 
 
 def runtime_failure(broken: Mapping[int, str]) -> str | None:

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 import numpy.typing as npt
 
+from neuron_cores.models import ModelEntry
 from neuron_runtime.serving import batching
 from neuron_runtime.serving.batching import Answer, CopyQueue, GroupGate
-from neuron_runtime.serving.config import ModelEntry
 from neuron_runtime.serving.errors import ErrorKind, InferenceError, not_found
 from neuron_runtime.serving.metrics import UNKNOWN_MODEL, ServingMetrics
 from neuron_runtime.serving.model_config import max_batch_size, model_config

@@ -303,6 +303,13 @@ CRD_CASES = [
         "volume models must have exactly one source",
     ),
     (
+        "path-with-quote",
+        {"models": [{"name": "a", "path": '/models/"a"', "cores": 1}]},
+        (),
+        "path must be an absolute directory inside the container, in printable ASCII without "
+        "'\"' or backslash",
+    ),
+    (
         "unknown-toleration-field",
         {"tolerations": [{"operator": "Exists", "tolerationSecond": 1}]},
         (),
@@ -320,3 +327,10 @@ def test_the_crd_refuses_what_no_pod_could_carry(
     result = users.apply(None, workload("crd-refused", **spec), *flags)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_the_crd_accepts_a_model_path_with_a_comma(users: Users) -> None:
+    # NEURON_MODELS carries such a path (neuron_cores.encode_models), so the CRD lets it in.
+    spec = {"models": [{"name": "a", "path": "/models/a,v2", "cores": 1, "copies": 2}]}
+    result = users.apply(None, workload("comma-path", **spec))
+    assert result.returncode == 0, result.stderr

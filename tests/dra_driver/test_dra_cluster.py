@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from neuron_cores import INSTANCE_TYPES
+from neuron_cores import CORE_RESOURCE, INSTANCE_TYPES
 from neuron_device_plugin.topology import contiguous_topology
-from neuron_dra_driver.classes import EXTENDED_RESOURCE, block_claim, device_classes
+from neuron_dra_driver.classes import block_claim, device_classes
 from neuron_dra_driver.cli import main
 from neuron_dra_driver.kubeletplugin import DRAKubeletPlugin, KubeClaimReader
 from neuron_dra_driver.layout import (
@@ -239,7 +239,7 @@ def test_the_extended_resource_class_serves_neuroncore_requests_with_1_core_bloc
                 {
                     "name": "c",
                     "image": "busybox",
-                    "resources": {"limits": {EXTENDED_RESOURCE: "2"}},
+                    "resources": {"limits": {CORE_RESOURCE: "2"}},
                 }
             ],
         },

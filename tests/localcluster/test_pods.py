@@ -72,6 +72,22 @@ def test_translate_path(value: str, expected: str) -> None:
     assert pods.translate_path(value, [("/models", "/host/models")]) == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("a=/models/a,b=/data/b", "a=/host/models/a,b=/data/b"),
+        (" a = /models/a ,", "a=/host/models/a"),
+        (";a=/models/a,v2;b=/models/b", ";a=/host/models/a,v2;b=/host/models/b"),
+        # One path that holds ',k=/models/y': only its start is a mount.
+        (";a=/models/x,k=/models/y", ";a=/host/models/x,k=/models/y"),
+        ("not a pair", "not a pair"),
+    ],
+    ids=["plain", "plain-spaces", "separated", "comma-then-mount-in-one-path", "refused-as-is"],
+)
+def test_translate_models_rewrites_each_models_path(value: str, expected: str) -> None:
+    assert pods.translate_models(value, [("/models", "/host/models")]) == expected
+
+
 def test_container_env_merges_pod_env_allocation_and_address(tmp_path: Path) -> None:
     pod = {
         "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": {"app": "x"}},

@@ -553,6 +553,27 @@ def test_workload_on_the_emulated_node_serves_through_its_service(
     assert np.isfinite(result).all()
 
 
+def test_a_model_path_with_a_comma_is_served(operators: Operators, mlp_model: Path) -> None:
+    """The CRD admits the path, the operator writes NEURON_MODELS in its separated form, and the
+    runtime on the emulated node reads it back whole: both copies load and the pod turns Ready."""
+    cluster = operators.cluster
+    path = mlp_model.parent / "mlp,v2"
+    path.symlink_to(mlp_model, target_is_directory=True)
+    document = workload(
+        "01-resnet50-shared.yaml",
+        name="mlp-comma",
+        models=[{"name": "mlp", "path": str(path), "cores": 1, "copies": 2}],
+        nodeSelector={"neuron-groups.io/simulation": "emulated"},
+        env=[{"name": "NEURON_GRPC_PORT", "value": "0"}],
+    )
+    result = apply(cluster, document)
+    assert result.returncode == 0, result.stderr
+    ready_workload(operators, "mlp-comma", 1)
+    (pod,) = pods_of(cluster, "mlp-comma")
+    assert env_of(pod)["NEURON_MODELS"] == f";mlp={path};mlp={path}"
+    assert all(s["ready"] for s in pod["status"]["containerStatuses"])
+
+
 def test_spec_container_runs_its_command_args_ports_and_probes(
     operators: Operators, mlp_model: Path
 ) -> None:

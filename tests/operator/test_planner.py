@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from neuron_cores import LoadOrderError, decode_models, load_group
 from neuron_operator.api import InvalidSpecError, ModelSpec, WorkloadSpec, parse_spec
 from neuron_operator.planner import (
     Group,
@@ -156,16 +158,36 @@ def test_plan_refuses_too_many_pods() -> None:
 LOAD_ORDER_CASES = [
     ("one-per-group", [["a"], ["b"], ["c"]], ["a", "b", "c"]),
     ("second-round-in-group-order", [["a", "x"], ["b", "y"]], ["a", "b", "x", "y"]),
-    ("uneven-rounds", [["a", "x", "z"], ["b"], ["c", "y"]], ["a", "b", "c", "x", "y", "z"]),
+    ("one-more-first", [["a", "x"], ["b", "y"], ["c"]], ["a", "b", "c", "x", "y"]),
 ]
+
+
+def _groups(names: list[list[str]]) -> list[Group]:
+    return [Group(1, tuple(ModelCopy(n, f"/{n}", 1) for n in group)) for group in names]
 
 
 @pytest.mark.parametrize(
     ("groups", "expected"), [c[1:] for c in LOAD_ORDER_CASES], ids=[c[0] for c in LOAD_ORDER_CASES]
 )
 def test_load_order_follows_the_seed(groups: list[list[str]], expected: list[str]) -> None:
-    built = [Group(1, tuple(ModelCopy(n, f"/{n}", 1) for n in names)) for names in groups]
-    assert [m.name for m in load_order(built)] == expected
+    assert [m.name for m in load_order(_groups(groups))] == expected
+
+
+UNLOADABLE_CASES = [
+    # Counts 3, 1, 2: the runtime's rule (k-th model into group k mod 3) would put the fourth
+    # model into group 0 and the fifth into group 1, so no order fills these groups.  The planner
+    # never makes them (runtime_order splits such a process); load_order refuses them.
+    ("uneven-rounds", [["a", "x", "z"], ["b"], ["c", "y"]], "[3, 1, 2]"),
+    ("fuller-group-last", [["a"], ["b", "y"]], "[1, 2]"),
+]
+
+
+@pytest.mark.parametrize(
+    ("groups", "named"), [c[1:] for c in UNLOADABLE_CASES], ids=[c[0] for c in UNLOADABLE_CASES]
+)
+def test_load_order_refuses_what_the_rule_cannot_fill(groups: list[list[str]], named: str) -> None:
+    with pytest.raises(LoadOrderError, match=re.escape(named)):
+        load_order(_groups(groups))
 
 
 PACK_CASES = [
@@ -232,12 +254,13 @@ def test_properties_of_every_plan(spec: WorkloadSpec) -> None:
         sorted(m.name for m in p.load_order) == sorted(m.name for g in p.groups for m in g.models)
         for p in layout
     )
-    # The runtime loads the k-th model of NEURON_MODELS into group k mod n: that must rebuild
+    # The runtime loads the k-th model of NEURON_MODELS into group load_group(k, n), the function
+    # NeuronRuntime.load_model calls: decoding the pod's NEURON_MODELS and loading it must rebuild
     # exactly the planned groups.
     for pod in layout:
         rebuilt: list[list[str]] = [[] for _ in pod.groups]
-        for k, model in enumerate(pod.load_order):
-            rebuilt[k % len(pod.groups)].append(model.name)
+        for k, model in enumerate(decode_models(pod.models_env)):
+            rebuilt[load_group(k, len(pod.groups))].append(model.name)
         assert rebuilt == [[m.name for m in g.models] for g in pod.groups]
     # Shared, one model per group: no two pods could be merged (any-fit packing), so the pod
     # count is at most twice the lower bound.

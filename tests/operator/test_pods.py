@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from neuron_cores import CORE_RESOURCE, decode_models
 from neuron_operator.api import MAX_ENV_TEXT, MAX_MODEL_PATH, MAX_PLAN_TEXT, Workload, parse_spec
 from neuron_operator.planner import plan
 from neuron_operator.pods import (
     ANNOTATION_MODELS,
     LABEL_TEMPLATE_HASH,
-    NEURONCORE_RESOURCE,
     build_pod,
     build_service,
     selector_string,
@@ -56,10 +56,24 @@ def test_env_carries_groups_and_models_in_load_order() -> None:
     assert env["LOG_LEVEL"] == "debug"
 
 
+def test_a_path_with_a_comma_reaches_the_runtime_whole() -> None:
+    models = [
+        {"name": "a", "path": "/models/a,v2", "cores": 2, "copies": 2},
+        {"name": "b", "path": "/models/b", "cores": 4},
+    ]
+    env = env_of(first_pod(workload(models=models)))
+    assert env["NEURON_MODELS"] == ";a=/models/a,v2;a=/models/a,v2;b=/models/b"
+    assert [(m.name, m.path) for m in decode_models(env["NEURON_MODELS"])] == [
+        ("a", "/models/a,v2"),
+        ("a", "/models/a,v2"),
+        ("b", "/models/b"),
+    ]
+
+
 def test_neuroncore_request_equals_limit_and_keeps_cpu_memory() -> None:
     resources = first_pod(workload())["spec"]["containers"][0]["resources"]
-    assert resources["requests"] == {"cpu": "1", "memory": "1Gi", NEURONCORE_RESOURCE: "8"}
-    assert resources["limits"] == {"memory": "1Gi", NEURONCORE_RESOURCE: "8"}
+    assert resources["requests"] == {"cpu": "1", "memory": "1Gi", CORE_RESOURCE: "8"}
+    assert resources["limits"] == {"memory": "1Gi", CORE_RESOURCE: "8"}
 
 
 def test_scheduling_settings() -> None:

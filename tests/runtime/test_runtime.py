@@ -55,7 +55,7 @@ def test_models_fill_groups_in_order_then_wrap(
     path = model_dir("mlp", 1)
     predictors = [runtime.load_model(path) for _ in range(5)]
     assert [p.group for p in predictors] == [0, 1, 2, 0, 1]
-    assert [p.name for p in predictors] == ["mlp", "mlp-2", "mlp-3", "mlp-4", "mlp-5"]
+    assert [p.name for p in predictors] == ["mlp", "mlp#2", "mlp#3", "mlp#4", "mlp#5"]
     assert predictors[0].feed_tensors["input"].shape == (-1, 16)
     assert predictors[0].fetch_tensors["output"].dtype == "float32"
     assert "group 0: cores 0,1; group 1: core 2" in runtime.describe_layout()

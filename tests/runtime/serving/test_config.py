@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from neuron_cores.models import ModelEntry
 from neuron_runtime.serving.cli import build_parser
 from neuron_runtime.serving.config import (
     ConfigError,
-    ModelEntry,
     ServeConfig,
     config_from_args,
     parse_models_env,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from neuron_runtime.serving.config import ModelEntry
+from neuron_cores.models import ModelEntry
 from neuron_runtime.serving.metrics import ServingMetrics
 from neuron_runtime.serving.service import InferenceService
 from neuron_runtime.serving.statistics import RequestTiming
