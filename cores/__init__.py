@@ -14,6 +14,7 @@ from neuron_cores.allocations import (
     format_record,
     parse_record,
 )
+from neuron_cores.flags import Flag, FlagError, add_flags, resolve
 from neuron_cores.groups import (
     GROUP_SIZES_ENV,
     GroupSizesError,
@@ -27,6 +28,7 @@ from neuron_cores.instances import (
     UnknownInstanceTypeError,
     lookup_instance_type,
 )
+from neuron_cores.logs import LOG_FORMATS, LOG_LEVELS
 from neuron_cores.numbers import MAX_NODE_CORES, is_ascii_digits, read_natural
 from neuron_cores.visible import (
     VISIBLE_CORES_ENV,
@@ -42,15 +44,20 @@ __all__ = [
     "ALLOCATIONS_ANNOTATION",
     "GROUP_SIZES_ENV",
     "INSTANCE_TYPES",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
     "MAX_NODE_CORES",
     "VISIBLE_CORES_ENV",
     "VISIBLE_DEVICES_ENV",
     "AllocationRecord",
     "AllocationRecordError",
     "CoreListError",
+    "Flag",
+    "FlagError",
     "GroupSizesError",
     "InstanceType",
     "UnknownInstanceTypeError",
+    "add_flags",
     "contiguous_runs",
     "format_core_list",
     "format_group_sizes",
@@ -62,5 +69,6 @@ __all__ = [
     "parse_group_sizes",
     "parse_record",
     "read_natural",
+    "resolve",
     "split_into_groups",
 ]

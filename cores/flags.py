@@ -1,0 +1,291 @@
+"""Command-line flags that name their environment variable beside them.
+
+Every command of the project is configured two ways: in a pod the Helm chart or the operator
+sets environment variables, while a person at a terminal types flags.  Each setting is declared
+once, as a :class:`Flag` holding its flag name, its variable, how its text is read, its default
+and its help, and the same declaration gives argparse its argument, ``--help`` its
+``[env NAME, default X]`` note, and the environment fallback.  Precedence is flag, then
+variable, then default.
+
+A variable is read only when the command that declares it runs and its flag is not given, so a
+bad value in the environment of one subcommand never breaks another.  A bad value is refused
+the way argparse refuses a bad flag (a usage error, exit 2), naming the variable, the value and
+what it accepts.  An empty variable counts as unset unless the flag says ``keep_empty``.
+
+``resolve`` is the same rule as a pure function over a mapping, for commands that keep their
+configuration step apart from argument parsing (``neuron-runtime serve``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from neuron_cores.logs import LOG_FORMATS, LOG_LEVELS
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+# What a builtin's own ValueError means, said in words (int('x') says "invalid literal ...").
+_KIND_WORDS: dict[object, str] = {int: "a whole number", float: "a number"}
+
+
+class FlagError(ValueError):
+    """A value that cannot be used; the message names where it came from and what is accepted."""
+
+
+def boolean(text: str) -> bool:
+    """true/false, yes/no, on/off or 1/0, in any case."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a boolean; use one of {', '.join(TRUE_WORDS + FALSE_WORDS)}"
+    )
+
+
+def number(
+    kind: type[int] | type[float], low: float, high: float | None = None
+) -> Callable[[str], Any]:
+    """A parser of a number in [low, high] (no upper bound when ``high`` is None)."""
+    bounds = f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
+    wanted = f"a whole number {bounds}" if kind is int else f"a number {bounds}"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; give {wanted}") from None
+        if not low <= value <= (float("inf") if high is None else high):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; give {wanted}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One setting: its flag, its environment variable, how its text is read, and its default.
+
+    ``legacy_env`` lists older names of the variable, still read (after ``env``) so that
+    deployments written for them keep working.  ``many`` makes a repeatable flag whose variable
+    holds a comma-separated list.  ``switch`` makes a flag that takes no value (true when given)
+    whose variable holds a boolean word.  ``shown_default`` replaces the default in ``--help``
+    when it is worked out at run time.  ``options`` go to ``add_argument`` unchanged (``nargs``,
+    ``const``, ``dest``).
+    """
+
+    name: str
+    env: str
+    help: str
+    default: object = None
+    parse: Callable[[str], object] = str
+    choices: Sequence[str] | None = None
+    aliases: tuple[str, ...] = ()
+    metavar: str | None = None
+    legacy_env: tuple[str, ...] = ()
+    keep_empty: bool = False
+    many: bool = False
+    switch: bool = False
+    shown_default: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        dest = self.options.get("dest")
+        return str(dest) if dest else self.name.lstrip("-").replace("-", "_")
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        return (self.env, *self.legacy_env)
+
+    def help_text(self) -> str:
+        if self.shown_default is not None:
+            shown = self.shown_default
+        elif self.default is None or self.default is False:
+            shown = "unset" if self.default is None else "false"
+        elif self.default == "":
+            shown = "empty"
+        elif isinstance(self.default, (list, tuple)):
+            shown = ",".join(str(v) for v in self.default) or "empty"
+        else:
+            shown = str(self.default)
+        return f"{self.help} [env {self.env}, default {shown}]"
+
+    def convert(self, text: str) -> object:
+        """The value of ``text``; argparse.ArgumentTypeError or ValueError with the reason."""
+        value = self.parse(text)
+        if self.choices is not None and value not in self.choices:
+            raise argparse.ArgumentTypeError(f"choose one of: {', '.join(self.choices)}")
+        return value
+
+    def env_text(self, environ: Mapping[str, str]) -> tuple[str, str] | None:
+        """(variable, text) of the first of ``env_names`` that is set; None when none is."""
+        for var in self.env_names:
+            text = environ.get(var)
+            if text is not None and (text.strip() or self.keep_empty):
+                return var, text
+        return None
+
+    def from_env(self, var: str, text: str) -> object:
+        """The value a variable gives; FlagError naming the variable, the value and the fix."""
+        try:
+            if self.switch:
+                return boolean(text)
+            if self.many:
+                return [self.convert(item.strip()) for item in text.split(",") if item.strip()]
+            return self.convert(text)
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            reason = _reason(self.parse, err)
+            raise FlagError(
+                f"{var}={text!r} is not valid for {self.name}: {reason}; fix or unset {var}"
+            ) from None
+
+
+def _reason(parse: object, err: Exception) -> str:
+    if parse in _KIND_WORDS and not isinstance(err, argparse.ArgumentTypeError):
+        return f"expected {_KIND_WORDS[parse]}"
+    return str(err)
+
+
+def resolve(flag: Flag, given: str | None, environ: Mapping[str, str]) -> object:
+    """``given`` (the flag's text, None when absent), else the variable, else the default.
+
+    Raises FlagError naming the flag, or the variable, with the value and the accepted forms.
+    """
+    if given is not None:
+        try:
+            return flag.convert(given)
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            raise FlagError(f"{flag.name} {given!r}: {_reason(flag.parse, err)}") from None
+    found = flag.env_text(environ)
+    if found is None:
+        return flag.default
+    return flag.from_env(*found)
+
+
+class _EnvText(str):
+    """A variable's text standing as an argparse default; argparse runs it through ``type``."""
+
+    var: str
+
+
+class _Converter:
+    """The argparse ``type`` of a flag: a variable's text is checked here, naming the variable
+    (argparse never checks a default against ``choices``); a flag's text is left to argparse."""
+
+    def __init__(self, flag: Flag) -> None:
+        self.flag = flag
+        self.__name__ = getattr(flag.parse, "__name__", "value")
+
+    def __call__(self, text: str) -> object:
+        if isinstance(text, _EnvText):
+            try:
+                return self.flag.from_env(text.var, str(text))
+            except FlagError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+        return self.flag.parse(text)
+
+
+class _Switch(argparse.Action):
+    """store_true that also takes a ``type``, so a variable's boolean word is read lazily."""
+
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str,
+        default: object = False,
+        type: Callable[[str], object] | None = None,
+        help: str | None = None,
+    ) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, type=type, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, True)
+
+
+class _Append(argparse.Action):
+    """append that starts a fresh list over a variable's text (argparse's would append to it)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest, None)
+        items = list(current) if isinstance(current, list) else []
+        setattr(namespace, self.dest, [*items, values])
+
+
+def add_flag(
+    parser: argparse.ArgumentParser | Any, flag: Flag, environ: Mapping[str, str]
+) -> argparse.Action:
+    """Add ``flag`` to ``parser``; its variable is looked up in ``environ`` now and read (and
+    refused with exit 2 when bad) only when this parser parses and the flag is absent."""
+    found = flag.env_text(environ)
+    default: object = flag.default
+    if found is not None:
+        default = _EnvText(found[1])
+        default.var = found[0]
+    kwargs: dict[str, Any] = {"default": default, "help": flag.help_text(), **flag.options}
+    kwargs["type"] = _Converter(flag)
+    if flag.switch:
+        kwargs["action"] = _Switch
+    else:
+        kwargs["choices"] = flag.choices
+        kwargs["metavar"] = flag.metavar
+    if flag.many:
+        kwargs["action"] = _Append
+    action: argparse.Action = parser.add_argument(flag.name, *flag.aliases, **kwargs)
+    return action
+
+
+def add_flags(
+    parser: argparse.ArgumentParser | Any,
+    flags: Iterable[Flag],
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Add every flag of ``flags``; ``environ`` defaults to the process environment."""
+    env = os.environ if environ is None else environ
+    for flag in flags:
+        add_flag(parser, flag, env)
+
+
+def log_level_flag(env: str, default: str = "info", *, legacy_env: tuple[str, ...] = ()) -> Flag:
+    """``--log-level``: one of LOG_LEVELS, in any case."""
+    return Flag(
+        "--log-level",
+        env,
+        "log level",
+        default,
+        parse=str.lower,
+        choices=LOG_LEVELS,
+        legacy_env=legacy_env,
+    )
+
+
+def log_format_flag(env: str, *, legacy_env: tuple[str, ...] = ()) -> Flag:
+    """``--log-format``: text for people, or json (one object per line), in any case."""
+    return Flag(
+        "--log-format",
+        env,
+        "log lines as text, or as one JSON object per line (json)",
+        "text",
+        parse=str.lower,
+        choices=LOG_FORMATS,
+        legacy_env=legacy_env,
+    )
