@@ -62,7 +62,7 @@ def number(
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number; give {wanted}") from None
         if not low <= value <= (float("inf") if high is None else high):
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range; give {wanted}")
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; give a number {bounds}")
         return value
 
     parse.__name__ = kind.__name__
@@ -114,6 +114,8 @@ class Flag:
             shown = "empty"
         elif isinstance(self.default, (list, tuple)):
             shown = ",".join(str(v) for v in self.default) or "empty"
+        elif isinstance(self.default, float):
+            shown = f"{self.default:g}"
         else:
             shown = str(self.default)
         return f"{self.help} [env {self.env}, default {shown}]"
