@@ -124,7 +124,9 @@ class Flag:
         """The value of ``text``; argparse.ArgumentTypeError or ValueError with the reason."""
         value = self.parse(text)
         if self.choices is not None and value not in self.choices:
-            raise argparse.ArgumentTypeError(f"choose one of: {', '.join(self.choices)}")
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a choice; choose one of: {', '.join(self.choices)}"
+            )
         return value
 
     def env_text(self, environ: Mapping[str, str]) -> tuple[str, str] | None:
@@ -144,28 +146,30 @@ class Flag:
                 return [self.convert(item.strip()) for item in text.split(",") if item.strip()]
             return self.convert(text)
         except (ValueError, argparse.ArgumentTypeError) as err:
-            reason = _reason(self.parse, err)
+            reason = _reason(self.parse, err, text)
             raise FlagError(
                 f"{var}={text!r} is not valid for {self.name}: {reason}; fix or unset {var}"
             ) from None
 
 
-def _reason(parse: object, err: Exception) -> str:
+def _reason(parse: object, err: Exception, text: str) -> str:
     if parse in _KIND_WORDS and not isinstance(err, argparse.ArgumentTypeError):
-        return f"expected {_KIND_WORDS[parse]}"
+        return f"{text!r} is not {_KIND_WORDS[parse]}"
     return str(err)
 
 
 def resolve(flag: Flag, given: str | None, environ: Mapping[str, str]) -> object:
     """``given`` (the flag's text, None when absent), else the variable, else the default.
 
-    Raises FlagError naming the flag, or the variable, with the value and the accepted forms.
+    Raises FlagError naming the setting (``--flag/VARIABLE``) or the variable set, with the value
+    and the accepted forms.
     """
     if given is not None:
         try:
             return flag.convert(given)
         except (ValueError, argparse.ArgumentTypeError) as err:
-            raise FlagError(f"{flag.name} {given!r}: {_reason(flag.parse, err)}") from None
+            reason = _reason(flag.parse, err, given)
+            raise FlagError(f"{flag.name}/{flag.env}: {reason}") from None
     found = flag.env_text(environ)
     if found is None:
         return flag.default
@@ -234,10 +238,20 @@ class _Append(argparse.Action):
 
 
 def add_flag(
-    parser: argparse.ArgumentParser | Any, flag: Flag, environ: Mapping[str, str]
+    parser: argparse.ArgumentParser | Any, flag: Flag, environ: Mapping[str, str] | None
 ) -> argparse.Action:
     """Add ``flag`` to ``parser``; its variable is looked up in ``environ`` now and read (and
-    refused with exit 2 when bad) only when this parser parses and the flag is absent."""
+    refused with exit 2 when bad) only when this parser parses and the flag is absent.
+
+    With ``environ`` None the parser keeps the flag's text as given (None when absent), for a
+    configuration step that calls :func:`resolve` with the environment later.
+    """
+    if environ is None:
+        raw: dict[str, Any] = {"default": None, "help": flag.help_text(), **flag.options}
+        if flag.many:
+            raw["action"] = "append"
+        metavar = flag.metavar or ("{" + ",".join(flag.choices) + "}" if flag.choices else None)
+        return parser.add_argument(flag.name, *flag.aliases, metavar=metavar, **raw)  # type: ignore[no-any-return]
     found = flag.env_text(environ)
     default: object = flag.default
     if found is not None:
@@ -260,9 +274,14 @@ def add_flags(
     parser: argparse.ArgumentParser | Any,
     flags: Iterable[Flag],
     environ: Mapping[str, str] | None = None,
+    *,
+    resolve_later: bool = False,
 ) -> None:
-    """Add every flag of ``flags``; ``environ`` defaults to the process environment."""
-    env = os.environ if environ is None else environ
+    """Add every flag of ``flags``; ``environ`` defaults to the process environment.
+
+    ``resolve_later``: keep each flag's text for :func:`resolve` (see :func:`add_flag`).
+    """
+    env = None if resolve_later else os.environ if environ is None else environ
     for flag in flags:
         add_flag(parser, flag, env)
 

@@ -161,13 +161,13 @@ BAD_RUN_VALUES = [
         "log-format-env",
         {"NEURON_OPERATOR_LOG_FORMAT": "xml"},
         [],
-        "NEURON_OPERATOR_LOG_FORMAT='xml' is not valid for --log-format: choose one of: text,",
+        "NEURON_OPERATOR_LOG_FORMAT='xml' is not valid for --log-format: 'xml' is not a choice",
     ),
     (
         "log-level-env",
         {"NEURON_OPERATOR_LOG_LEVEL": "loud"},
         [],
-        "NEURON_OPERATOR_LOG_LEVEL='loud' is not valid for --log-level: choose one of: debug,",
+        "NEURON_OPERATOR_LOG_LEVEL='loud' is not valid for --log-level: 'loud' is not a choice",
     ),
 ]
 
@@ -243,8 +243,8 @@ def test_plan_refuses_an_unknown_output_from_env(
     assert done.value.code == 2
     captured = capsys.readouterr()
     assert (
-        "NEURON_OPERATOR_PLAN_OUTPUT='xml' is not valid for --output: choose one of: text, yaml, json"
-        in captured.err
+        "NEURON_OPERATOR_PLAN_OUTPUT='xml' is not valid for --output: 'xml' is not a choice; "
+        "choose one of: text, yaml, json" in captured.err
     )
     assert captured.out == ""
 
