@@ -183,8 +183,8 @@ class _EnvText(str):
 
 
 class _Converter:
-    """The argparse ``type`` of a flag: a variable's text is checked here, naming the variable
-    (argparse never checks a default against ``choices``); a flag's text is left to argparse."""
+    """The argparse ``type`` of a flag, choices included (argparse never checks a default
+    against ``choices``); a bad variable's message names it."""
 
     def __init__(self, flag: Flag) -> None:
         self.flag = flag
@@ -196,7 +196,7 @@ class _Converter:
                 return self.flag.from_env(text.var, str(text))
             except FlagError as err:
                 raise argparse.ArgumentTypeError(str(err)) from None
-        return self.flag.parse(text)
+        return self.flag.convert(text)
 
 
 class _Switch(argparse.Action):
@@ -237,6 +237,12 @@ class _Append(argparse.Action):
         setattr(namespace, self.dest, [*items, values])
 
 
+def _metavar(flag: Flag) -> str | None:
+    if flag.metavar or not flag.choices:
+        return flag.metavar
+    return "{" + ",".join(flag.choices) + "}"
+
+
 def add_flag(
     parser: argparse.ArgumentParser | Any, flag: Flag, environ: Mapping[str, str] | None
 ) -> argparse.Action:
@@ -250,8 +256,7 @@ def add_flag(
         raw: dict[str, Any] = {"default": None, "help": flag.help_text(), **flag.options}
         if flag.many:
             raw["action"] = "append"
-        metavar = flag.metavar or ("{" + ",".join(flag.choices) + "}" if flag.choices else None)
-        return parser.add_argument(flag.name, *flag.aliases, metavar=metavar, **raw)  # type: ignore[no-any-return]
+        return parser.add_argument(flag.name, *flag.aliases, metavar=_metavar(flag), **raw)  # type: ignore[no-any-return]
     found = flag.env_text(environ)
     default: object = flag.default
     if found is not None:
@@ -261,9 +266,8 @@ def add_flag(
     kwargs["type"] = _Converter(flag)
     if flag.switch:
         kwargs["action"] = _Switch
-    else:
-        kwargs["choices"] = flag.choices
-        kwargs["metavar"] = flag.metavar
+    else:  # choices are checked by the converter, in the same words for flag and variable
+        kwargs["metavar"] = _metavar(flag)
     if flag.many:
         kwargs["action"] = _Append
     action: argparse.Action = parser.add_argument(flag.name, *flag.aliases, **kwargs)

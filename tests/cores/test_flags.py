@@ -103,7 +103,9 @@ def test_a_bad_flag_is_argparses_usage_error(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as done:
         parse({}, ["--mode", "medium"])
     assert done.value.code == 2
-    assert "argument --mode: invalid choice: 'medium'" in capsys.readouterr().err
+    assert "argument --mode: 'medium' is not a choice; choose one of: fast, slow" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_variable_is_read_only_by_the_subcommand_that_runs() -> None:

@@ -122,11 +122,11 @@ def test_wait_for_retries_cluster_errors_then_names_what_it_waited_for(tmp_path:
 @pytest.mark.parametrize(
     ("environ", "argv", "level"),
     [
-        ({}, [], "INFO"),
-        ({"NEURON_GROUPS_LOG_LEVEL": "debug"}, [], "DEBUG"),
-        ({}, ["--log-level", "warning"], "WARNING"),
+        ({}, [], "info"),
+        ({"NEURON_GROUPS_LOG_LEVEL": "DEBUG"}, [], "debug"),
+        ({}, ["--log-level", "WARNING"], "warning"),
     ],
-    ids=["default", "env-any-case", "flag"],
+    ids=["default", "env-any-case", "flag-any-case"],
 )
 def test_log_level_from_flag_or_env(
     monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], argv: list[str], level: str
@@ -152,4 +152,4 @@ def test_a_bad_log_level_is_a_usage_error(
     with pytest.raises(SystemExit) as caught:
         cli.build_parser().parse_args([*argv, "status"])
     assert caught.value.code == 2
-    assert "'bogus' is not a logging level; use one of DEBUG, INFO" in capsys.readouterr().err
+    assert "choose one of: debug, info, warning, error" in capsys.readouterr().err
