@@ -256,7 +256,7 @@ def add_flag(
         raw: dict[str, Any] = {"default": None, "help": flag.help_text(), **flag.options}
         if flag.many:
             raw["action"] = "append"
-        return parser.add_argument(flag.name, *flag.aliases, metavar=_metavar(flag), **raw)  # type: ignore[no-any-return]
+        return parser.add_argument(flag.name, *flag.aliases, metavar=_metavar(flag), **raw)
     found = flag.env_text(environ)
     default: object = flag.default
     if found is not None:

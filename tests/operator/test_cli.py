@@ -92,8 +92,8 @@ def test_run_help_documents_every_flag_with_its_env(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for flag in RUN_FLAGS:
-        assert f"[env {flag.env}, default" in text
+    for run_flag in RUN_FLAGS:
+        assert f"[env {run_flag.env}, default" in text
     for env in ["KUBECONFIG", "NEURON_OPERATOR_LEASE_NAMESPACE", "NEURON_OPERATOR_IDENTITY"]:
         assert env in text
     for flag in ("--namespace", "--lease-name", "--metrics-port", "--log-format", "--standalone"):
@@ -192,7 +192,7 @@ def test_run_refuses_bad_numbers_from_flags_and_env(
     assert message in capsys.readouterr().err
 
 
-RUN_ARG_PROBLEMS = [
+RUN_ARG_PROBLEMS: list[tuple[str, dict[str, str], list[str], str]] = [
     (
         "renew-not-shorter",
         {},
