@@ -23,6 +23,7 @@ from neuron_runtime.artifact import compile_model
 from neuron_runtime.config import (
     DEFAULT_NODE_CORES,
     ENVIRONMENT_HELP,
+    LOG_LEVEL_ENV,
     SIM_CORES_ENV,
     SIM_INSTANCE_TYPE_ENV,
     STATE_DIR_ENV,
@@ -33,7 +34,6 @@ from neuron_runtime.serving.cli import add_serve_command
 
 log = logging.getLogger(__name__)
 
-LOG_LEVEL_ENV = "NEURON_RT_LOG_LEVEL"
 # cores and compile; serve has its own (NEURON_LOG_LEVEL, default info), as the server it runs.
 LOG_LEVEL_FLAG = log_level_flag(LOG_LEVEL_ENV, "warning")
 # What the runtime reads from the environment: cores resolves these through config_from_env.
@@ -58,7 +58,6 @@ CORES_FLAGS = [
 def _env_epilog() -> str:
     lines = ["environment variables read by the runtime:"]
     lines += [f"  {name:<27} {meaning}" for name, meaning in ENVIRONMENT_HELP]
-    lines.append(f"  {LOG_LEVEL_ENV:<27} log level of cores and compile (default warning)")
     return "\n".join(lines)
 
 
