@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from neuron_cores.flags import Flag, add_flags, log_level_flag
+from neuron_cores.flags import Flag, add_flags, log_level_flag, number
 from neuron_cores.logs import configure_logging
 from neuron_localcluster import binaries, cache, karpenter, layout, podnet
 from neuron_localcluster.cluster import (
@@ -32,6 +32,7 @@ LOG_LEVEL_ENV = "NEURON_GROUPS_LOG_LEVEL"
 AUTOSCALER_ENV = "NEURON_GROUPS_AUTOSCALER"
 CONSOLIDATE_AFTER_ENV = "NEURON_GROUPS_CONSOLIDATE_AFTER"
 ALLOCATION_ENV = "NEURON_GROUPS_ALLOCATION"
+DEMO_TIMEOUT_ENV = "NEURON_GROUPS_DEMO_TIMEOUT"
 
 
 def progress(message: str) -> None:
@@ -61,7 +62,7 @@ ENV_HELP = f"""environment variables:
   {binaries.GO_ENV:<30} the go binary to build with (default: go on PATH)
   {binaries.MODULE_ENV:<30} folder of the Go module (default: <repo>/hack/cluster)
   {podnet.MODE_ENV:<30} auto|netns|loopback: how emulated pods get addresses
-  NEURON_GROUPS_DEMO_TIMEOUT     seconds `demo` waits for the workloads to be Ready (900)
+  {DEMO_TIMEOUT_ENV:<30} seconds `demo` waits for the workloads (same as --ready-timeout)
 """
 
 
@@ -117,6 +118,15 @@ ALLOCATION_FLAG = Flag(
     parse=_allocation,
 )
 
+READY_TIMEOUT_FLAG = Flag(
+    "--ready-timeout",
+    DEMO_TIMEOUT_ENV,
+    "seconds demo waits for its NeuronWorkloads to be Ready",
+    900.0,
+    parse=number(float, 1),
+    metavar="SECONDS",
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -145,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(build, [AUTOSCALER_FLAG])
     demo = sub.add_parser("demo", help="cluster up, chart install, the seed's scenarios, results")
     _node_flags(demo, emulated_with_autoscaler=DEFAULT_EMULATED_NODES)
+    add_flags(demo, [READY_TIMEOUT_FLAG])
     return parser
 
 
@@ -244,6 +255,7 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
             emulated_nodes=emulated,
             autoscaler=autoscaler_settings(args.autoscaler, args.consolidate_after),
             allocation=args.allocation,
+            ready_timeout_s=args.ready_timeout,
         )
     kwok, emulated = node_lists(args.kwok_nodes, args.emulated_nodes, args.autoscaler)
     cluster = ensure_up(
