@@ -73,8 +73,7 @@ def number(
 class Flag:
     """One setting: its flag, its environment variable, how its text is read, and its default.
 
-    ``legacy_env`` lists older names of the variable, still read (after ``env``) so that
-    deployments written for them keep working.  ``many`` makes a repeatable flag whose variable
+    ``many`` makes a repeatable flag whose variable
     holds a comma-separated list.  ``switch`` makes a flag that takes no value (true when given)
     whose variable holds a boolean word.  ``shown_default`` replaces the default in ``--help``
     when it is worked out at run time.  ``options`` go to ``add_argument`` unchanged (``nargs``,
@@ -89,7 +88,6 @@ class Flag:
     choices: Sequence[str] | None = None
     aliases: tuple[str, ...] = ()
     metavar: str | None = None
-    legacy_env: tuple[str, ...] = ()
     keep_empty: bool = False
     many: bool = False
     switch: bool = False
@@ -100,10 +98,6 @@ class Flag:
     def dest(self) -> str:
         dest = self.options.get("dest")
         return str(dest) if dest else self.name.lstrip("-").replace("-", "_")
-
-    @property
-    def env_names(self) -> tuple[str, ...]:
-        return (self.env, *self.legacy_env)
 
     def help_text(self) -> str:
         if self.shown_default is not None:
@@ -129,16 +123,15 @@ class Flag:
             )
         return value
 
-    def env_text(self, environ: Mapping[str, str]) -> tuple[str, str] | None:
-        """(variable, text) of the first of ``env_names`` that is set; None when none is."""
-        for var in self.env_names:
-            text = environ.get(var)
-            if text is not None and (text.strip() or self.keep_empty):
-                return var, text
-        return None
+    def env_text(self, environ: Mapping[str, str]) -> str | None:
+        """The variable's text; None when it is unset (or empty, unless ``keep_empty``)."""
+        text = environ.get(self.env)
+        if text is None or not (text.strip() or self.keep_empty):
+            return None
+        return text
 
-    def from_env(self, var: str, text: str) -> object:
-        """The value a variable gives; FlagError naming the variable, the value and the fix."""
+    def from_env(self, text: str) -> object:
+        """The value the variable gives; FlagError naming the variable, the value and the fix."""
         try:
             if self.switch:
                 return boolean(text)
@@ -148,7 +141,8 @@ class Flag:
         except (ValueError, argparse.ArgumentTypeError) as err:
             reason = _reason(self.parse, err, text)
             raise FlagError(
-                f"{var}={text!r} is not valid for {self.name}: {reason}; fix or unset {var}"
+                f"{self.env}={text!r} is not valid for {self.name}: {reason}; "
+                f"fix or unset {self.env}"
             ) from None
 
 
@@ -170,16 +164,12 @@ def resolve(flag: Flag, given: str | None, environ: Mapping[str, str]) -> object
         except (ValueError, argparse.ArgumentTypeError) as err:
             reason = _reason(flag.parse, err, given)
             raise FlagError(f"{flag.name}/{flag.env}: {reason}") from None
-    found = flag.env_text(environ)
-    if found is None:
-        return flag.default
-    return flag.from_env(*found)
+    text = flag.env_text(environ)
+    return flag.default if text is None else flag.from_env(text)
 
 
 class _EnvText(str):
     """A variable's text standing as an argparse default; argparse runs it through ``type``."""
-
-    var: str
 
 
 class _Converter:
@@ -193,7 +183,7 @@ class _Converter:
     def __call__(self, text: str) -> object:
         if isinstance(text, _EnvText):
             try:
-                return self.flag.from_env(text.var, str(text))
+                return self.flag.from_env(str(text))
             except FlagError as err:
                 raise argparse.ArgumentTypeError(str(err)) from None
         return self.flag.convert(text)
@@ -243,54 +233,53 @@ def _metavar(flag: Flag) -> str | None:
     return "{" + ",".join(flag.choices) + "}"
 
 
-def add_flag(
-    parser: argparse.ArgumentParser | Any, flag: Flag, environ: Mapping[str, str] | None
-) -> argparse.Action:
-    """Add ``flag`` to ``parser``; its variable is looked up in ``environ`` now and read (and
-    refused with exit 2 when bad) only when this parser parses and the flag is absent.
-
-    With ``environ`` None the parser keeps the flag's text as given (None when absent), for a
-    configuration step that calls :func:`resolve` with the environment later.
-    """
-    if environ is None:
-        raw: dict[str, Any] = {"default": None, "help": flag.help_text(), **flag.options}
-        if flag.many:
-            raw["action"] = "append"
-        return parser.add_argument(flag.name, *flag.aliases, metavar=_metavar(flag), **raw)
-    found = flag.env_text(environ)
-    default: object = flag.default
-    if found is not None:
-        default = _EnvText(found[1])
-        default.var = found[0]
-    kwargs: dict[str, Any] = {"default": default, "help": flag.help_text(), **flag.options}
-    kwargs["type"] = _Converter(flag)
+def _add_flag(parser: argparse.ArgumentParser, flag: Flag, environ: Mapping[str, str]) -> None:
+    text = flag.env_text(environ)
+    kwargs: dict[str, Any] = {
+        "default": flag.default if text is None else _EnvText(text),
+        "help": flag.help_text(),
+        "type": _Converter(flag),
+        **flag.options,
+    }
     if flag.switch:
         kwargs["action"] = _Switch
     else:  # choices are checked by the converter, in the same words for flag and variable
         kwargs["metavar"] = _metavar(flag)
     if flag.many:
         kwargs["action"] = _Append
-    action: argparse.Action = parser.add_argument(flag.name, *flag.aliases, **kwargs)
-    return action
+    parser.add_argument(flag.name, *flag.aliases, **kwargs)
+
+
+def _add_unresolved(parser: argparse.ArgumentParser, flag: Flag) -> None:
+    kwargs: dict[str, Any] = {"default": None, "help": flag.help_text(), **flag.options}
+    if flag.many:
+        kwargs["action"] = "append"
+    parser.add_argument(flag.name, *flag.aliases, metavar=_metavar(flag), **kwargs)
 
 
 def add_flags(
-    parser: argparse.ArgumentParser | Any,
+    parser: argparse.ArgumentParser,
     flags: Iterable[Flag],
     environ: Mapping[str, str] | None = None,
     *,
     resolve_later: bool = False,
 ) -> None:
-    """Add every flag of ``flags``; ``environ`` defaults to the process environment.
+    """Add every flag of ``flags`` to ``parser``.
 
-    ``resolve_later``: keep each flag's text for :func:`resolve` (see :func:`add_flag`).
+    Each variable is looked up in ``environ`` (default: the process environment) now, and read
+    (a bad value refused with exit 2) only when this parser parses and the flag is absent.
+    ``resolve_later``: the parser keeps each flag's text as given (None when absent), for a
+    configuration step that calls :func:`resolve` with the environment itself.
     """
-    env = None if resolve_later else os.environ if environ is None else environ
+    env = os.environ if environ is None else environ
     for flag in flags:
-        add_flag(parser, flag, env)
+        if resolve_later:
+            _add_unresolved(parser, flag)
+        else:
+            _add_flag(parser, flag, env)
 
 
-def log_level_flag(env: str, default: str = "info", *, legacy_env: tuple[str, ...] = ()) -> Flag:
+def log_level_flag(env: str, default: str = "info") -> Flag:
     """``--log-level``: one of LOG_LEVELS, in any case."""
     return Flag(
         "--log-level",
@@ -299,11 +288,10 @@ def log_level_flag(env: str, default: str = "info", *, legacy_env: tuple[str, ..
         default,
         parse=str.lower,
         choices=LOG_LEVELS,
-        legacy_env=legacy_env,
     )
 
 
-def log_format_flag(env: str, *, legacy_env: tuple[str, ...] = ()) -> Flag:
+def log_format_flag(env: str) -> Flag:
     """``--log-format``: text for people, or json (one object per line), in any case."""
     return Flag(
         "--log-format",
@@ -312,5 +300,4 @@ def log_format_flag(env: str, *, legacy_env: tuple[str, ...] = ()) -> Flag:
         "text",
         parse=str.lower,
         choices=LOG_FORMATS,
-        legacy_env=legacy_env,
     )

@@ -21,7 +21,7 @@ from neuron_cores.logs import LOG_FORMATS, LOG_LEVELS
 FLAGS = [
     Flag("--port", "T_PORT", "a port", 8080, parse=number(int, 0, 65535)),
     Flag("--mode", "T_MODE", "a mode", "fast", choices=("fast", "slow")),
-    Flag("--name", "T_NAME", "a name", legacy_env=("T_OLD_NAME",)),
+    Flag("--name", "T_NAME", "a name"),
     Flag("--nodes", "T_NODES", "node list, '' for none", keep_empty=True),
     Flag("--ns", "T_NS", "namespaces", many=True),
     Flag("--once", "T_ONCE", "once", False, switch=True),
@@ -44,8 +44,7 @@ CASES = [
     ("flag-wins-over-a-bad-env", {"T_PORT": "x"}, ["--port", "7000"], "port", 7000),
     ("empty-env-is-unset", {"T_PORT": " "}, [], "port", 8080),
     ("choice-env", {"T_MODE": "slow"}, [], "mode", "slow"),
-    ("legacy-env", {"T_OLD_NAME": "old"}, [], "name", "old"),
-    ("new-env-before-legacy", {"T_OLD_NAME": "old", "T_NAME": "new"}, [], "name", "new"),
+    ("str-env", {"T_NAME": "n"}, [], "name", "n"),
     ("none-default", {}, [], "name", None),
     ("keep-empty", {"T_NODES": ""}, [], "nodes", ""),
     ("many-env", {"T_NS": "a, b,"}, [], "ns", ["a", "b"]),
