@@ -9,6 +9,7 @@ posting is off because the reconciler records its Events itself (``kube.post_eve
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import socket
@@ -237,6 +238,23 @@ def configure_logging(level: str, log_format: str) -> None:
     objects.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
+def _client_configuration(kubeconfig: str | None) -> Any:
+    """--kubeconfig's file; without one, the in-cluster config, then ~/.kube/config."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    load_kube_config: Any = config.load_kube_config
+    load_incluster_config: Any = config.load_incluster_config
+    if kubeconfig:
+        load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            load_kube_config(client_configuration=configuration)
+    return configuration
+
+
 def run_command(args: argparse.Namespace) -> int:
     problems = check_run_args(args)
     if problems:
@@ -251,19 +269,7 @@ def run_command(args: argparse.Namespace) -> int:
     from neuron_operator.kube import Kube
     from neuron_operator.leader import LeaseElector
 
-    def load_configuration() -> Any:
-        configuration = client.Configuration()
-        load_kube_config: Any = config.load_kube_config
-        load_incluster_config: Any = config.load_incluster_config
-        if args.kubeconfig:
-            load_kube_config(config_file=args.kubeconfig, client_configuration=configuration)
-        else:
-            try:
-                load_incluster_config(client_configuration=configuration)
-            except config.ConfigException:
-                load_kube_config(client_configuration=configuration)
-        return configuration
-
+    load_configuration = functools.partial(_client_configuration, args.kubeconfig)
     try:
         api_client = client.ApiClient(load_configuration())
     except (config.ConfigException, OSError) as error:
