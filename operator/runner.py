@@ -54,6 +54,7 @@ RUN_FLAGS = [
         "NEURON_OPERATOR_NAMESPACES",
         "namespace to watch; repeat for several (the variable: comma-separated)",
         many=True,
+        metavar="NAMESPACE",
         shown_default="all namespaces",
         options={"dest": "namespaces"},
     ),
