@@ -17,6 +17,7 @@ from neuron_cores.allocations import (
     format_record,
     parse_record,
 )
+from neuron_cores.flags import Flag, FlagError, add_flags, resolve
 from neuron_cores.groups import (
     GROUP_SIZES_ENV,
     GroupSizesError,
@@ -37,6 +38,7 @@ from neuron_cores.load_order import (
     load_order,
     loads_per_group,
 )
+from neuron_cores.logs import LOG_FORMATS, LOG_LEVELS
 from neuron_cores.models import (
     MODELS_ENV,
     ModelEntry,
@@ -73,6 +75,8 @@ __all__ = [
     "GRPC_PORT",
     "HTTP_PORT",
     "INSTANCE_TYPES",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
     "MAX_NODE_CORES",
     "MODELS_ENV",
     "NEURON_TAINT_EFFECT",
@@ -82,12 +86,15 @@ __all__ = [
     "AllocationRecord",
     "AllocationRecordError",
     "CoreListError",
+    "Flag",
+    "FlagError",
     "GroupSizesError",
     "InstanceType",
     "LoadOrderError",
     "ModelEntry",
     "ModelListError",
     "UnknownInstanceTypeError",
+    "add_flags",
     "can_load",
     "contiguous_runs",
     "copy_name",
@@ -108,5 +115,6 @@ __all__ = [
     "parse_model_pair",
     "parse_record",
     "read_natural",
+    "resolve",
     "split_into_groups",
 ]

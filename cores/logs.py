@@ -14,6 +14,8 @@ import sys
 import time
 
 LOG_FORMATS = ("text", "json")
+# Every command shows them in lower case and also takes them in upper case (flags.log_level_flag).
+LOG_LEVELS = ("debug", "info", "warning", "error")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
 from neuron_cores import CORE_RESOURCE, DEVICE_RESOURCE
-from neuron_cores.logs import LOG_FORMATS, configure_logging
+from neuron_cores.flags import Flag, add_flags, log_format_flag, log_level_flag
+from neuron_cores.logs import configure_logging
 from neuron_device_plugin.ids import DEFAULT_PLUGIN_DIR
 from neuron_device_plugin.metrics import PluginMetrics, serve_metrics
 from neuron_device_plugin.plugin import PluginConfig, PluginManager
@@ -41,53 +41,158 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 
-class _Flags:
-    """argparse with an environment variable behind every flag, shown in ``--help``."""
-
-    def __init__(self, parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
-        self.parser = parser
-        self.environ = environ
-
-    def add(
-        self,
-        flag: str,
-        var: str,
-        help_text: str,
-        default: object,
-        *,
-        kind: Callable[[str], object] = str,
-        choices: Sequence[str] | None = None,
-    ) -> None:
-        raw = self.environ.get(var, "")
-        value = default
-        if raw:
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise SystemExit(
-                    f"neuron-device-plugin: {var}={raw!r} is not valid for {flag} "
-                    f"(expected {getattr(kind, '__name__', 'a value')}); fix or unset it"
-                ) from None
-            if choices is not None and value not in choices:
-                raise SystemExit(
-                    f"neuron-device-plugin: {var}={raw!r} is not valid for {flag}; "
-                    f"choose one of: {', '.join(choices)}"
-                )
-        self.parser.add_argument(
-            flag, default=value, type=kind, choices=choices, help=f"{help_text} [env {var}]"
-        )
-
-
 def port(text: str) -> int:
     """A TCP port number, 0 to 65535 (0 turns the server off)."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port number; give 0 to 65535") from None
     if not 0 <= value <= 65535:
         raise ValueError(f"port {value} is outside 0-65535")
     return value
 
 
-def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
-    env = dict(os.environ if environ is None else environ)
+def backend_flags(prefix: str) -> list[Flag]:
+    """The flags that choose and configure a backend, with variables named ``<prefix>_*``.
+
+    The DRA driver discovers nodes through the same backends, so it takes these same flags
+    under its own prefix (``NEURON_DRA``); :func:`build_backend` reads them for both.
+    """
+    return [
+        Flag(
+            "--backend", f"{prefix}_BACKEND", "where devices come from", "sysfs", choices=BACKENDS
+        ),
+        Flag(
+            "--sysfs-root",
+            f"{prefix}_SYSFS_ROOT",
+            "sysfs backend: the driver's neuron_device class directory",
+            DEFAULT_SYSFS_ROOT,
+        ),
+        Flag(
+            "--dev-root",
+            f"{prefix}_DEV_ROOT",
+            "sysfs backend: where the neuronN device nodes are, as this process sees them",
+            DEFAULT_DEV_ROOT,
+        ),
+        Flag(
+            "--host-dev-root",
+            f"{prefix}_HOST_DEV_ROOT",
+            "sysfs backend: where the host finds the same device nodes, written into what "
+            "containers get (DeviceSpecs, CDI specs); set /dev when the host's /dev is mounted "
+            "elsewhere in this container (the chart mounts it at /host/dev)",
+            shown_default="--dev-root",
+        ),
+        Flag(
+            "--error-counters",
+            f"{prefix}_ERROR_COUNTERS",
+            "sysfs backend: comma list of per-core status counters whose rise marks a core "
+            "unhealthy",
+            ",".join(DEFAULT_ERROR_COUNTERS),
+        ),
+        Flag(
+            "--recovery-seconds",
+            f"{prefix}_RECOVERY_SECONDS",
+            "sysfs backend: quiet time after the last error-counter rise before a core is "
+            "healthy again",
+            DEFAULT_RECOVERY_S,
+            parse=float,
+        ),
+        Flag(
+            "--instance-type",
+            f"{prefix}_INSTANCE_TYPE",
+            "simulated backend: an instance type such as inf1.6xlarge",
+        ),
+        Flag(
+            "--devices",
+            f"{prefix}_DEVICES",
+            "simulated backend: number of Neuron devices (with --cores-per-device, instead of "
+            "--instance-type)",
+            parse=int,
+        ),
+        Flag(
+            "--cores-per-device",
+            f"{prefix}_CORES_PER_DEVICE",
+            "simulated backend: NeuronCores on each device",
+            parse=int,
+        ),
+        Flag(
+            "--health-file",
+            f"{prefix}_HEALTH_FILE",
+            "simulated backend: file listing unhealthy cores ('3', '4-7', '0,5'); empty or "
+            "missing means all healthy",
+        ),
+    ]
+
+
+FLAGS = [
+    Flag(
+        "--device-plugin-dir",
+        "NEURON_DP_DEVICE_PLUGIN_DIR",
+        "the kubelet's device-plugin directory (holds kubelet.sock and our sockets)",
+        DEFAULT_PLUGIN_DIR,
+    ),
+    Flag(
+        "--core-resource-name",
+        "NEURON_DP_CORE_RESOURCE",
+        "extended resource advertising one ID per NeuronCore",
+        CORE_RESOURCE,
+    ),
+    Flag(
+        "--device-resource-name",
+        "NEURON_DP_DEVICE_RESOURCE",
+        "extended resource advertising one ID per Neuron device",
+        DEVICE_RESOURCE,
+    ),
+    Flag(
+        "--resources",
+        "NEURON_DP_RESOURCES",
+        "which resources the node offers: both (the two, kept exclusive: silicon one has handed "
+        "out is Unhealthy on the other), neuroncore (cores only) or neuron (devices only)",
+        ResourcesMode.BOTH.value,
+        choices=[m.value for m in ResourcesMode],
+    ),
+    Flag(
+        "--pod-resources-socket",
+        "NEURON_DP_POD_RESOURCES_SOCKET",
+        "with --resources both: the kubelet's PodResources socket, listed on every health poll "
+        "to learn which held devices came back (and, after a restart, which are still held); "
+        "'none' turns it off, and then holds last until the plugin restarts",
+        DEFAULT_POD_RESOURCES_SOCKET,
+    ),
+    Flag(
+        "--allocation-policy",
+        "NEURON_DP_ALLOCATION_POLICY",
+        "how GetPreferredAllocation picks indexes",
+        DEFAULT_POLICY,
+        choices=sorted(POLICIES),
+    ),
+    *backend_flags("NEURON_DP"),
+    Flag(
+        "--health-interval",
+        "NEURON_DP_HEALTH_INTERVAL",
+        "seconds between health polls",
+        2.0,
+        parse=float,
+    ),
+    Flag(
+        "--metrics-port",
+        "NEURON_DP_METRICS_PORT",
+        "Prometheus metrics port (0-65535); 0 disables",
+        9465,
+        parse=port,
+    ),
+    Flag(
+        "--metrics-address",
+        "NEURON_DP_METRICS_ADDRESS",
+        "address the metrics server binds",
+        "0.0.0.0",
+    ),
+    log_level_flag("NEURON_DP_LOG_LEVEL"),
+    log_format_flag("NEURON_DP_LOG_FORMAT"),
+]
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuron-device-plugin",
         description=(
@@ -96,148 +201,8 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
             "in use, prefers contiguous cores, and reports health. Every flag can also be set by "
             "the environment variable shown; the flag wins."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add = _Flags(parser, env).add
-    add("--backend", "NEURON_DP_BACKEND", "where devices come from", "sysfs", choices=BACKENDS)
-    add(
-        "--device-plugin-dir",
-        "NEURON_DP_DEVICE_PLUGIN_DIR",
-        "the kubelet's device-plugin directory (holds kubelet.sock and our sockets)",
-        DEFAULT_PLUGIN_DIR,
-    )
-    add(
-        "--core-resource-name",
-        "NEURON_DP_CORE_RESOURCE",
-        "extended resource advertising one ID per NeuronCore",
-        CORE_RESOURCE,
-    )
-    add(
-        "--device-resource-name",
-        "NEURON_DP_DEVICE_RESOURCE",
-        "extended resource advertising one ID per Neuron device",
-        DEVICE_RESOURCE,
-    )
-    add(
-        "--resources",
-        "NEURON_DP_RESOURCES",
-        "which resources the node offers: both (the two, kept exclusive: silicon one has handed "
-        "out is Unhealthy on the other), neuroncore (cores only) or neuron (devices only)",
-        ResourcesMode.BOTH.value,
-        choices=[m.value for m in ResourcesMode],
-    )
-    add(
-        "--pod-resources-socket",
-        "NEURON_DP_POD_RESOURCES_SOCKET",
-        "with --resources both: the kubelet's PodResources socket, listed on every health poll "
-        "to learn which held devices came back (and, after a restart, which are still held); "
-        "'none' turns it off, and then holds last until the plugin restarts",
-        DEFAULT_POD_RESOURCES_SOCKET,
-    )
-    add(
-        "--allocation-policy",
-        "NEURON_DP_ALLOCATION_POLICY",
-        "how GetPreferredAllocation picks indexes",
-        DEFAULT_POLICY,
-        choices=sorted(POLICIES),
-    )
-    add(
-        "--sysfs-root",
-        "NEURON_DP_SYSFS_ROOT",
-        "sysfs backend: the driver's neuron_device class directory",
-        DEFAULT_SYSFS_ROOT,
-    )
-    add(
-        "--dev-root",
-        "NEURON_DP_DEV_ROOT",
-        "sysfs backend: where the neuronN device nodes are, as this process sees them",
-        DEFAULT_DEV_ROOT,
-    )
-    add(
-        "--host-dev-root",
-        "NEURON_DP_HOST_DEV_ROOT",
-        "sysfs backend: where the kubelet (the host) finds the same device nodes; the DeviceSpecs "
-        "handed to containers use it. Defaults to --dev-root; set /dev when the host's /dev is "
-        "mounted elsewhere in the plugin's container",
-        None,
-    )
-    add(
-        "--error-counters",
-        "NEURON_DP_ERROR_COUNTERS",
-        "sysfs backend: comma list of per-core status counters whose rise marks a core unhealthy",
-        ",".join(DEFAULT_ERROR_COUNTERS),
-    )
-    add(
-        "--recovery-seconds",
-        "NEURON_DP_RECOVERY_SECONDS",
-        "sysfs backend: quiet time after the last error-counter rise before a core is healthy "
-        "again",
-        DEFAULT_RECOVERY_S,
-        kind=float,
-    )
-    add(
-        "--instance-type",
-        "NEURON_DP_INSTANCE_TYPE",
-        "simulated backend: an instance type such as inf1.6xlarge",
-        None,
-    )
-    add(
-        "--devices",
-        "NEURON_DP_DEVICES",
-        "simulated backend: number of Neuron devices",
-        None,
-        kind=int,
-    )
-    add(
-        "--cores-per-device",
-        "NEURON_DP_CORES_PER_DEVICE",
-        "simulated backend: NeuronCores on each device",
-        None,
-        kind=int,
-    )
-    add(
-        "--health-file",
-        "NEURON_DP_HEALTH_FILE",
-        "simulated backend: file listing unhealthy cores ('3', '4-7', '0,5'); empty or missing "
-        "means all healthy",
-        None,
-    )
-    add(
-        "--health-interval",
-        "NEURON_DP_HEALTH_INTERVAL",
-        "seconds between health polls",
-        2.0,
-        kind=float,
-    )
-    add(
-        "--metrics-port",
-        "NEURON_DP_METRICS_PORT",
-        "Prometheus metrics port (0-65535); 0 disables",
-        9465,
-        kind=port,
-    )
-    add(
-        "--metrics-address",
-        "NEURON_DP_METRICS_ADDRESS",
-        "address the metrics server binds",
-        "0.0.0.0",
-    )
-    add(
-        "--log-level",
-        "NEURON_DP_LOG_LEVEL",
-        "log level",
-        "info",
-        kind=str.lower,
-        choices=("debug", "info", "warning", "error"),
-    )
-    add(
-        "--log-format",
-        "NEURON_DP_LOG_FORMAT",
-        "log format",
-        "text",
-        kind=str.lower,
-        choices=LOG_FORMATS,
-    )
+    add_flags(parser, FLAGS, environ)
     return parser
 
 

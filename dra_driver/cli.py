@@ -18,19 +18,16 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from neuron_cores.logs import LOG_FORMATS, configure_logging
+from neuron_cores.flags import Flag, add_flags, log_format_flag, log_level_flag
+from neuron_cores.logs import configure_logging
+from neuron_device_plugin.cli import backend_flags
 from neuron_device_plugin.cli import build_backend as device_plugin_backend
-from neuron_device_plugin.sysfs_backend import (
-    DEFAULT_DEV_ROOT,
-    DEFAULT_ERROR_COUNTERS,
-    DEFAULT_RECOVERY_S,
-    DEFAULT_SYSFS_ROOT,
-)
 from neuron_device_plugin.topology import Backend, DiscoveryError, Topology
 from neuron_dra_driver.kubeletplugin import (
     CHECKPOINT_FILE,
@@ -55,13 +52,10 @@ from neuron_dra_driver.publisher import (
 log = logging.getLogger("neuron_dra_driver")
 
 PROG = "neuron-dra-driver"
-BACKENDS = ("sysfs", "simulated")
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 UNKNOWN_INSTANCE_TYPE = "unknown"
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def positive_float(text: str) -> float:
@@ -71,62 +65,83 @@ def positive_float(text: str) -> float:
     return value
 
 
-def boolean(text: str) -> bool:
-    word = text.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise ValueError(f"{text!r} is not one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")
+def _backend_flags() -> list[Flag]:
+    """The device plugin's backend flags under NEURON_DRA_*; --instance-type says more here."""
+    instance_type_help = (
+        "the instanceType attribute; the simulated backend also takes the node's devices from "
+        f"it. Unset: the node's {INSTANCE_TYPE_LABEL} label, else '{UNKNOWN_INSTANCE_TYPE}'"
+    )
+    return [
+        replace(f, help=instance_type_help) if f.name == "--instance-type" else f
+        for f in backend_flags("NEURON_DRA")
+    ]
 
 
-class _Flags:
-    """argparse with an environment variable behind every flag, shown in ``--help``."""
+FLAGS = [
+    Flag(
+        "--node-name",
+        "NEURON_DRA_NODE_NAME",
+        "the Node whose pool to publish (in a DaemonSet: spec.nodeName from the downward API); "
+        "with the simulated backend it may be any node, such as a kwok node",
+        "",
+        shown_default="required",
+    ),
+    *_backend_flags(),
+    Flag(
+        "--kubeconfig",
+        "NEURON_DRA_KUBECONFIG",
+        "kubeconfig file; empty: the in-cluster service account, else ~/.kube/config",
+        "",
+    ),
+    Flag(
+        "--poll-seconds",
+        "NEURON_DRA_POLL_SECONDS",
+        "how often health is read; slices are rewritten only when it changed",
+        5.0,
+        parse=positive_float,
+    ),
+    Flag(
+        "--once", "NEURON_DRA_ONCE", "publish the node's slices once and exit", False, switch=True
+    ),
+    Flag(
+        "--cleanup",
+        "NEURON_DRA_CLEANUP",
+        "delete every slice this driver published for the node and exit (uninstall)",
+        False,
+        switch=True,
+    ),
+    Flag(
+        "--kubelet-plugin",
+        "NEURON_DRA_KUBELET_PLUGIN",
+        "also serve the kubelet side (DRA v1 NodePrepareResources/NodeUnprepareResources and "
+        "plugin registration) on unix sockets; only for the node this process runs on",
+        False,
+        switch=True,
+    ),
+    Flag(
+        "--plugin-dir",
+        "NEURON_DRA_PLUGIN_DIR",
+        "kubelet plugin: folder of the DRA socket (dra.sock) and the checkpoint",
+        str(DEFAULT_PLUGIN_DIR),
+    ),
+    Flag(
+        "--registry-dir",
+        "NEURON_DRA_REGISTRY_DIR",
+        "kubelet plugin: the kubelet's plugin registry folder, where the registration socket goes",
+        str(DEFAULT_REGISTRY_DIR),
+    ),
+    Flag(
+        "--cdi-dir",
+        "NEURON_DRA_CDI_DIR",
+        "kubelet plugin: where CDI specs of prepared claims are written (one file per claim)",
+        str(DEFAULT_CDI_DIR),
+    ),
+    log_format_flag("NEURON_DRA_LOG_FORMAT"),
+    log_level_flag("NEURON_DRA_LOG_LEVEL"),
+]
 
-    def __init__(self, parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
-        self.parser = parser
-        self.environ = environ
 
-    def _from_env(self, flag: str, var: str, kind: Callable[[str], object], default: object) -> Any:
-        raw = self.environ.get(var, "")
-        if not raw:
-            return default
-        try:
-            return kind(raw)
-        except ValueError as err:
-            raise SystemExit(
-                f"{PROG}: {var}={raw!r} is not valid for {flag} ({err}); fix or unset it"
-            ) from None
-
-    def add(
-        self,
-        flag: str,
-        var: str,
-        help_text: str,
-        default: object,
-        *,
-        kind: Callable[[str], object] = str,
-        choices: Sequence[str] | None = None,
-    ) -> None:
-        value = self._from_env(flag, var, kind, default)
-        if choices is not None and value not in choices:
-            raise SystemExit(
-                f"{PROG}: {var}={value!r} is not valid for {flag}; choose one of: "
-                f"{', '.join(choices)}"
-            )
-        self.parser.add_argument(
-            flag, default=value, type=kind, choices=choices, help=f"{help_text} [env {var}]"
-        )
-
-    def switch(self, flag: str, var: str, help_text: str) -> None:
-        value = self._from_env(flag, var, boolean, False)
-        self.parser.add_argument(
-            flag, action="store_true", default=value, help=f"{help_text} [env {var}=true]"
-        )
-
-
-def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
-    env = dict(os.environ if environ is None else environ)
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
@@ -135,130 +150,8 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
             "allocated blocks never overlap, and taints the blocks that cover an unhealthy core. "
             "Every flag can also be set by the environment variable shown; the flag wins."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    flags = _Flags(parser, env)
-    add = flags.add
-    add(
-        "--node-name",
-        "NEURON_DRA_NODE_NAME",
-        "the Node whose pool to publish (in a DaemonSet: spec.nodeName from the downward API); "
-        "with the simulated backend it may be any node, such as a kwok node",
-        "",
-    )
-    add("--backend", "NEURON_DRA_BACKEND", "where devices come from", "sysfs", choices=BACKENDS)
-    add(
-        "--instance-type",
-        "NEURON_DRA_INSTANCE_TYPE",
-        "the instanceType attribute; the simulated backend also takes the node's devices from "
-        f"it. Empty: the node's {INSTANCE_TYPE_LABEL} label, else '{UNKNOWN_INSTANCE_TYPE}'",
-        "",
-    )
-    add(
-        "--devices",
-        "NEURON_DRA_DEVICES",
-        "simulated backend: number of Neuron devices (with --cores-per-device, instead of "
-        "--instance-type)",
-        None,
-        kind=int,
-    )
-    add(
-        "--cores-per-device",
-        "NEURON_DRA_CORES_PER_DEVICE",
-        "simulated backend: NeuronCores on each device",
-        None,
-        kind=int,
-    )
-    add(
-        "--health-file",
-        "NEURON_DRA_HEALTH_FILE",
-        "simulated backend: file listing unhealthy cores ('3', '4-7', '0,5'); empty or missing "
-        "means all healthy",
-        "",
-    )
-    add(
-        "--sysfs-root",
-        "NEURON_DRA_SYSFS_ROOT",
-        "sysfs backend: the Neuron driver's neuron_device class directory",
-        str(DEFAULT_SYSFS_ROOT),
-    )
-    add(
-        "--dev-root",
-        "NEURON_DRA_DEV_ROOT",
-        "sysfs backend: where the neuronN device nodes are",
-        str(DEFAULT_DEV_ROOT),
-    )
-    add(
-        "--host-dev-root",
-        "NEURON_DRA_HOST_DEV_ROOT",
-        "sysfs backend: where the host has the neuronN nodes, written into CDI specs, when "
-        "--dev-root is a mount of the host's /dev (in a pod: /host/dev); empty: --dev-root",
-        "",
-    )
-    add(
-        "--error-counters",
-        "NEURON_DRA_ERROR_COUNTERS",
-        "sysfs backend: comma list of per-core status counters whose rise marks a core unhealthy",
-        ",".join(DEFAULT_ERROR_COUNTERS),
-    )
-    add(
-        "--recovery-seconds",
-        "NEURON_DRA_RECOVERY_SECONDS",
-        "sysfs backend: quiet time after the last error-counter rise before a core is healthy",
-        DEFAULT_RECOVERY_S,
-        kind=float,
-    )
-    add(
-        "--kubeconfig",
-        "NEURON_DRA_KUBECONFIG",
-        "kubeconfig file; empty: the in-cluster service account, else ~/.kube/config",
-        "",
-    )
-    add(
-        "--poll-seconds",
-        "NEURON_DRA_POLL_SECONDS",
-        "how often health is read; slices are rewritten only when it changed",
-        5.0,
-        kind=positive_float,
-    )
-    flags.switch("--once", "NEURON_DRA_ONCE", "publish the node's slices once and exit")
-    flags.switch(
-        "--cleanup",
-        "NEURON_DRA_CLEANUP",
-        "delete every slice this driver published for the node and exit (uninstall)",
-    )
-    flags.switch(
-        "--kubelet-plugin",
-        "NEURON_DRA_KUBELET_PLUGIN",
-        "also serve the kubelet side (DRA v1 NodePrepareResources/NodeUnprepareResources and "
-        "plugin registration) on unix sockets; only for the node this process runs on",
-    )
-    add(
-        "--plugin-dir",
-        "NEURON_DRA_PLUGIN_DIR",
-        "kubelet plugin: folder of the DRA socket (dra.sock) and the checkpoint",
-        str(DEFAULT_PLUGIN_DIR),
-    )
-    add(
-        "--registry-dir",
-        "NEURON_DRA_REGISTRY_DIR",
-        "kubelet plugin: the kubelet's plugin registry folder, where the registration socket goes",
-        str(DEFAULT_REGISTRY_DIR),
-    )
-    add(
-        "--cdi-dir",
-        "NEURON_DRA_CDI_DIR",
-        "kubelet plugin: where CDI specs of prepared claims are written (one file per claim)",
-        str(DEFAULT_CDI_DIR),
-    )
-    add("--log-format", "NEURON_DRA_LOG_FORMAT", "log format", "text", choices=LOG_FORMATS)
-    add(
-        "--log-level",
-        "NEURON_DRA_LOG_LEVEL",
-        "log level",
-        "INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-    )
+    add_flags(parser, FLAGS, environ)
     return parser
 
 

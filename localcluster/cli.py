@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from neuron_cores import CORE_RESOURCE
+from neuron_cores.flags import Flag, add_flags, log_level_flag, number
 from neuron_cores.logs import configure_logging
 from neuron_localcluster import binaries, cache, karpenter, layout, podnet
 from neuron_localcluster.cluster import (
@@ -33,7 +33,7 @@ LOG_LEVEL_ENV = "NEURON_GROUPS_LOG_LEVEL"
 AUTOSCALER_ENV = "NEURON_GROUPS_AUTOSCALER"
 CONSOLIDATE_AFTER_ENV = "NEURON_GROUPS_CONSOLIDATE_AFTER"
 ALLOCATION_ENV = "NEURON_GROUPS_ALLOCATION"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEMO_TIMEOUT_ENV = "NEURON_GROUPS_DEMO_TIMEOUT"
 
 
 def progress(message: str) -> None:
@@ -63,8 +63,70 @@ ENV_HELP = f"""environment variables:
   {binaries.GO_ENV:<30} the go binary to build with (default: go on PATH)
   {binaries.MODULE_ENV:<30} folder of the Go module (default: <repo>/hack/cluster)
   {podnet.MODE_ENV:<30} auto|netns|loopback: how emulated pods get addresses
-  NEURON_GROUPS_DEMO_TIMEOUT     seconds `demo` waits for the workloads to be Ready (900)
+  {DEMO_TIMEOUT_ENV:<30} seconds `demo` waits for the workloads (same as --ready-timeout)
 """
+
+
+def _autoscaler(text: str) -> str:
+    try:
+        return karpenter.parse_autoscaler(text)
+    except karpenter.KarpenterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _allocation(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ALLOCATIONS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an allocation path; use one of {', '.join(ALLOCATIONS)} "
+            f"(flag --allocation or {ALLOCATION_ENV})"
+        )
+    return value
+
+
+def _folder(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+STATE_DIR_FLAG = Flag(
+    "--state-dir",
+    layout.STATE_ENV,
+    "cluster state folder (kubeconfig, logs, pids)",
+    parse=_folder,
+    shown_default="<repo>/.cluster",
+)
+LOG_LEVEL_FLAG = log_level_flag(LOG_LEVEL_ENV)
+AUTOSCALER_FLAG = Flag(
+    "--autoscaler",
+    AUTOSCALER_ENV,
+    "node autoscaler: none, or karpenter (Karpenter's kwok provider, built from hack/karpenter)",
+    "none",
+    parse=_autoscaler,
+)
+CONSOLIDATE_AFTER_FLAG = Flag(
+    "--consolidate-after",
+    CONSOLIDATE_AFTER_ENV,
+    "with --autoscaler karpenter: how long a node stays empty or under-used before Karpenter "
+    "removes it",
+    karpenter.Settings.consolidate_after,
+)
+ALLOCATION_FLAG = Flag(
+    "--allocation",
+    ALLOCATION_ENV,
+    f"how nodes offer their NeuronCores: device-plugin ({CORE_RESOURCE}) or dra (the "
+    "DRA driver's ResourceSlices only; see docs/dra.md)",
+    DEVICE_PLUGIN,
+    parse=_allocation,
+)
+
+READY_TIMEOUT_FLAG = Flag(
+    "--ready-timeout",
+    DEMO_TIMEOUT_ENV,
+    "seconds demo waits for its NeuronWorkloads to be Ready",
+    900.0,
+    parse=number(float, 1),
+    metavar="SECONDS",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,19 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"${cache.CACHE_ENV}/neuron-groups/bin; {binaries.ASSETS_ENV} is honoured."
         ),
     )
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        help=f"cluster state folder (kubeconfig, logs, pids); env {layout.STATE_ENV}; "
-        "default <repo>/.cluster",
-    )
-    parser.add_argument(
-        "--log-level",
-        type=_log_level,
-        default=os.environ.get(LOG_LEVEL_ENV, "INFO"),
-        help=f"logging level: {', '.join(LOG_LEVELS)} (env {LOG_LEVEL_ENV}, default INFO)",
-    )
+    add_flags(parser, [STATE_DIR_FLAG, LOG_LEVEL_FLAG])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build/reuse binaries and start the cluster")
     _node_flags(up)
@@ -103,63 +153,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("down", help="stop every process of the cluster (no process left behind)")
     sub.add_parser("status", help="print the cluster's state as JSON; exit 1 if not running")
     build = sub.add_parser("build", help="only build (or find cached) control-plane binaries")
-    _autoscaler_flag(build)
+    add_flags(build, [AUTOSCALER_FLAG])
     demo = sub.add_parser("demo", help="cluster up, chart install, the seed's scenarios, results")
     _node_flags(demo, emulated_with_autoscaler=DEFAULT_EMULATED_NODES)
+    add_flags(demo, [READY_TIMEOUT_FLAG])
     return parser
 
 
-def _log_level(text: str) -> str:
-    """A logging level name, any case; argparse also runs the env default through this."""
-    level = text.strip().upper()
-    if level not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a logging level; use one of {', '.join(LOG_LEVELS)} "
-            f"(flag or {LOG_LEVEL_ENV})"
-        )
-    return level
-
-
-def _autoscaler(text: str) -> str:
-    try:
-        return karpenter.parse_autoscaler(text)
-    except karpenter.KarpenterError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _autoscaler_flag(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument(
-        "--autoscaler",
-        type=_autoscaler,
-        default=os.environ.get(AUTOSCALER_ENV, "none"),
-        help=f"node autoscaler: none, or karpenter (Karpenter's kwok provider, built from "
-        f"hack/karpenter; env {AUTOSCALER_ENV}, default none)",
-    )
-
-
 def _node_flags(cmd: argparse.ArgumentParser, *, emulated_with_autoscaler: str = "") -> None:
-    cmd.add_argument(
-        "--kwok-nodes",
-        default=os.environ.get(KWOK_NODES_ENV),
-        help=f"kwok-simulated nodes, e.g. '2xinf1.6xlarge,inf2.xlarge' (env {KWOK_NODES_ENV}, "
-        f"default {DEFAULT_KWOK_NODES}, none with an autoscaler; '' for none)",
-    )
-    cmd.add_argument(
-        "--emulated-nodes",
-        default=os.environ.get(EMULATED_NODES_ENV),
-        help="nodes whose pods really run as local processes, via the device plugin "
-        f"(env {EMULATED_NODES_ENV}, default {DEFAULT_EMULATED_NODES}, "
-        f"{emulated_with_autoscaler or 'none'} with an autoscaler; '' for none)",
-    )
-    _autoscaler_flag(cmd)
-    cmd.add_argument(
-        "--consolidate-after",
-        default=os.environ.get(CONSOLIDATE_AFTER_ENV, karpenter.Settings.consolidate_after),
-        help="with --autoscaler karpenter: how long a node stays empty or under-used before "
-        f"Karpenter removes it (env {CONSOLIDATE_AFTER_ENV}, default "
-        f"{karpenter.Settings.consolidate_after})",
-    )
-    _allocation_flag(cmd)
+    with_autoscaler = emulated_with_autoscaler or "none"
+    node_flags = [
+        Flag(
+            "--kwok-nodes",
+            KWOK_NODES_ENV,
+            "kwok-simulated nodes, e.g. '2xinf1.6xlarge,inf2.xlarge'; '' for none",
+            shown_default=f"{DEFAULT_KWOK_NODES}, none with an autoscaler",
+            keep_empty=True,
+        ),
+        Flag(
+            "--emulated-nodes",
+            EMULATED_NODES_ENV,
+            "nodes whose pods really run as local processes, via the device plugin; '' for none",
+            shown_default=f"{DEFAULT_EMULATED_NODES}, {with_autoscaler} with an autoscaler",
+            keep_empty=True,
+        ),
+    ]
+    add_flags(cmd, [*node_flags, AUTOSCALER_FLAG, CONSOLIDATE_AFTER_FLAG, ALLOCATION_FLAG])
 
 
 def node_lists(
@@ -188,27 +207,6 @@ def autoscaler_settings(autoscaler: str, consolidate_after: str) -> karpenter.Se
     if autoscaler == "none":
         return None
     return karpenter.Settings(consolidate_after=consolidate_after)
-
-
-def _allocation_flag(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument(
-        "--allocation",
-        type=_allocation,
-        default=os.environ.get(ALLOCATION_ENV, DEVICE_PLUGIN),
-        help=f"how nodes offer their NeuronCores: device-plugin ({CORE_RESOURCE}) or "
-        "dra (the DRA driver's ResourceSlices only; see docs/dra.md) "
-        f"(env {ALLOCATION_ENV}, default {DEVICE_PLUGIN})",
-    )
-
-
-def _allocation(text: str) -> str:
-    value = text.strip().lower()
-    if value not in ALLOCATIONS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an allocation path; use one of {', '.join(ALLOCATIONS)} "
-            f"(flag --allocation or {ALLOCATION_ENV})"
-        )
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,6 +256,7 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
             emulated_nodes=emulated,
             autoscaler=autoscaler_settings(args.autoscaler, args.consolidate_after),
             allocation=args.allocation,
+            ready_timeout_s=args.ready_timeout,
         )
     kwok, emulated = node_lists(args.kwok_nodes, args.emulated_nodes, args.autoscaler)
     cluster = ensure_up(

@@ -53,8 +53,6 @@ DEMO_NAMESPACE = "demo"
 WORKLOAD_RESOURCE = "neuronworkloads.neurongroups.dev"
 # name -> (seed) of the stand-in models the scenarios load from /models/<name>
 MODELS = {"resnet50": 0, "resnet50-v2": 1}
-READY_TIMEOUT_S = float(os.environ.get("NEURON_GROUPS_DEMO_TIMEOUT", "900"))
-
 
 # ---- pure parts ----------------------------------------------------------------------------
 
@@ -235,8 +233,13 @@ def _scheduled(cluster: LocalCluster, workload: str) -> bool:
     return bool(pods) and all(p["spec"].get("nodeName") for p in pods)
 
 
-def wait_ready(cluster: LocalCluster, names: Sequence[str], print_: Callable[[str], None]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def wait_ready(
+    cluster: LocalCluster,
+    names: Sequence[str],
+    print_: Callable[[str], None],
+    timeout_s: float,
+) -> None:
+    deadline = time.monotonic() + timeout_s
     last = ""
     while True:
         workloads = [_json(cluster, WORKLOAD_RESOURCE, n, "-n", DEMO_NAMESPACE) for n in names]
@@ -248,7 +251,7 @@ def wait_ready(cluster: LocalCluster, names: Sequence[str], print_: Callable[[st
             return
         if time.monotonic() > deadline:
             raise ClusterError(
-                f"NeuronWorkloads not Ready after {READY_TIMEOUT_S:.0f}s ({line}); see "
+                f"NeuronWorkloads not Ready after {timeout_s:.0f}s ({line}); see "
                 f"`kubectl -n {DEMO_NAMESPACE} describe neuronworkloads` and the logs in "
                 f"{cluster.layout.logs}"
             )
@@ -329,8 +332,10 @@ def run(
     emulated_nodes: str,
     autoscaler: karpenter.Settings | None = None,
     allocation: str = "device-plugin",
+    ready_timeout_s: float = 900.0,
 ) -> int:
-    """The demo; with ``autoscaler``, Karpenter adds the nodes the scenarios do not fit on."""
+    """The demo; with ``autoscaler``, Karpenter adds the nodes the scenarios do not fit on;
+    ``ready_timeout_s``: how long the scenarios may take to be Ready (``demo --ready-timeout``)."""
     from neuron_localcluster.cli import ensure_up, usage_lines
 
     started = time.monotonic()
@@ -343,7 +348,7 @@ def run(
     start_operator(cluster)
     names = apply_scenarios(cluster, models_dir)
     say("waiting for the NeuronWorkloads to be Ready")
-    wait_ready(cluster, names, lambda line: print(f"    {line}", flush=True))
+    wait_ready(cluster, names, lambda line: print(f"    {line}", flush=True), ready_timeout_s)
     say(f"all scenarios Ready after {time.monotonic() - started:.0f}s; cores per node:")
     print_core_maps(cluster)
     one_inference(cluster)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, TextIO
 import yaml
 
 from neuron_cores import GROUP_SIZES_ENV
+from neuron_cores.flags import Flag, add_flags
 from neuron_operator.api import InvalidSpecError, Workload, workload_from_object
 from neuron_operator.claims import resolve_allocation
 from neuron_operator.planner import Plan, plan
@@ -27,10 +27,14 @@ from neuron_operator.runner import add_run_command
 
 EXIT_INVALID = 2
 OUTPUTS = ("text", "yaml", "json")
-
-
-def _env_default(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+PLAN_OUTPUT_FLAG = Flag(
+    "--output",
+    "NEURON_OPERATOR_PLAN_OUTPUT",
+    "text: one line per pod; yaml/json: a List of Pod objects",
+    "text",
+    choices=OUTPUTS,
+    aliases=("-o",),
+)
 
 
 def load_workloads(path: Path) -> list[Workload]:
@@ -67,13 +71,6 @@ def _text_report(workload: Workload, result: Plan, mode: str, out: TextIO) -> No
 
 
 def plan_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    if args.output not in OUTPUTS:  # argparse never checks a default (here from env) for choices
-        print(
-            f"error: NEURON_OPERATOR_PLAN_OUTPUT={args.output!r} is not one of "
-            f"{', '.join(OUTPUTS)}; fix or unset it",
-            file=sys.stderr,
-        )
-        return EXIT_INVALID
     try:
         workloads = load_workloads(args.file)
     except InvalidSpecError as error:
@@ -139,14 +136,7 @@ def _add_plan(commands: Any) -> None:
         description="Read NeuronWorkload YAML (FILE, or - for stdin) and print the planned pods.",
     )
     parser.add_argument("file", type=Path, metavar="FILE", help="NeuronWorkload YAML file, or -")
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=OUTPUTS,
-        default=_env_default("NEURON_OPERATOR_PLAN_OUTPUT", "text"),
-        help="text: one line per pod; yaml/json: a List of Pod objects "
-        "(env NEURON_OPERATOR_PLAN_OUTPUT, default text)",
-    )
+    add_flags(parser, [PLAN_OUTPUT_FLAG])
     parser.set_defaults(func=plan_command)
 
 

@@ -9,6 +9,7 @@ posting is off because the reconciler records its Events itself (``kube.post_eve
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import socket
@@ -17,223 +18,15 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from neuron_cores.flags import Flag, add_flags, boolean, log_format_flag, log_level_flag, number
 from neuron_operator import api
 from neuron_operator.controller import Backoff, Reconciler, TimerSchedule
 from neuron_operator.kube import API_ERRORS
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "NEURON_OPERATOR_NAMESPACES": "",
-    "NEURON_OPERATOR_LEASE_NAME": "neuron-operator",
-    "NEURON_OPERATOR_LEASE_SECONDS": "15",
-    "NEURON_OPERATOR_RENEW_SECONDS": "5",
-    "NEURON_OPERATOR_RESYNC_SECONDS": "30",
-    "NEURON_OPERATOR_METRICS_PORT": "8080",
-    "NEURON_OPERATOR_METRICS_ADDRESS": "0.0.0.0",
-    "NEURON_OPERATOR_LOG_FORMAT": "text",
-    "NEURON_OPERATOR_LOG_LEVEL": "info",
-    "NEURON_OPERATOR_LEADER_ELECTION": "true",
-    "NEURON_OPERATOR_ALLOWED_VOLUME_TYPES": ",".join(api.DEFAULT_VOLUME_TYPES),
-    "NEURON_OPERATOR_ALLOWED_HOST_PATHS": "",
-    "NEURON_OPERATOR_BACKOFF_MAX_SECONDS": "300",
-    "NEURON_OPERATOR_WORKERS": "2",
-}
-
-
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("debug", "info", "warning")
 EXIT_USAGE = 2
 KOPF_OBJECTS_LOGGER = "kopf.objects"
-
-
-def _env(name: str) -> str:
-    return os.environ.get(name, DEFAULTS.get(name, ""))
-
-
-def _namespaces(text: str) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()]
-
-
-def _default_lease_namespace() -> str:
-    mounted = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-    if os.path.exists(mounted):
-        with open(mounted, encoding="utf-8") as handle:
-            return handle.read().strip()
-    return os.environ.get("POD_NAMESPACE", "default")
-
-
-def _number(kind: type[int] | type[float], low: float, high: float | None = None) -> Any:
-    """An argparse ``type`` for a number in [low, high]; argparse names the flag on error.
-
-    Defaults are passed as the env var's *string*, so argparse runs them through this too and a
-    bad environment value is refused as clearly as a bad flag, instead of a traceback.
-    """
-    bounds = f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
-
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a number; give a whole number {bounds}"
-                if kind is int
-                else f"{text!r} is not a number; give a number {bounds}"
-            ) from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range; give a number {bounds}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _flag_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
-
-
-def add_run_command(commands: Any) -> None:
-    parser = commands.add_parser(
-        "run",
-        help="reconcile NeuronWorkloads in a cluster",
-        description="Watch NeuronWorkloads and their pods and keep the planned pods running. "
-        "Each flag's environment variable is given in brackets.",
-    )
-    add = parser.add_argument
-    add(
-        "--kubeconfig",
-        default=os.environ.get("KUBECONFIG"),
-        help="kubeconfig file; absent: in-cluster config, then ~/.kube/config [KUBECONFIG]",
-    )
-    add(
-        "--all-namespaces",
-        action="store_true",
-        help="watch every namespace (the default when no --namespace is given)",
-    )
-    add(
-        "--namespace",
-        dest="namespaces",
-        action="append",
-        help="namespace to watch; repeat for several; absent: all namespaces "
-        "[NEURON_OPERATOR_NAMESPACES, comma-separated]",
-    )
-    add(
-        "--leader-election",
-        type=_flag_bool,
-        nargs="?",
-        const=True,
-        metavar="BOOL",
-        default=_env("NEURON_OPERATOR_LEADER_ELECTION"),
-        help="take a Lease so only one replica acts; alone it means true, or give true/false "
-        "(false only for a single local process) [NEURON_OPERATOR_LEADER_ELECTION, default true]",
-    )
-    add(
-        "--standalone",
-        dest="leader_election",
-        action="store_false",
-        help="same as --leader-election=false: act without a Lease (one local process only)",
-    )
-    add(
-        "--lease-name",
-        "--peering",
-        default=_env("NEURON_OPERATOR_LEASE_NAME"),
-        help="name of the coordination.k8s.io Lease the replicas share: the peering name "
-        "[NEURON_OPERATOR_LEASE_NAME, default neuron-operator]",
-    )
-    add(
-        "--lease-namespace",
-        default=os.environ.get("NEURON_OPERATOR_LEASE_NAMESPACE"),
-        help="namespace of the Lease; default: the pod's namespace, else $POD_NAMESPACE, else "
-        "default [NEURON_OPERATOR_LEASE_NAMESPACE]",
-    )
-    add(
-        "--identity",
-        default=os.environ.get("NEURON_OPERATOR_IDENTITY"),
-        help="this replica's name in the Lease; default hostname-pid [NEURON_OPERATOR_IDENTITY]",
-    )
-    add(
-        "--lease-seconds",
-        type=_number(int, 1),
-        default=_env("NEURON_OPERATOR_LEASE_SECONDS"),
-        help="how long a Lease lasts without renewal [NEURON_OPERATOR_LEASE_SECONDS, default 15]",
-    )
-    add(
-        "--renew-seconds",
-        type=_number(float, 0.1),
-        default=_env("NEURON_OPERATOR_RENEW_SECONDS"),
-        help="how often the leader renews, and standbys retry "
-        "[NEURON_OPERATOR_RENEW_SECONDS, default 5]",
-    )
-    add(
-        "--resync-seconds",
-        type=_number(float, 1),
-        default=_env("NEURON_OPERATOR_RESYNC_SECONDS"),
-        help="period of the full level-based resync of every NeuronWorkload "
-        "[NEURON_OPERATOR_RESYNC_SECONDS, default 30]",
-    )
-    add(
-        "--backoff-max-seconds",
-        type=_number(float, 1),
-        default=_env("NEURON_OPERATOR_BACKOFF_MAX_SECONDS"),
-        help="longest wait before retrying a write the API server refused (the wait doubles "
-        "from 1 s after each refusal) [NEURON_OPERATOR_BACKOFF_MAX_SECONDS, default 300]",
-    )
-    add(
-        "--workers",
-        type=_number(int, 1, 64),
-        default=_env("NEURON_OPERATOR_WORKERS"),
-        help="threads reconciling NeuronWorkloads, each a different one at a time; events "
-        "coalesce into one pending reconcile per NeuronWorkload "
-        "[NEURON_OPERATOR_WORKERS, default 2]",
-    )
-    add(
-        "--metrics-port",
-        type=_number(int, 0, 65535),
-        default=_env("NEURON_OPERATOR_METRICS_PORT"),
-        help="port of the HTTP endpoint serving /metrics (Prometheus) and /healthz; 0 disables "
-        "it [NEURON_OPERATOR_METRICS_PORT, default 8080]",
-    )
-    add(
-        "--metrics-address",
-        default=_env("NEURON_OPERATOR_METRICS_ADDRESS"),
-        help="address the metrics endpoint binds "
-        "[NEURON_OPERATOR_METRICS_ADDRESS, default 0.0.0.0]",
-    )
-    add(
-        "--log-format",
-        choices=LOG_FORMATS,
-        default=_env("NEURON_OPERATOR_LOG_FORMAT"),
-        help="log line format [NEURON_OPERATOR_LOG_FORMAT, default text]",
-    )
-    add(
-        "--log-level",
-        choices=LOG_LEVELS,
-        default=_env("NEURON_OPERATOR_LOG_LEVEL"),
-        help="log level [NEURON_OPERATOR_LOG_LEVEL, default info]",
-    )
-    add(
-        "--allowed-volume-types",
-        type=_policy_value(api.parse_volume_types),
-        default=_env("NEURON_OPERATOR_ALLOWED_VOLUME_TYPES"),
-        help="volume types a NeuronWorkload's pods may use, comma-separated, from "
-        f"{', '.join(t for t in api.VOLUME_TYPES if t != api.HOST_PATH)} "
-        "[NEURON_OPERATOR_ALLOWED_VOLUME_TYPES, default "
-        f"{','.join(api.DEFAULT_VOLUME_TYPES)}]",
-    )
-    add(
-        "--allowed-host-paths",
-        type=_policy_value(api.parse_host_paths),
-        default=_env("NEURON_OPERATOR_ALLOWED_HOST_PATHS"),
-        help="host folders a hostPath volume may name (each with everything below it, mounted "
-        "read-only), comma-separated; empty refuses hostPath "
-        "[NEURON_OPERATOR_ALLOWED_HOST_PATHS, default empty]",
-    )
-    parser.set_defaults(func=run_command)
 
 
 def _policy_value(parse: Any) -> Any:
@@ -247,6 +40,154 @@ def _policy_value(parse: Any) -> Any:
 
     check.__name__ = parse.__name__
     return check
+
+
+RUN_FLAGS = [
+    Flag(
+        "--kubeconfig",
+        "KUBECONFIG",
+        "kubeconfig file",
+        shown_default="in-cluster config, then ~/.kube/config",
+    ),
+    Flag(
+        "--namespace",
+        "NEURON_OPERATOR_NAMESPACES",
+        "namespace to watch; repeat for several (the variable: comma-separated)",
+        many=True,
+        metavar="NAMESPACE",
+        shown_default="all namespaces",
+        options={"dest": "namespaces"},
+    ),
+    Flag(
+        "--leader-election",
+        "NEURON_OPERATOR_LEADER_ELECTION",
+        "take a Lease so only one replica acts; alone it means true, or give true/false "
+        "(false only for a single local process)",
+        True,
+        parse=boolean,
+        metavar="BOOL",
+        options={"nargs": "?", "const": True},
+    ),
+    Flag(
+        "--lease-name",
+        "NEURON_OPERATOR_LEASE_NAME",
+        "name of the coordination.k8s.io Lease the replicas share: the peering name",
+        "neuron-operator",
+        aliases=("--peering",),
+    ),
+    Flag(
+        "--lease-namespace",
+        "NEURON_OPERATOR_LEASE_NAMESPACE",
+        "namespace of the Lease",
+        shown_default="the pod's namespace, else $POD_NAMESPACE, else default",
+    ),
+    Flag(
+        "--identity",
+        "NEURON_OPERATOR_IDENTITY",
+        "this replica's name in the Lease",
+        shown_default="hostname-pid",
+    ),
+    Flag(
+        "--lease-seconds",
+        "NEURON_OPERATOR_LEASE_SECONDS",
+        "how long a Lease lasts without renewal",
+        15,
+        parse=number(int, 1),
+    ),
+    Flag(
+        "--renew-seconds",
+        "NEURON_OPERATOR_RENEW_SECONDS",
+        "how often the leader renews, and standbys retry",
+        5.0,
+        parse=number(float, 0.1),
+    ),
+    Flag(
+        "--resync-seconds",
+        "NEURON_OPERATOR_RESYNC_SECONDS",
+        "period of the full level-based resync of every NeuronWorkload",
+        30.0,
+        parse=number(float, 1),
+    ),
+    Flag(
+        "--backoff-max-seconds",
+        "NEURON_OPERATOR_BACKOFF_MAX_SECONDS",
+        "longest wait before retrying a write the API server refused (the wait doubles from "
+        "1 s after each refusal)",
+        300.0,
+        parse=number(float, 1),
+    ),
+    Flag(
+        "--workers",
+        "NEURON_OPERATOR_WORKERS",
+        "threads reconciling NeuronWorkloads, each a different one at a time; events coalesce "
+        "into one pending reconcile per NeuronWorkload",
+        2,
+        parse=number(int, 1, 64),
+    ),
+    Flag(
+        "--metrics-port",
+        "NEURON_OPERATOR_METRICS_PORT",
+        "port of the HTTP endpoint serving /metrics (Prometheus) and /healthz; 0 disables it",
+        8080,
+        parse=number(int, 0, 65535),
+    ),
+    Flag(
+        "--metrics-address",
+        "NEURON_OPERATOR_METRICS_ADDRESS",
+        "address the metrics endpoint binds",
+        "0.0.0.0",
+    ),
+    log_format_flag("NEURON_OPERATOR_LOG_FORMAT"),
+    log_level_flag("NEURON_OPERATOR_LOG_LEVEL"),
+    Flag(
+        "--allowed-volume-types",
+        "NEURON_OPERATOR_ALLOWED_VOLUME_TYPES",
+        "volume types a NeuronWorkload's pods may use, comma-separated, from "
+        f"{', '.join(t for t in api.VOLUME_TYPES if t != api.HOST_PATH)}",
+        ",".join(api.DEFAULT_VOLUME_TYPES),
+        parse=_policy_value(api.parse_volume_types),
+        keep_empty=True,
+    ),
+    Flag(
+        "--allowed-host-paths",
+        "NEURON_OPERATOR_ALLOWED_HOST_PATHS",
+        "host folders a hostPath volume may name (each with everything below it, mounted "
+        "read-only), comma-separated; empty refuses hostPath",
+        "",
+        parse=_policy_value(api.parse_host_paths),
+        keep_empty=True,
+    ),
+]
+
+
+def _default_lease_namespace() -> str:
+    mounted = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    if os.path.exists(mounted):
+        with open(mounted, encoding="utf-8") as handle:
+            return handle.read().strip()
+    return os.environ.get("POD_NAMESPACE", "default")
+
+
+def add_run_command(commands: Any) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="reconcile NeuronWorkloads in a cluster",
+        description="Watch NeuronWorkloads and their pods and keep the planned pods running. "
+        "Each flag's environment variable and default are given in brackets; the flag wins.",
+    )
+    add_flags(parser, RUN_FLAGS)
+    parser.add_argument(
+        "--all-namespaces",
+        action="store_true",
+        help="watch every namespace (the default when no --namespace is given)",
+    )
+    parser.add_argument(
+        "--standalone",
+        dest="leader_election",
+        action="store_false",
+        help="same as --leader-election=false: act without a Lease (one local process only)",
+    )
+    parser.set_defaults(func=run_command)
 
 
 def _resync_loop(
@@ -271,15 +212,8 @@ def _resync_loop(
 
 
 def check_run_args(args: argparse.Namespace) -> list[str]:
-    """What argparse cannot see: env-supplied choices (argparse never checks a default against
-    ``choices``) and the renew interval against the lease."""
+    """What no one flag can check: the renew interval against the lease."""
     problems = []
-    for value, allowed, env in (
-        (args.log_format, LOG_FORMATS, "NEURON_OPERATOR_LOG_FORMAT"),
-        (args.log_level, LOG_LEVELS, "NEURON_OPERATOR_LOG_LEVEL"),
-    ):
-        if value not in allowed:
-            problems.append(f"{env}={value!r} is not one of {', '.join(allowed)}; fix or unset it")
     if args.leader_election and args.renew_seconds >= args.lease_seconds:
         problems.append(
             f"--renew-seconds {args.renew_seconds:g} must be shorter than --lease-seconds "
@@ -296,11 +230,30 @@ def configure_logging(level: str, log_format: str) -> None:
 
     kopf.configure(
         verbose=level == "debug",
-        quiet=level == "warning",
+        quiet=level in ("warning", "error"),
         log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
     )
+    if level == "error":  # kopf's quiet is warning
+        logging.getLogger().setLevel(logging.ERROR)
     objects = logging.getLogger(KOPF_OBJECTS_LOGGER)
     objects.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+def _client_configuration(kubeconfig: str | None) -> Any:
+    """--kubeconfig's file; without one, the in-cluster config, then ~/.kube/config."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    load_kube_config: Any = config.load_kube_config
+    load_incluster_config: Any = config.load_incluster_config
+    if kubeconfig:
+        load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            load_kube_config(client_configuration=configuration)
+    return configuration
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -317,19 +270,7 @@ def run_command(args: argparse.Namespace) -> int:
     from neuron_operator.kube import Kube
     from neuron_operator.leader import LeaseElector
 
-    def load_configuration() -> Any:
-        configuration = client.Configuration()
-        load_kube_config: Any = config.load_kube_config
-        load_incluster_config: Any = config.load_incluster_config
-        if args.kubeconfig:
-            load_kube_config(config_file=args.kubeconfig, client_configuration=configuration)
-        else:
-            try:
-                load_incluster_config(client_configuration=configuration)
-            except config.ConfigException:
-                load_kube_config(client_configuration=configuration)
-        return configuration
-
+    load_configuration = functools.partial(_client_configuration, args.kubeconfig)
     try:
         api_client = client.ApiClient(load_configuration())
     except (config.ConfigException, OSError) as error:
@@ -341,7 +282,7 @@ def run_command(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     configure_logging(args.log_level, args.log_format)
-    namespaces = args.namespaces or _namespaces(_env("NEURON_OPERATOR_NAMESPACES"))
+    namespaces = args.namespaces or []
     api.configure_volume_policy(
         api.VolumePolicy(args.allowed_volume_types, args.allowed_host_paths)
     )

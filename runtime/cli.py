@@ -15,12 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from neuron_cores.flags import Flag, add_flags, log_level_flag
 from neuron_cores.logs import configure_logging
 from neuron_runtime.arbiter import CoreArbiter, iter_states_text
 from neuron_runtime.archs import ARCHS
 from neuron_runtime.artifact import compile_model
 from neuron_runtime.config import (
+    DEFAULT_NODE_CORES,
     ENVIRONMENT_HELP,
+    LOG_LEVEL_ENV,
     SIM_CORES_ENV,
     SIM_INSTANCE_TYPE_ENV,
     STATE_DIR_ENV,
@@ -31,14 +34,30 @@ from neuron_runtime.serving.cli import add_serve_command
 
 log = logging.getLogger(__name__)
 
-LOG_LEVEL_ENV = "NEURON_RT_LOG_LEVEL"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# cores and compile; serve has its own (NEURON_LOG_LEVEL, default info), as the server it runs.
+LOG_LEVEL_FLAG = log_level_flag(LOG_LEVEL_ENV, "warning")
+# What the runtime reads from the environment: cores resolves these through config_from_env.
+CORES_FLAGS = [
+    Flag(
+        "--state-dir",
+        STATE_DIR_ENV,
+        "arbiter state directory",
+        shown_default="/tmp/neuron-sim-<uid>",
+    ),
+    Flag(
+        "--node-cores",
+        SIM_CORES_ENV,
+        "node size in cores",
+        shown_default=f"{DEFAULT_NODE_CORES}, or from --instance-type",
+        metavar="N",
+    ),
+    Flag("--instance-type", SIM_INSTANCE_TYPE_ENV, "node size as an instance type"),
+]
 
 
 def _env_epilog() -> str:
     lines = ["environment variables read by the runtime:"]
     lines += [f"  {name:<27} {meaning}" for name, meaning in ENVIRONMENT_HELP]
-    lines.append(f"  {LOG_LEVEL_ENV:<27} log level (default WARNING)")
     return "\n".join(lines)
 
 
@@ -80,13 +99,8 @@ def add_cores_command(subparsers: Any) -> None:
         epilog=_env_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--state-dir", help=f"arbiter state directory (env {STATE_DIR_ENV})")
-    parser.add_argument(
-        "--node-cores", metavar="N", help=f"node size in cores (env {SIM_CORES_ENV})"
-    )
-    parser.add_argument(
-        "--instance-type", help=f"node size as an instance type (env {SIM_INSTANCE_TYPE_ENV})"
-    )
+    add_flags(parser, CORES_FLAGS, resolve_later=True)  # config_from_env checks them
+    add_flags(parser, [LOG_LEVEL_FLAG])
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.set_defaults(func=_cores)
 
@@ -146,6 +160,7 @@ def add_compile_command(subparsers: Any) -> None:
     parser.add_argument("--classes", type=int, help="output classes")
     parser.add_argument("--image-size", type=int, help="resnet: input height and width")
     parser.add_argument("--blocks", type=_blocks, help="resnet: blocks per stage, e.g. 3,4,6,3")
+    add_flags(parser, [LOG_LEVEL_FLAG])
     parser.set_defaults(func=_compile)
 
 
@@ -164,16 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    level = os.environ.get(LOG_LEVEL_ENV, "").strip() or "WARNING"
-    if level.upper() not in LOG_LEVELS:
-        print(
-            f"neuron-runtime: error: {LOG_LEVEL_ENV}={level!r} is not a log level; "
-            f"use one of {', '.join(LOG_LEVELS)} (any case) or unset it",
-            file=sys.stderr,
-        )
-        return 2
-    configure_logging(log_format="text", level=level)
     args = build_parser().parse_args(argv)
+    if args.command != "serve":  # serve sets up its own logging from its own flags
+        configure_logging(log_format="text", level=args.log_level)
     try:
         code: int = args.func(args)
     except (NeuronRuntimeError, ValueError) as exc:

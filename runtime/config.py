@@ -36,6 +36,7 @@ from neuron_cores import (
     parse_group_sizes,
     read_natural,
 )
+from neuron_cores.logs import LOG_LEVELS
 from neuron_cores.numbers import quote
 from neuron_runtime.errors import RuntimeConfigError
 
@@ -45,6 +46,7 @@ STATE_DIR_ENV = "NEURON_SIM_STATE_DIR"
 CORE_MEMORY_ENV = "NEURON_SIM_CORE_MEMORY_MB"
 SCHEDULER_ENV = "NEURON_SIM_SCHEDULER"
 MAX_STREAK_ENV = "NEURON_SIM_MAX_STREAK"
+LOG_LEVEL_ENV = "NEURON_RT_LOG_LEVEL"
 
 DEFAULT_NODE_CORES = 4
 DEFAULT_CORES_PER_DEVICE = 4
@@ -63,6 +65,10 @@ ENVIRONMENT_HELP: tuple[tuple[str, str], ...] = (
     (CORE_MEMORY_ENV, "per-core memory for resident model weights, MiB (default 8)"),
     (SCHEDULER_ENV, "switch-aware (default) or fifo (switch per request when interleaved)"),
     (MAX_STREAK_ENV, "switch-aware: most requests served in a row while others wait (32)"),
+    (
+        LOG_LEVEL_ENV,
+        f"log level of the core workers (and of cores/compile): {'/'.join(LOG_LEVELS)}",
+    ),
 )
 
 
@@ -83,6 +89,7 @@ class RuntimeConfig:
     core_memory_bytes: int
     scheduler: str = "switch-aware"
     max_streak: int = DEFAULT_MAX_STREAK
+    log_level: str = "warning"
 
     @property
     def cores_needed(self) -> int:
@@ -154,6 +161,20 @@ def _scheduler(env: Mapping[str, str]) -> tuple[str, int]:
     return name, streak
 
 
+def _log_level(env: Mapping[str, str]) -> str:
+    """The core workers' level (they read the variable themselves), checked here, before any
+    worker starts, so that a bad value is one clear error rather than a crash in each worker."""
+    text = env.get(LOG_LEVEL_ENV, "").strip()
+    if not text:
+        return "warning"
+    if text.lower() not in LOG_LEVELS:
+        raise RuntimeConfigError(
+            f"{LOG_LEVEL_ENV}={text!r} is not valid: accepted values are {', '.join(LOG_LEVELS)} "
+            "(any case); fix or unset it."
+        )
+    return text.lower()
+
+
 def config_from_env(env: Mapping[str, str]) -> RuntimeConfig:
     """Read and check every runtime variable; raises RuntimeConfigError quoting a bad value."""
     node_cores, per_device = _node_size(env)
@@ -189,4 +210,5 @@ def config_from_env(env: Mapping[str, str]) -> RuntimeConfig:
         core_memory_bytes=int(memory_mb * 1024 * 1024),
         scheduler=scheduler,
         max_streak=streak,
+        log_level=_log_level(env),
     )

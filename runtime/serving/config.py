@@ -9,10 +9,10 @@ so the precedence rules and the error messages are tested without touching ``os.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from neuron_cores.logs import LOG_FORMATS
+from neuron_cores.flags import Flag, FlagError, add_flags, log_format_flag, log_level_flag, resolve
 from neuron_cores.models import MODELS_ENV, ModelEntry, ModelListError, decode_models
 from neuron_cores.models import parse_model_pair as _parse_model_pair
 from neuron_cores.numbers import quote, read_natural
@@ -32,7 +32,6 @@ READ_TIMEOUT_ENV = "NEURON_SERVE_READ_TIMEOUT"
 DEFAULT_HTTP_PORT = HTTP_PORT
 DEFAULT_GRPC_PORT = GRPC_PORT
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
-LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_READ_TIMEOUT_S = 60.0
 MAX_READ_TIMEOUT_S = 3600.0
 
@@ -74,14 +73,17 @@ def parse_models_env(value: str) -> tuple[ModelEntry, ...]:
         raise ConfigError(str(exc)) from None
 
 
-def _int_setting(value: str, what: str, low: int, high: int) -> int:
-    # ASCII digits only: int() would also read '٨٠٠٠' as 8000, and '+80' or '8_0'.
-    number = read_natural(value.strip())
-    if number is None or not low <= number <= high:
-        raise ConfigError(
-            f"{what}: {quote(value)} must be an integer from {low} to {high} (digits 0-9)"
-        )
-    return number
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        # ASCII digits only: int() would also read '٨٠٠٠' as 8000, and '+80' or '8_0'.
+        number = read_natural(value.strip())
+        if number is None or not low <= number <= high:
+            raise ConfigError(
+                f"{quote(value)} must be an integer from {low} to {high} (digits 0-9)"
+            )
+        return number
+
+    return parse
 
 
 def _seconds(value: str) -> float:
@@ -92,103 +94,109 @@ def _seconds(value: str) -> float:
         return -1.0
 
 
-def _float_setting(value: str, what: str) -> float:
+def _duration(value: str) -> float:
     number = _seconds(value)
     if not 0 <= number < float("inf"):
-        raise ConfigError(f"{what}: {value!r} must be a number of seconds, 0 or more")
+        raise ConfigError(f"{value!r} must be a number of seconds, 0 or more")
     return number
 
 
-def _timeout_setting(value: str, what: str) -> float:
+def _timeout(value: str) -> float:
     number = _seconds(value)
     if not 0 < number <= MAX_READ_TIMEOUT_S:
         raise ConfigError(
-            f"{what}: {quote(value)} must be a number of seconds above 0 and at most "
+            f"{quote(value)} must be a number of seconds above 0 and at most "
             f"{MAX_READ_TIMEOUT_S:.0f}, such as {DEFAULT_READ_TIMEOUT_S:.0f}"
         )
     return number
 
 
-def _choice(value: str, what: str, choices: Sequence[str]) -> str:
-    if value.lower() not in choices:
-        raise ConfigError(f"{what}: {value!r} must be one of {', '.join(choices)}")
-    return value.lower()
+MODEL_FLAG = Flag(
+    "--model",
+    MODELS_ENV,
+    "a model to load, in order; repeat the flag (or a NAME) for more models or copies; the "
+    "variable holds comma-separated NAME=PATH pairs, or ';' first to separate them by ';' when "
+    "a path holds ',' (used when no --model is given)",
+    many=True,
+    metavar="NAME=PATH",
+    shown_default="none: give at least one",
+)
+SERVE_FLAGS = [
+    Flag("--host", HOST_ENV, "address to listen on", "0.0.0.0"),
+    Flag(
+        "--http-port",
+        HTTP_PORT_ENV,
+        "REST port: Open Inference Protocol and /metrics",
+        DEFAULT_HTTP_PORT,
+        parse=_integer(1, 65535),
+        metavar="PORT",
+    ),
+    Flag(
+        "--grpc-port",
+        GRPC_PORT_ENV,
+        "gRPC port, inference.GRPCInferenceService; 0 turns gRPC off",
+        DEFAULT_GRPC_PORT,
+        parse=_integer(0, 65535),
+        metavar="PORT",
+    ),
+    Flag(
+        "--max-body-bytes",
+        MAX_BODY_ENV,
+        "largest request body (REST) or message (gRPC) accepted; larger ones get 413 / "
+        "RESOURCE_EXHAUSTED",
+        DEFAULT_MAX_BODY,
+        parse=_integer(1024, 2**31 - 1),
+        metavar="N",
+    ),
+    log_format_flag(LOG_FORMAT_ENV),
+    log_level_flag(LOG_LEVEL_ENV),
+    Flag(
+        "--shutdown-grace",
+        GRACE_ENV,
+        "on SIGTERM, how long in-flight requests may take to finish",
+        30.0,
+        parse=_duration,
+        metavar="SECONDS",
+    ),
+    Flag(
+        "--drain-delay",
+        DRAIN_ENV,
+        "on SIGTERM, how long to keep serving with readiness false before closing the "
+        "listeners, so load balancers notice",
+        0.0,
+        parse=_duration,
+        metavar="SECONDS",
+    ),
+    Flag(
+        "--read-timeout",
+        READ_TIMEOUT_ENV,
+        "REST: a request's headers must arrive within this (from the connection's start, or "
+        "from the previous answer on a kept-alive connection, so it is also the idle keep-alive "
+        "time), and its body within this of the headers; else the connection is closed (a late "
+        "body gets 408 first)",
+        DEFAULT_READ_TIMEOUT_S,
+        parse=_timeout,
+        metavar="SECONDS",
+    ),
+    Flag(
+        "--threads-per-group",
+        THREADS_ENV,
+        "runs handed to each NeuronCore Group at once; more requests wait in the server and go "
+        "in merged along the batch dimension",
+        4,
+        parse=_integer(1, 256),
+        metavar="N",
+    ),
+]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``serve``.  Defaults are None so that the environment can fill them in."""
-    add = parser.add_argument
-    add(
-        "--model",
-        action="append",
-        metavar="NAME=PATH",
-        help=f"a model to load, in order; repeat the flag (or a NAME) for more models or copies. "
-        f"Env {MODELS_ENV}: comma-separated NAME=PATH pairs, or ';' first to separate them "
-        "by ';' when a path holds ',' (used when no --model is given)",
-    )
-    add(
-        "--host",
-        help=f"address to listen on (env {HOST_ENV}; default 0.0.0.0)",
-    )
-    add(
-        "--http-port",
-        metavar="PORT",
-        help=f"REST port: Open Inference Protocol and /metrics (env {HTTP_PORT_ENV}; "
-        f"default {DEFAULT_HTTP_PORT})",
-    )
-    add(
-        "--grpc-port",
-        metavar="PORT",
-        help=f"gRPC port, inference.GRPCInferenceService; 0 turns gRPC off (env {GRPC_PORT_ENV}; "
-        f"default {DEFAULT_GRPC_PORT})",
-    )
-    add(
-        "--max-body-bytes",
-        metavar="N",
-        help=f"largest request body (REST) or message (gRPC) accepted; larger ones get 413 / "
-        f"RESOURCE_EXHAUSTED (env {MAX_BODY_ENV}; default {DEFAULT_MAX_BODY})",
-    )
-    add(
-        "--log-format",
-        help=f"log lines as 'text' or one JSON object per line 'json' (env {LOG_FORMAT_ENV}; "
-        "default text)",
-    )
-    add("--log-level", help=f"{', '.join(LOG_LEVELS)} (env {LOG_LEVEL_ENV}; default info)")
-    add(
-        "--shutdown-grace",
-        metavar="SECONDS",
-        help=f"on SIGTERM, how long in-flight requests may take to finish (env {GRACE_ENV}; "
-        "default 30)",
-    )
-    add(
-        "--drain-delay",
-        metavar="SECONDS",
-        help=f"on SIGTERM, how long to keep serving with readiness false before closing the "
-        f"listeners, so load balancers notice (env {DRAIN_ENV}; default 0)",
-    )
-    add(
-        "--read-timeout",
-        metavar="SECONDS",
-        help=f"REST: a request's headers must arrive within this (from the connection's start, "
-        f"or from the previous answer on a kept-alive connection, so it is also the idle "
-        f"keep-alive time), and its body within this of the headers; else the connection is "
-        f"closed (a late body gets 408 first) (env {READ_TIMEOUT_ENV}; "
-        f"default {DEFAULT_READ_TIMEOUT_S:.0f})",
-    )
-    add(
-        "--threads-per-group",
-        metavar="N",
-        help=f"runs handed to each NeuronCore Group at once; more requests wait in the server "
-        f"and go in merged along the batch dimension (env {THREADS_ENV}; default 4)",
-    )
+    """Flags of ``serve``: each keeps its text, and config_from_args reads the environment."""
+    add_flags(parser, [MODEL_FLAG, *SERVE_FLAGS], resolve_later=True)
 
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
-    def pick(flag: object, key: str) -> str | None:
-        if flag is not None:
-            return str(flag)
-        return env.get(key) or None
-
+    """Each setting from its flag, else its variable in ``env``, else its default."""
     if args.model:
         models = tuple(parse_model_entry(m, "--model") for m in args.model)
     else:
@@ -198,46 +206,12 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ServeC
             f"no models to serve: pass --model NAME=PATH (repeatable) or set {MODELS_ENV}="
             "name=path,name2=path2"
         )
-    config = ServeConfig(models=models)
-    host = pick(args.host, HOST_ENV)
-    http = pick(args.http_port, HTTP_PORT_ENV)
-    grpc = pick(args.grpc_port, GRPC_PORT_ENV)
-    body = pick(args.max_body_bytes, MAX_BODY_ENV)
-    log_format = pick(args.log_format, LOG_FORMAT_ENV)
-    log_level = pick(args.log_level, LOG_LEVEL_ENV)
-    grace = pick(args.shutdown_grace, GRACE_ENV)
-    drain = pick(args.drain_delay, DRAIN_ENV)
-    threads = pick(args.threads_per_group, THREADS_ENV)
-    read_timeout = pick(args.read_timeout, READ_TIMEOUT_ENV)
-    grpc_port = config.grpc_port
-    if grpc is not None:
-        grpc_port = _int_setting(grpc, f"--grpc-port/{GRPC_PORT_ENV}", 0, 65535) or None
-    return ServeConfig(
-        models=models,
-        host=host or config.host,
-        http_port=config.http_port
-        if http is None
-        else _int_setting(http, f"--http-port/{HTTP_PORT_ENV}", 1, 65535),
-        grpc_port=grpc_port,
-        max_body_bytes=config.max_body_bytes
-        if body is None
-        else _int_setting(body, f"--max-body-bytes/{MAX_BODY_ENV}", 1024, 2**31 - 1),
-        log_format=config.log_format
-        if log_format is None
-        else _choice(log_format, f"--log-format/{LOG_FORMAT_ENV}", LOG_FORMATS),
-        log_level=config.log_level
-        if log_level is None
-        else _choice(log_level, f"--log-level/{LOG_LEVEL_ENV}", LOG_LEVELS),
-        shutdown_grace_s=config.shutdown_grace_s
-        if grace is None
-        else _float_setting(grace, f"--shutdown-grace/{GRACE_ENV}"),
-        drain_delay_s=config.drain_delay_s
-        if drain is None
-        else _float_setting(drain, f"--drain-delay/{DRAIN_ENV}"),
-        threads_per_group=config.threads_per_group
-        if threads is None
-        else _int_setting(threads, f"--threads-per-group/{THREADS_ENV}", 1, 256),
-        read_timeout_s=config.read_timeout_s
-        if read_timeout is None
-        else _timeout_setting(read_timeout, f"--read-timeout/{READ_TIMEOUT_ENV}"),
-    )
+    try:
+        settings = {f.dest: resolve(f, getattr(args, f.dest), env) for f in SERVE_FLAGS}
+    except FlagError as err:
+        raise ConfigError(str(err)) from None
+    settings["grpc_port"] = settings["grpc_port"] or None  # 0: off
+    for seconds in ("shutdown_grace", "drain_delay", "read_timeout"):
+        settings[f"{seconds}_s"] = settings.pop(seconds)
+    # Each flag's parser returns its field's type; mypy cannot follow a dict of them.
+    return ServeConfig(models=models, **settings)  # type: ignore[arg-type]

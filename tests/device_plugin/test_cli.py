@@ -28,7 +28,7 @@ def test_every_flag_has_its_own_env_var_in_help() -> None:
     for action in _options(parser):
         assert action.help is not None
         assert "[env NEURON_DP_" in action.help, action.option_strings
-        env_vars.append(action.help.split("[env ", 1)[1].rstrip("]"))
+        env_vars.append(action.help.split("[env ", 1)[1].split(",")[0])
     assert len(env_vars) == len(set(env_vars))
     help_text = parser.format_help()
     for action in _options(parser):
@@ -84,10 +84,13 @@ def test_flags_and_env_vars(
     ],
     ids=["not-an-int", "not-a-choice", "port-out-of-range", "resources-not-a-choice"],
 )
-def test_bad_env_values_name_the_variable(environ: dict[str, str], message: str) -> None:
+def test_bad_env_values_name_the_variable(
+    environ: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as err:
-        build_parser(environ=environ)
-    assert message in str(err.value.code)
+        build_parser(environ=environ).parse_args([])
+    assert err.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["70000", "-1"], ids=["too-high", "negative"])
@@ -269,7 +272,7 @@ def test_the_docs_list_every_flag_and_env_var() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "device-plugin.md").read_text()
     for action in _options(build_parser(environ={})):
         assert action.help is not None
-        env_var = action.help.split("[env ", 1)[1].rstrip("]")
+        env_var = action.help.split("[env ", 1)[1].split(",")[0]
         assert f"| `{action.option_strings[0]}` | `{env_var}` |" in docs, action.option_strings
 
 

@@ -122,11 +122,11 @@ def test_wait_for_retries_cluster_errors_then_names_what_it_waited_for(tmp_path:
 @pytest.mark.parametrize(
     ("environ", "argv", "level"),
     [
-        ({}, [], "INFO"),
-        ({"NEURON_GROUPS_LOG_LEVEL": "debug"}, [], "DEBUG"),
-        ({}, ["--log-level", "warning"], "WARNING"),
+        ({}, [], "info"),
+        ({"NEURON_GROUPS_LOG_LEVEL": "DEBUG"}, [], "debug"),
+        ({}, ["--log-level", "WARNING"], "warning"),
     ],
-    ids=["default", "env-any-case", "flag"],
+    ids=["default", "env-any-case", "flag-any-case"],
 )
 def test_log_level_from_flag_or_env(
     monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], argv: list[str], level: str
@@ -152,4 +152,34 @@ def test_a_bad_log_level_is_a_usage_error(
     with pytest.raises(SystemExit) as caught:
         cli.build_parser().parse_args([*argv, "status"])
     assert caught.value.code == 2
-    assert "'bogus' is not a logging level; use one of DEBUG, INFO" in capsys.readouterr().err
+    assert "choose one of: debug, info, warning, error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("environ", "argv", "seconds"),
+    [
+        ({}, [], 900.0),
+        ({"NEURON_GROUPS_DEMO_TIMEOUT": "60"}, [], 60.0),
+        ({}, ["--ready-timeout", "30"], 30.0),
+    ],
+    ids=["default", "env", "flag"],
+)
+def test_demo_ready_timeout_from_flag_or_env(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], argv: list[str], seconds: float
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert cli.build_parser().parse_args(["demo", *argv]).ready_timeout == seconds
+
+
+def test_a_bad_demo_timeout_is_a_usage_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NEURON_GROUPS_DEMO_TIMEOUT", "soon")
+    assert cli.build_parser().parse_args(["status"]).command == "status"  # only demo reads it
+    with pytest.raises(SystemExit) as caught:
+        cli.build_parser().parse_args(["demo"])
+    assert caught.value.code == 2
+    assert "NEURON_GROUPS_DEMO_TIMEOUT='soon' is not valid for --ready-timeout" in (
+        capsys.readouterr().err
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from neuron_operator.cli import build_parser, load_workloads, main, plan_command, print_plans
-from neuron_operator.runner import DEFAULTS, check_run_args
+from neuron_operator.runner import RUN_FLAGS, check_run_args
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "deploy" / "samples"
@@ -92,12 +92,9 @@ def test_run_help_documents_every_flag_with_its_env(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for env in [
-        *DEFAULTS,
-        "KUBECONFIG",
-        "NEURON_OPERATOR_LEASE_NAMESPACE",
-        "NEURON_OPERATOR_IDENTITY",
-    ]:
+    for run_flag in RUN_FLAGS:
+        assert f"[env {run_flag.env}, default" in text
+    for env in ["KUBECONFIG", "NEURON_OPERATOR_LEASE_NAMESPACE", "NEURON_OPERATOR_IDENTITY"]:
         assert env in text
     for flag in ("--namespace", "--lease-name", "--metrics-port", "--log-format", "--standalone"):
         assert flag in text
@@ -134,20 +131,43 @@ def test_run_refuses_a_bad_boolean(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 BAD_RUN_VALUES = [
-    ("port-text-env", {"NEURON_OPERATOR_METRICS_PORT": "x"}, [], "--metrics-port: 'x' is not a"),
+    (
+        "port-text-env",
+        {"NEURON_OPERATOR_METRICS_PORT": "x"},
+        [],
+        "NEURON_OPERATOR_METRICS_PORT='x' is not valid for --metrics-port: 'x' is not a",
+    ),
     (
         "port-range",
         {},
         ["--metrics-port", "70000"],
         "'70000' is out of range; give a number from 0",
     ),
-    ("lease-zero-env", {"NEURON_OPERATOR_LEASE_SECONDS": "0"}, [], "--lease-seconds: '0' is out"),
+    (
+        "lease-zero-env",
+        {"NEURON_OPERATOR_LEASE_SECONDS": "0"},
+        [],
+        "NEURON_OPERATOR_LEASE_SECONDS='0' is not valid for --lease-seconds: '0' is out",
+    ),
     ("resync-text", {}, ["--resync-seconds", "soon"], "--resync-seconds: 'soon' is not a"),
     (
         "boolean-env",
         {"NEURON_OPERATOR_LEADER_ELECTION": "maybe"},
         [],
-        "--leader-election: 'maybe' is not a boolean",
+        "NEURON_OPERATOR_LEADER_ELECTION='maybe' is not valid for --leader-election: 'maybe' "
+        "is not a boolean",
+    ),
+    (
+        "log-format-env",
+        {"NEURON_OPERATOR_LOG_FORMAT": "xml"},
+        [],
+        "NEURON_OPERATOR_LOG_FORMAT='xml' is not valid for --log-format: 'xml' is not a choice",
+    ),
+    (
+        "log-level-env",
+        {"NEURON_OPERATOR_LOG_LEVEL": "loud"},
+        [],
+        "NEURON_OPERATOR_LOG_LEVEL='loud' is not valid for --log-level: 'loud' is not a choice",
     ),
 ]
 
@@ -172,9 +192,7 @@ def test_run_refuses_bad_numbers_from_flags_and_env(
     assert message in capsys.readouterr().err
 
 
-RUN_ARG_PROBLEMS = [
-    ("log-format-env", {"NEURON_OPERATOR_LOG_FORMAT": "xml"}, [], "LOG_FORMAT='xml' is not one"),
-    ("log-level-env", {"NEURON_OPERATOR_LOG_LEVEL": "loud"}, [], "LOG_LEVEL='loud' is not one"),
+RUN_ARG_PROBLEMS: list[tuple[str, dict[str, str], list[str], str]] = [
     (
         "renew-not-shorter",
         {},
@@ -220,9 +238,14 @@ def test_plan_refuses_an_unknown_output_from_env(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("NEURON_OPERATOR_PLAN_OUTPUT", "xml")
-    assert main(["plan", str(SAMPLES / "05-shared-group.yaml")]) == 2
+    with pytest.raises(SystemExit) as done:
+        main(["plan", str(SAMPLES / "05-shared-group.yaml")])
+    assert done.value.code == 2
     captured = capsys.readouterr()
-    assert "NEURON_OPERATOR_PLAN_OUTPUT='xml' is not one of text, yaml, json" in captured.err
+    assert (
+        "NEURON_OPERATOR_PLAN_OUTPUT='xml' is not valid for --output: 'xml' is not a choice; "
+        "choose one of: text, yaml, json" in captured.err
+    )
     assert captured.out == ""
 
 

@@ -85,14 +85,34 @@ def test_bad_input_is_a_clear_error(
     assert message in err
 
 
+@pytest.mark.parametrize("command", ["cores", "compile"])
 def test_bad_log_level_is_a_clear_error(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("NEURON_RT_LOG_LEVEL", "loud")
-    assert main(["cores", "--node-cores", "2"]) == 2
+    with pytest.raises(SystemExit) as done:
+        main([command, "--node-cores", "2"])
+    assert done.value.code == 2
     err = capsys.readouterr().err
-    assert "NEURON_RT_LOG_LEVEL='loud' is not a log level" in err
-    assert "DEBUG, INFO, WARNING, ERROR, CRITICAL" in err
+    assert "NEURON_RT_LOG_LEVEL='loud' is not valid for --log-level" in err
+    assert "choose one of: debug, info, warning, error" in err
+
+
+def test_serve_reads_one_log_level_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NEURON_RT_LOG_LEVEL is for cores and compile; serve reads NEURON_LOG_LEVEL alone."""
+    from neuron_runtime.serving.config import config_from_args
+
+    monkeypatch.setenv("NEURON_RT_LOG_LEVEL", "loud")
+    monkeypatch.delenv("NEURON_MODELS", raising=False)
+    assert main(["serve"]) == 2  # refused for what serve lacks, not for the runtime's variable
+    err = capsys.readouterr().err
+    assert "no models to serve" in err
+    assert "NEURON_RT_LOG_LEVEL" not in err
+    args = build_parser().parse_args(["serve", "--model", "a=/m/a"])
+    assert config_from_args(args, {"NEURON_RT_LOG_LEVEL": "debug"}).log_level == "info"
+    assert config_from_args(args, {"NEURON_LOG_LEVEL": "DEBUG"}).log_level == "debug"
 
 
 def test_unwritable_output_is_a_clear_error(

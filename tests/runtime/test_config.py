@@ -93,13 +93,14 @@ def test_knobs_are_read() -> None:
         ({"NEURON_SIM_CORE_MEMORY_MB": "lots"}, "'lots'", "MiB"),
         ({"NEURON_SIM_SCHEDULER": "lottery"}, "'lottery'", "switch-aware, fifo"),
         ({"NEURON_SIM_MAX_STREAK": "0"}, "'0'", "positive count"),
+        ({"NEURON_RT_LOG_LEVEL": "loud"}, "'loud'", "debug, info, warning, error"),
     ],
     ids=[
         "sizes-empty-entry", "sizes-word", "visible-backwards", "visible-word",
         "visible-off-node", "visible-huge-range", "visible-arabic-indic",
         "sizes-arabic-indic", "sizes-huge", "cores-arabic-indic", "cores-huge",
         "streak-arabic-indic", "cores-word", "cores-zero", "unknown-type", "count-contradicts-type",
-        "memory-word", "unknown-scheduler", "streak-zero",
+        "memory-word", "unknown-scheduler", "streak-zero", "log-level-word",
     ],
 )  # fmt: skip
 def test_bad_values_are_quoted_with_accepted_forms(

@@ -72,7 +72,7 @@ def test_flags_win_over_env_and_env_over_defaults() -> None:
         (["--model", "a=p", "--http-port", "0"], "--http-port/NEURON_HTTP_PORT: '0' must be"),
         (["--model", "a=p", "--grpc-port", "x"], "--grpc-port/NEURON_GRPC_PORT"),
         (["--model", "a=p", "--max-body-bytes", "10"], "from 1024"),
-        (["--model", "a=p", "--log-format", "xml"], "one of text, json"),
+        (["--model", "a=p", "--log-format", "xml"], "'xml' is not a choice; choose one of: text"),
         (["--model", "a=p", "--shutdown-grace", "-1"], "seconds, 0 or more"),
         (["--model", "a=p", "--drain-delay", "inf"], "seconds, 0 or more"),
         (["--model", "a=p", "--threads-per-group", "0"], "from 1 to 256"),
