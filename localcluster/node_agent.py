@@ -3,7 +3,7 @@
 Why it exists: kwok fakes nodes at scale but runs nothing.  To show inference end to end on
 cores the project's own device plugin chose, one node is driven by this agent instead:
 
-* it starts the kubelet emulator (:class:`neuron_device_plugin.kubelet_emulator.KubeletEmulator`)
+* it starts the kubelet emulator (:class:`neuron_localcluster.kubelet_emulator.KubeletEmulator`)
   and the real device plugin (``neuron-device-plugin --backend simulated``) against it, and sets
   the Node's capacity/allocatable from what the plugin advertises, as the kubelet would;
 * for each pod bound to the node it asks the plugin GetPreferredAllocation then Allocate, and runs
@@ -56,12 +56,6 @@ from neuron_cores import (
 )
 from neuron_cores.logs import configure_logging
 from neuron_device_plugin.ids import CORE_ID_PREFIX, parse_id
-from neuron_device_plugin.kubelet_emulator import (
-    ContainerHolding,
-    KubeletEmulator,
-    PluginClient,
-    PodResourcesServer,
-)
 from neuron_localcluster import nodes, pods
 from neuron_localcluster.dra_kubelet import (
     ClaimHandle,
@@ -70,6 +64,8 @@ from neuron_localcluster.dra_kubelet import (
     PluginWatcher,
 )
 from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
+from neuron_localcluster.kubelet_emulator import KubeletEmulator, PluginClient
+from neuron_localcluster.pod_resources_server import ContainerHolding, PodResourcesServer
 from neuron_localcluster.podnet import PodNetwork, PodNetworkError
 
 log = logging.getLogger(__name__)
