@@ -34,6 +34,7 @@ import yaml
 from neuron_localcluster import clitools, karpenter, processes
 from neuron_localcluster.cluster import ClusterError, LocalCluster
 from neuron_localcluster.node_agent import ALLOCATIONS_FILE
+from neuron_localcluster.startup import ensure_up, usage_lines
 
 log = logging.getLogger(__name__)
 
@@ -330,8 +331,6 @@ def run(
     allocation: str = "device-plugin",
 ) -> int:
     """The demo; with ``autoscaler``, Karpenter adds the nodes the scenarios do not fit on."""
-    from neuron_localcluster.cli import ensure_up, usage_lines
-
     started = time.monotonic()
     cluster = ensure_up(
         state_dir, kwok_nodes, emulated_nodes, autoscaler=autoscaler, allocation=allocation

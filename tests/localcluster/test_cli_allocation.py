@@ -1,4 +1,4 @@
-"""``--allocation`` of ``neuron-localcluster up|demo`` and of the node agent; ``ensure_up``."""
+"""``--allocation`` of ``neuron-localcluster up|demo`` and of the node agent."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from kubernetes import client as k8s
 from neuron_cores import ALLOCATIONS_ANNOTATION, parse_record
 from neuron_localcluster import cli
 from neuron_localcluster.cluster import ClusterError, LocalCluster
-from neuron_localcluster.layout import Ports
 from neuron_localcluster.node_agent import NodeAgent
 from neuron_localcluster.nodes import NodeSpec
 
@@ -49,31 +48,6 @@ def test_up_refuses_a_bad_allocation_before_starting_anything(tmp_path: Path) ->
     with pytest.raises(ClusterError, match="allocation 'both' is not one of device-plugin, dra"):
         LocalCluster.up(tmp_path / "state", allocation="both")
     assert not (tmp_path / "state").exists()
-
-
-@pytest.mark.parametrize(
-    ("running", "asked", "reused"),
-    [("dra", "dra", True), ("device-plugin", "dra", False), ("dra", "device-plugin", False)],
-    ids=["same-path-reused", "other-path-restarted", "back-to-the-plugin-restarted"],
-)
-def test_ensure_up_reuses_a_running_cluster_only_on_the_same_path(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, running: str, asked: str, reused: bool
-) -> None:
-    current = LocalCluster(tmp_path, "https://127.0.0.1:1", Ports(1, 2, 3, 4, 5, 6), [], [])
-    current.allocation = running
-    started: list[dict[str, Any]] = []
-
-    def fake_up(state_dir: Path, **kwargs: Any) -> LocalCluster:
-        started.append(kwargs)
-        return current
-
-    monkeypatch.setattr(LocalCluster, "attach", classmethod(lambda cls, folder: current))
-    monkeypatch.setattr(LocalCluster, "running", lambda self: True)
-    monkeypatch.setattr(LocalCluster, "up", staticmethod(fake_up))
-    cli.ensure_up(tmp_path, "", "", allocation=asked)
-    assert (started == []) is reused
-    if not reused:
-        assert started[0]["allocation"] == asked
 
 
 @pytest.mark.parametrize(
