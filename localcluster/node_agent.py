@@ -547,7 +547,19 @@ class NodeAgent:
                     base=self._base_env(pod_dir),
                     mounts=mounts,
                 )
-                argv = pods.resolve_command(container, self.bin_dirs, os.environ.get("PATH"))
+                # $(VAR) in command and args: the container's env and the plugin's Allocate
+                # envs, what the kubelet expands with (CDI edits are applied later, by the
+                # runtime, and the agent's base env stands for the image's)
+                seen = pods.container_env(
+                    pod,
+                    container,
+                    allocated=allocated if prepared is None else {},
+                    pod_ip=ip,
+                    node=self.spec.name,
+                    base={},
+                    mounts=mounts,
+                )
+                argv = pods.resolve_command(container, self.bin_dirs, os.environ.get("PATH"), seen)
                 if not host_network:
                     argv = self.net.wrap(argv)
                 running.containers.append(
