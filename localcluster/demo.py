@@ -33,7 +33,7 @@ import yaml
 
 from neuron_localcluster import clitools, karpenter, processes
 from neuron_localcluster.cluster import ClusterError, LocalCluster
-from neuron_localcluster.node_agent import ALLOCATIONS_FILE
+from neuron_localcluster.node_files import ALLOCATIONS_FILE
 from neuron_localcluster.startup import ensure_up, usage_lines
 
 log = logging.getLogger(__name__)

@@ -50,6 +50,6 @@ def expand(value: str, defined: Mapping[str, str]) -> str:
     return "".join(out)
 
 
-def expand_all(values: Iterable[str], defined: Mapping[str, str]) -> list[str]:
+def expand_all(values: Iterable[object], defined: Mapping[str, str]) -> list[str]:
     """Every item of ``command`` or ``args`` expanded against the same environment."""
     return [expand(str(v), defined) for v in values]

@@ -51,9 +51,9 @@ def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
 def imported_modules(module: str, path: Path, known: Mapping[str, Path]) -> set[str]:
     """The first-party modules ``module`` imports.
 
-    ``from pkg import mod`` names ``pkg.mod`` when that is a module and ``pkg`` otherwise; the parent
-    packages Python initialises on the way are not counted (as import linters do), or every module
-    of a package whose ``__init__`` re-exports would be in a cycle with it.
+    ``from pkg import mod`` names ``pkg.mod`` when that is a module and ``pkg`` otherwise; the
+    parent packages Python initialises on the way are not counted (as import linters do), or
+    every module of a package whose ``__init__`` re-exports would be in a cycle with it.
     """
     tree = ast.parse(path.read_text(), filename=str(path))
     is_package = path.name == "__init__.py"

@@ -13,6 +13,7 @@ from neuron_localcluster import cli
 from neuron_localcluster.cluster import ClusterError, LocalCluster
 from neuron_localcluster.node_agent import NodeAgent
 from neuron_localcluster.nodes import NodeSpec
+from neuron_localcluster.pod_supervision import stop_pods
 
 DRA_ENV = {"NEURON_GROUPS_ALLOCATION": "dra"}
 
@@ -104,7 +105,7 @@ def test_a_dra_node_publishes_its_allocation_record(tmp_path: Path) -> None:
         kubeconfig=tmp_path / "kubeconfig",
     )
     core = _Core()
-    agent.core = core  # type: ignore[assignment]
+    agent.reporter.core = core  # type: ignore[assignment]
     agent._publish_allocations()
     ((node, patch),) = core.node_patches
     record = parse_record(patch["metadata"]["annotations"][ALLOCATIONS_ANNOTATION], node="n")
@@ -120,7 +121,7 @@ def test_a_pod_whose_claims_are_not_ready_waits_with_the_reason(tmp_path: Path) 
         kubeconfig=tmp_path / "kubeconfig",
     )
     core = _Core()
-    agent.core = core  # type: ignore[assignment]
+    agent.reporter.core = core  # type: ignore[assignment]
     pod = {
         "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
         "spec": {
@@ -175,7 +176,7 @@ def test_extended_resources_on_a_dra_node_need_the_schedulers_claim(
         kubeconfig=tmp_path / "kubeconfig",
     )
     core = _Core()
-    agent.core = core  # type: ignore[assignment]
+    agent.reporter.core = core  # type: ignore[assignment]
     agent.dra.read_claim = lambda namespace, name: None
     pod = {
         "metadata": {"name": "p", "namespace": "ns", "uid": "u2"},
@@ -202,4 +203,4 @@ def test_extended_resources_on_a_dra_node_need_the_schedulers_claim(
     else:  # the claim is read first: here it does not exist yet, so the pod waits
         assert patch["status"]["phase"] == "Pending"
         assert "claim ns/p-ext does not exist" in patch["status"]["message"]
-    agent._stop_pods(list(agent.running.values()), grace=1.0)
+    stop_pods(list(agent.running.values()), grace=1.0, stopped=agent._release)
