@@ -22,7 +22,7 @@ from neuron_localcluster.cluster import (
     LocalCluster,
     stop_cluster,
 )
-from neuron_localcluster.node_agent import ALLOCATIONS, DEVICE_PLUGIN
+from neuron_localcluster.layout import ALLOCATIONS, DEVICE_PLUGIN
 from neuron_localcluster.startup import ensure_up, progress, usage_lines
 
 log = logging.getLogger("neuron_localcluster")

@@ -36,8 +36,7 @@ from neuron_dra_driver.classes import device_classes
 from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_localcluster import binaries, clitools, karpenter, layout, nodes, pki, podnet, processes
 from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
-from neuron_localcluster.layout import Layout, Ports
-from neuron_localcluster.node_agent import ALLOCATIONS, DEVICE_PLUGIN, DRA
+from neuron_localcluster.layout import ALLOCATIONS, DEVICE_PLUGIN, DRA, Layout, Ports
 from neuron_localcluster.node_files import UNHEALTHY_CORES_FILE, dra_dir_for, plugin_dir_for
 
 log = logging.getLogger(__name__)

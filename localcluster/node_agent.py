@@ -55,6 +55,7 @@ from neuron_localcluster import nodes, pods
 from neuron_localcluster.dra_kubelet import DRAKubelet, PluginWatcher
 from neuron_localcluster.kube import ApiException, api_client_for, raw_json
 from neuron_localcluster.kubelet_emulator import DeviceInfo, KubeletEmulator
+from neuron_localcluster.layout import ALLOCATIONS, DEVICE_PLUGIN, DRA
 from neuron_localcluster.node_files import (
     ALLOCATIONS_FILE,
     UNHEALTHY_CORES_FILE,
@@ -77,9 +78,6 @@ from neuron_localcluster.podnet import PodNetwork
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
-DEVICE_PLUGIN = "device-plugin"
-DRA = "dra"
-ALLOCATIONS = (DEVICE_PLUGIN, DRA)
 
 
 class NodeAgent:

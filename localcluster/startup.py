@@ -11,7 +11,7 @@ from pathlib import Path
 
 from neuron_localcluster import karpenter
 from neuron_localcluster.cluster import ClusterError, LocalCluster
-from neuron_localcluster.node_agent import DEVICE_PLUGIN
+from neuron_localcluster.layout import DEVICE_PLUGIN
 
 
 def progress(message: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +169,18 @@ def test_extended_resources_on_a_dra_node_need_the_schedulers_claim(
         assert patch["status"]["phase"] == "Pending"
         assert "claim ns/p-ext does not exist" in patch["status"]["message"]
     stop_pods(list(agent.running.values()), grace=1.0, stopped=agent._release)
+
+
+def test_python_m_runs_the_agent_without_importing_it_twice() -> None:
+    """The cluster starts the agent with ``python -m``: the package must not have imported the
+    module already (runpy warns, and the process would hold two copies of it)."""
+    argv = ["-W", "error::RuntimeWarning", "-m", "neuron_localcluster.node_agent", "--help"]
+    done = subprocess.run(
+        [sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "RuntimeWarning" not in done.stderr
