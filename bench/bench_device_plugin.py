@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from neuron_cores import CORE_RESOURCE, is_contiguous
-from neuron_device_plugin.kubelet_emulator import KubeletEmulator, PluginClient
 from neuron_device_plugin.plugin import PluginConfig, PluginManager
 from neuron_device_plugin.policy import POLICIES, Policy
 from neuron_device_plugin.simulated_backend import SimulatedBackend
+from neuron_localcluster.kubelet_emulator import KubeletEmulator, PluginClient
 
 CORES = CORE_RESOURCE
 NODE_CORES = 64

@@ -18,17 +18,17 @@ import sys
 import threading
 from pathlib import Path
 
+from kubernetes import client as k8s
+
+from neuron_cores.logs import configure_logging
 from neuron_localcluster.karpenter import NODEPOOL_LABEL, capacity_patch
+from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
 
 log = logging.getLogger(__name__)
 
 
 def publish(kubeconfig: Path, interval: float, stop: threading.Event) -> None:
     """Patch every node :func:`capacity_patch` names, every ``interval`` s, until ``stop``."""
-    from kubernetes import client as k8s
-
-    from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
-
     core = k8s.CoreV1Api(api_client_for(kubeconfig))
     while not stop.is_set():
         try:
@@ -44,8 +44,6 @@ def publish(kubeconfig: Path, interval: float, stop: threading.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from neuron_cores.logs import configure_logging
-
     parser = argparse.ArgumentParser(prog="python -m neuron_localcluster.capacity_publisher")
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between passes")

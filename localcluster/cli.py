@@ -15,7 +15,7 @@ from pathlib import Path
 from neuron_cores import CORE_RESOURCE
 from neuron_cores.flags import Flag, add_flags, log_level_flag, number
 from neuron_cores.logs import configure_logging
-from neuron_localcluster import binaries, cache, karpenter, layout, podnet
+from neuron_localcluster import binaries, cache, demo, karpenter, layout, podnet
 from neuron_localcluster.cluster import (
     DEFAULT_EMULATED_NODES,
     DEFAULT_KWOK_NODES,
@@ -23,7 +23,8 @@ from neuron_localcluster.cluster import (
     LocalCluster,
     stop_cluster,
 )
-from neuron_localcluster.node_agent import ALLOCATIONS, DEVICE_PLUGIN
+from neuron_localcluster.layout import ALLOCATIONS, DEVICE_PLUGIN
+from neuron_localcluster.startup import ensure_up, progress, usage_lines
 
 log = logging.getLogger("neuron_localcluster")
 
@@ -34,19 +35,6 @@ AUTOSCALER_ENV = "NEURON_GROUPS_AUTOSCALER"
 CONSOLIDATE_AFTER_ENV = "NEURON_GROUPS_CONSOLIDATE_AFTER"
 ALLOCATION_ENV = "NEURON_GROUPS_ALLOCATION"
 DEMO_TIMEOUT_ENV = "NEURON_GROUPS_DEMO_TIMEOUT"
-
-
-def progress(message: str) -> None:
-    print(f"==> {message}", flush=True)
-
-
-def usage_lines(cluster: LocalCluster) -> list[str]:
-    return [
-        f"kubeconfig: {cluster.kubeconfig}",
-        f"use it:     export KUBECONFIG={cluster.kubeconfig}; kubectl get nodes",
-        "            (kubectl: python -m neuron_localcluster.clitools kubectl prints its path)",
-        "stop it:    make cluster-down   (or: neuron-localcluster down)",
-    ]
 
 
 ENV_HELP = f"""environment variables:
@@ -242,15 +230,13 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
         print(json.dumps({"running": cluster.running(), **cluster.status()}, indent=2))
         return 0 if cluster.running() else 1
     if args.command == "demo":
-        from neuron_localcluster.demo import run as run_demo
-
         kwok, emulated = node_lists(
             args.kwok_nodes,
             args.emulated_nodes,
             args.autoscaler,
             emulated_with_autoscaler=DEFAULT_EMULATED_NODES,
         )
-        return run_demo(
+        return demo.run(
             state_dir,
             kwok_nodes=kwok,
             emulated_nodes=emulated,
@@ -270,49 +256,6 @@ def _run(args: argparse.Namespace, state_dir: Path) -> int:
     for line in usage_lines(cluster):
         print(line)
     return 0
-
-
-def ensure_up(
-    state_dir: Path,
-    kwok_nodes: str,
-    emulated_nodes: str,
-    *,
-    recreate: bool = False,
-    autoscaler: karpenter.Settings | None = None,
-    allocation: str = DEVICE_PLUGIN,
-) -> LocalCluster:
-    """The running cluster in ``state_dir`` if its autoscaler matches and it runs with
-    ``allocation``; else a fresh one."""
-    if not recreate:
-        try:
-            current = LocalCluster.attach(state_dir)
-        except ClusterError:
-            current = None
-        if current is not None and current.running():
-            wanted = "none" if autoscaler is None else "karpenter"
-            if current.autoscaler != wanted:
-                raise ClusterError(
-                    f"the cluster running in {state_dir} has autoscaler {current.autoscaler!r}, "
-                    f"not {wanted!r}; stop it (`make cluster-down`) or pass --recreate"
-                )
-        if current is not None and current.running() and current.allocation != allocation:
-            progress(
-                f"the cluster in {state_dir} runs with --allocation {current.allocation}; "
-                f"starting afresh with {allocation}"
-            )
-        elif current is not None and current.running():
-            progress(
-                f"a cluster is already running in {state_dir}; reusing it (--recreate: afresh)"
-            )
-            return current
-    return LocalCluster.up(
-        state_dir,
-        kwok_nodes=kwok_nodes,
-        emulated_nodes=emulated_nodes,
-        progress=progress,
-        autoscaler=autoscaler,
-        allocation=allocation,
-    )
 
 
 if __name__ == "__main__":

@@ -32,17 +32,12 @@ from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 
+from neuron_dra_driver.classes import device_classes
+from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_localcluster import binaries, clitools, karpenter, layout, nodes, pki, podnet, processes
 from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
-from neuron_localcluster.layout import Layout, Ports
-from neuron_localcluster.node_agent import (
-    ALLOCATIONS,
-    DEVICE_PLUGIN,
-    DRA,
-    UNHEALTHY_CORES_FILE,
-    dra_dir_for,
-    plugin_dir_for,
-)
+from neuron_localcluster.layout import ALLOCATIONS, DEVICE_PLUGIN, DRA, Layout, Ports
+from neuron_localcluster.node_files import UNHEALTHY_CORES_FILE, dra_dir_for, plugin_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -386,8 +381,6 @@ class LocalCluster:
             say("every node's NeuronCores are published as DRA ResourceSlices")
 
     def _create_device_classes(self) -> None:
-        from neuron_dra_driver.classes import device_classes
-
         api = k8s.ResourceV1Api(self.api_client())
         for manifest in device_classes():
             api.create_device_class(body(manifest))
@@ -513,8 +506,6 @@ class LocalCluster:
 
 def _pool_published(api: k8s.ApiClient, node: str) -> bool:
     """Every slice of the node's pool is there (the count each slice declares)."""
-    from neuron_dra_driver.layout import DRIVER_NAME
-
     listed = k8s.ResourceV1Api(api).list_resource_slice(
         field_selector=f"spec.nodeName={node}", _preload_content=False
     )

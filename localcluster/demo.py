@@ -34,7 +34,8 @@ import yaml
 from neuron_cores import HTTP_PORT, MODELS_ENV, VISIBLE_CORES_ENV, decode_models
 from neuron_localcluster import clitools, karpenter, processes
 from neuron_localcluster.cluster import ClusterError, LocalCluster
-from neuron_localcluster.node_agent import ALLOCATIONS_FILE
+from neuron_localcluster.node_files import ALLOCATIONS_FILE
+from neuron_localcluster.startup import ensure_up, usage_lines
 
 log = logging.getLogger(__name__)
 
@@ -336,8 +337,6 @@ def run(
 ) -> int:
     """The demo; with ``autoscaler``, Karpenter adds the nodes the scenarios do not fit on;
     ``ready_timeout_s``: how long the scenarios may take to be Ready (``demo --ready-timeout``)."""
-    from neuron_localcluster.cli import ensure_up, usage_lines
-
     started = time.monotonic()
     cluster = ensure_up(
         state_dir, kwok_nodes, emulated_nodes, autoscaler=autoscaler, allocation=allocation

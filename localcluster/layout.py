@@ -38,6 +38,11 @@ CLUSTER_NAME = "neuron-groups-local"
 # The label/annotation kwok selects nodes by; the emulated node does not carry it.
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_NODE_ANNOTATION_VALUE = "fake"
+# How the nodes offer their NeuronCores (``--allocation``): the device plugin's extended
+# resources, or DRA ResourceSlices only.
+DEVICE_PLUGIN = "device-plugin"
+DRA = "dra"
+ALLOCATIONS = (DEVICE_PLUGIN, DRA)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Why it exists: kwok fakes nodes at scale but runs nothing.  To show inference end to end on
 cores the project's own device plugin chose, one node is driven by this agent instead:
 
-* it starts the kubelet emulator (:class:`neuron_device_plugin.kubelet_emulator.KubeletEmulator`)
+* it starts the kubelet emulator (:class:`neuron_localcluster.kubelet_emulator.KubeletEmulator`)
   and the real device plugin (``neuron-device-plugin --backend simulated``) against it, and sets
   the Node's capacity/allocatable from what the plugin advertises, as the kubelet would;
 * for each pod bound to the node it asks the plugin GetPreferredAllocation then Allocate, and runs
@@ -22,13 +22,19 @@ specs' env edits to the processes, and unprepares the claims when the pod goes.
 Scope, deliberately small: one pass per second over the node's pods (a poll, not a watch), no
 images, no volumes beyond hostPath and emptyDir (their mount paths are rewritten in env values),
 restarts with a capped back-off for ``restartPolicy: Always``.
+
+The agent is the loop that ties the node's parts together; each concern is a module of its own:
+pod admission (:mod:`neuron_localcluster.pod_admission`), process supervision
+(:mod:`neuron_localcluster.pod_supervision`), status reporting
+(:mod:`neuron_localcluster.node_status`) and the node's Lease
+(:mod:`neuron_localcluster.node_lease`); the kubelet's side of the device plugin is
+:mod:`neuron_localcluster.kubelet_emulator` and :mod:`neuron_localcluster.pod_resources_server`,
+its side of DRA :mod:`neuron_localcluster.dra_kubelet`.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -36,114 +42,43 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
 
-from neuron_cores import (
-    ALLOCATIONS_ANNOTATION,
-    CORE_RESOURCE,
-    DEVICE_RESOURCE,
-    VISIBLE_CORES_ENV,
-    format_record,
-    lookup_instance_type,
-    parse_core_list,
-)
+from neuron_cores import CORE_RESOURCE, DEVICE_RESOURCE
 from neuron_cores.logs import configure_logging
-from neuron_device_plugin.ids import CORE_ID_PREFIX, parse_id
-from neuron_device_plugin.kubelet_emulator import (
-    ContainerHolding,
-    KubeletEmulator,
-    PluginClient,
-    PodResourcesServer,
-)
+from neuron_dra_driver.layout import DRIVER_NAME as DRA_DRIVER_NAME
 from neuron_localcluster import nodes, pods
-from neuron_localcluster.dra_kubelet import (
-    ClaimHandle,
-    ClaimsNotReadyError,
-    DRAKubelet,
-    PluginWatcher,
+from neuron_localcluster.dra_kubelet import DRAKubelet, PluginWatcher
+from neuron_localcluster.kube import ApiException, api_client_for, raw_json
+from neuron_localcluster.kubelet_emulator import DeviceInfo, KubeletEmulator
+from neuron_localcluster.layout import ALLOCATIONS, DEVICE_PLUGIN, DRA
+from neuron_localcluster.node_files import (
+    ALLOCATIONS_FILE,
+    UNHEALTHY_CORES_FILE,
+    dra_dir_for,
+    plugin_dir_for,
+    pod_resources_socket_for,
 )
-from neuron_localcluster.kube import ApiException, api_client_for, body, raw_json
-from neuron_localcluster.podnet import PodNetwork, PodNetworkError
+from neuron_localcluster.node_lease import NodeLease
+from neuron_localcluster.node_status import (
+    StatusReporter,
+    allocation_record,
+    allocations_file,
+    resource_counts,
+)
+from neuron_localcluster.pod_admission import PodAdmitter
+from neuron_localcluster.pod_resources_server import PodResourcesServer
+from neuron_localcluster.pod_supervision import POD_GRACE_S, RunningPod, stop_pods, supervise
+from neuron_localcluster.podnet import PodNetwork
 
 log = logging.getLogger(__name__)
 
-LEASE_NAMESPACE = "kube-node-lease"
-ALLOCATIONS_FILE = "allocations.json"
-LEASE_SECONDS = 40
 TICK_S = 1.0
-MAX_BACKOFF_S = 30.0
-POD_GRACE_S = 10.0
-DEVICE_PLUGIN = "device-plugin"
-DRA = "dra"
-ALLOCATIONS = (DEVICE_PLUGIN, DRA)
-DRA_DRIVER_NAME = "neuroncores.neurongroups.dev"
-DRA_RETRY_S = 2.0
-UNHEALTHY_CORES_FILE = "unhealthy-cores"
-
-
-@dataclass
-class RunningContainer:
-    container: dict[str, Any]
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    check: pods.ReadinessCheck
-    process: subprocess.Popen[bytes] | None = None
-    started_at: str | None = None
-    restarts: int = 0
-    ready: bool = False
-    last_exit: int | None = None
-    next_start: float = 0.0
-    next_probe: float = 0.0
-    restart_pending: bool = False
-
-
-@dataclass
-class RunningPod:
-    host_network: bool
-    uid: str
-    namespace: str
-    name: str
-    pod_ip: str
-    started_at: str
-    restart_policy: str
-    containers: list[RunningContainer] = field(default_factory=list)
-    devices: dict[str, list[str]] = field(default_factory=dict)
-    holdings: list[ContainerHolding] = field(default_factory=list)
-    claims: list[ClaimHandle] = field(default_factory=list)
-    cdi: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-    last_status: dict[str, Any] | None = None
-    failed: str | None = None
-
-
-def plugin_dir_for(workdir: Path) -> Path:
-    """A short folder for the plugin sockets: a unix socket path must stay under 108 bytes."""
-    return Path(tempfile.gettempdir()) / f"ng-dp-{_digest(workdir)}"
-
-
-def pod_resources_socket_for(workdir: Path) -> Path:
-    """The PodResources socket, in its own folder as on a real node (a kubelet restart cleans the
-    device-plugin folder, not this one)."""
-    return Path(tempfile.gettempdir()) / f"ng-pr-{_digest(workdir)}" / "kubelet.sock"
-
-
-def dra_dir_for(workdir: Path) -> Path:
-    """The short folder of the DRA driver's sockets: ``plugins/<driver>/`` and
-    ``plugins_registry/`` as under /var/lib/kubelet on a real node."""
-    return Path(tempfile.gettempdir()) / f"ng-dra-{_digest(workdir)}"
-
-
-def _digest(workdir: Path) -> str:
-    return hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:12]
 
 
 class NodeAgent:
@@ -166,7 +101,6 @@ class NodeAgent:
         self.kubeconfig = kubeconfig
         self.core = k8s.CoreV1Api(api)
         self.resource = k8s.ResourceV1Api(api)
-        self.coord = k8s.CoordinationV1Api(api)
         self.spec = spec
         self.workdir = workdir
         self.plugin_dir = plugin_dir_for(workdir)
@@ -178,16 +112,22 @@ class NodeAgent:
         self.net = PodNetwork(workdir)
         self.running: dict[str, RunningPod] = {}
         self.stopping = threading.Event()
-        self._last_capacity: dict[str, str] | None = None
-        self._next_lease = 0.0
-        self._next_node_status = 0.0
-        self._published: str | None = None
         self.dra_dir = dra_dir_for(workdir)
         self.cdi_dir = workdir / "cdi"
         self.watcher = PluginWatcher(self.dra_dir / "plugins_registry", wipe=self._wipe_slices)
         self.dra = DRAKubelet(self.watcher, self.cdi_dir, self._read_claim)
-        # pod uid -> (next try, why, claims prepared so far) of pods whose claims are not ready
-        self._waiting: dict[str, tuple[float, str, list[ClaimHandle]]] = {}
+        self.lease = NodeLease(k8s.CoordinationV1Api(api), spec.name)
+        self.reporter = StatusReporter(self.core, spec, kernel=os.uname().release)
+        self.admitter = PodAdmitter(
+            spec=spec,
+            workdir=workdir,
+            bin_dirs=self.bin_dirs,
+            net=self.net,
+            emulator=self.emulator,
+            dra=self.dra if allocation == DRA else None,
+            reporter=self.reporter,
+            running=self.running,
+        )
 
     def _wipe_slices(self, driver: str) -> None:
         """Delete ``driver``'s ResourceSlices for this node, as the kubelet does once a driver
@@ -319,7 +259,7 @@ class NodeAgent:
 
     def shutdown(self) -> None:
         self.stopping.set()
-        self._stop_pods(list(self.running.values()), grace=5.0)
+        stop_pods(list(self.running.values()), grace=5.0, stopped=self._release)
         # Close the kubelet side first: the plugin's ListAndWatch streams end, so it exits at once.
         self.emulator.stop()
         what = "DRA driver" if self.allocation == DRA else "device plugin"
@@ -344,102 +284,25 @@ class NodeAgent:
 
     # ---- node ------------------------------------------------------------------------------
 
-    def _resource_counts(self) -> tuple[dict[str, str], dict[str, str]]:
-        capacity: dict[str, str] = {}
-        allocatable: dict[str, str] = {}
-        if self.allocation == DRA:
-            # No Neuron extended resources at all: a node that lists one (even as 0) is served by
-            # a device plugin as far as the scheduler's DRA extended-resource support goes.
-            return capacity, allocatable
+    def _devices(self) -> dict[str, list[DeviceInfo]]:
+        """The latest device list of each resource the plugin registered."""
+        out: dict[str, list[DeviceInfo]] = {}
         for resource in pods.NEURON_RESOURCES:
             plugin = self.emulator.client(resource)
-            devices = plugin.devices() if plugin is not None else []
-            capacity[resource] = str(len(devices))
-            allocatable[resource] = str(sum(1 for d in devices if d.healthy))
-        return capacity, allocatable
+            out[resource] = plugin.devices() if plugin is not None else []
+        return out
+
+    def _resource_counts(self) -> tuple[dict[str, str], dict[str, str]]:
+        return resource_counts(self._devices(), dra=self.allocation == DRA)
 
     def _register_node(self) -> None:
-        capacity, allocatable = self._resource_counts()
-        manifest = nodes.node_manifest(self.spec, capacity=capacity, allocatable=allocatable)
-        try:
-            self.core.create_node(body(manifest))
-            log.info("registered node %s with %s", self.spec.name, capacity)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        self._update_node_status(force=True)
-
-    def _update_node_status(self, *, force: bool = False) -> None:
-        capacity, allocatable = self._resource_counts()
-        now = time.monotonic()
-        if not force and capacity == self._last_capacity and now < self._next_node_status:
-            return
-        base = nodes.node_manifest(self.spec, capacity=capacity, allocatable=allocatable)["status"]
-        stamp = pods.now_rfc3339()
-        status = {
-            **base,
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "KubeletReady",
-                    "message": "neuron-groups node agent is posting ready status",
-                    "lastHeartbeatTime": stamp,
-                    "lastTransitionTime": stamp,
-                }
-            ],
-            "addresses": [
-                {"type": "InternalIP", "address": "127.0.0.1"},
-                {"type": "Hostname", "address": self.spec.name},
-            ],
-            "nodeInfo": {
-                "architecture": "amd64",
-                "operatingSystem": "linux",
-                "kubeletVersion": "neuron-groups-node-agent",
-                "containerRuntimeVersion": "local-process://1",
-                "kernelVersion": os.uname().release,
-                "kubeProxyVersion": "",
-                "osImage": "emulated Neuron node",
-                "machineID": "",
-                "systemUUID": "",
-                "bootID": "",
-            },
-        }
-        self.core.patch_node_status(self.spec.name, {"status": status})
-        if capacity != self._last_capacity:
-            log.info("node %s capacity %s allocatable %s", self.spec.name, capacity, allocatable)
-        self._last_capacity = capacity
-        self._next_node_status = now + 30
-
-    def _renew_lease(self) -> None:
-        now = time.monotonic()
-        if now < self._next_lease:
-            return
-        self._next_lease = now + 10
-        # A MicroTime: the client re-renders it with isoformat(), which drops a zero fraction
-        # that the apiserver then refuses; a non-zero microsecond keeps the fraction.
-        now_dt = dt.datetime.now(dt.UTC)
-        stamp = now_dt.replace(microsecond=now_dt.microsecond or 1).isoformat()
-        lease = {
-            "metadata": {"name": self.spec.name, "namespace": LEASE_NAMESPACE},
-            "spec": {
-                "holderIdentity": self.spec.name,
-                "leaseDurationSeconds": LEASE_SECONDS,
-                "renewTime": stamp,
-            },
-        }
-        try:
-            self.coord.patch_namespaced_lease(self.spec.name, LEASE_NAMESPACE, lease)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            self.coord.create_namespaced_lease(LEASE_NAMESPACE, body(lease))
+        self.reporter.register_node(*self._resource_counts())
 
     # ---- pods ------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        self._renew_lease()
-        self._update_node_status()
+        self.lease.renew()
+        self.reporter.update_node(*self._resource_counts())
         self._publish_allocations()
         if self.allocation == DRA:
             self.watcher.scan()
@@ -458,7 +321,7 @@ class NodeAgent:
             if uid not in self.running:
                 if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                     continue
-                if uid in self._waiting and self._waiting[uid][0] > time.monotonic():
+                if self.admitter.waits(uid):
                     continue
                 self._admit(pod)
             else:
@@ -466,12 +329,7 @@ class NodeAgent:
         for uid in list(self.running):
             if uid not in seen:
                 self._stop_pod(self.running.pop(uid))
-        for uid in list(self._waiting):
-            if uid not in seen:  # gone before it started: undo what was prepared for it
-                in_use = {c.uid for pod in self.running.values() for c in pod.claims}
-                for claim in self._waiting.pop(uid)[2]:
-                    if claim.uid not in in_use:
-                        self.dra.unprepare(claim)
+        self.admitter.forget(seen)
 
     def _finish_deletion(self, uid: str, meta: dict[str, Any]) -> None:
         pod = self.running.pop(uid, None)
@@ -492,137 +350,16 @@ class NodeAgent:
                 raise
 
     def _admit(self, pod: dict[str, Any]) -> None:
-        meta, spec = pod["metadata"], pod["spec"]
-        prepared = None
-        if self.allocation == DRA:
-            try:
-                prepared = self.dra.prepare_pod(pod)
-            except ClaimsNotReadyError as exc:
-                # As a kubelet: the pod waits (ContainerCreating) and the prepare is retried.
-                why = str(exc)
-                if meta["uid"] not in self._waiting or self._waiting[meta["uid"]][1] != why:
-                    log.info("pod %s/%s waits: %s", meta["namespace"], meta["name"], why)
-                    self._report_waiting(pod, why)
-                self._waiting[meta["uid"]] = (time.monotonic() + DRA_RETRY_S, why, exc.prepared)
-                return
-            self._waiting.pop(meta["uid"], None)
-        pod_dir = self.workdir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
-        pod_dir.mkdir(parents=True, exist_ok=True)
-        # hostNetwork pods share the node's addresses, as on a real node: no pod network
-        # namespace, 127.0.0.1 as their IP, so they reach the node's loopback services.
-        host_network = bool(spec.get("hostNetwork"))
-        ip = "127.0.0.1" if host_network else self.net.take()
-        running = RunningPod(
-            host_network=host_network,
-            uid=meta["uid"],
-            namespace=meta["namespace"],
-            name=meta["name"],
-            pod_ip=ip,
-            started_at=pods.now_rfc3339(),
-            restart_policy=str(spec.get("restartPolicy") or "Always"),
-        )
-        self.running[running.uid] = running
-        if prepared is not None:
-            running.claims = prepared.claims
-            if prepared.devices:
-                running.devices[DRA_DRIVER_NAME] = prepared.devices
-        try:
-            volumes = pods.volume_paths(pod, pod_dir)
-            for local in volumes.values():
-                Path(local).mkdir(parents=True, exist_ok=True)
-            for container in spec.get("containers") or []:
-                if prepared is None:
-                    allocated = self._allocate(running, container)
-                else:
-                    self._check_extended(pod, container)
-                    edits = prepared.per_container[str(container["name"])]
-                    allocated = dict(edits.env)
-                    running.cdi[str(container["name"])] = {
-                        "cdiDevices": edits.cdi_ids,
-                        # Recorded, not applied: a local process has no /dev/neuronN to get.
-                        "deviceNodes": edits.device_nodes,
-                        "mounts": edits.mounts,
-                    }
-                mounts = pods.mount_map(container, volumes)
-                env = pods.container_env(
-                    pod,
-                    container,
-                    allocated=allocated,
-                    pod_ip=ip,
-                    node=self.spec.name,
-                    base=self._base_env(pod_dir),
-                    mounts=mounts,
-                )
-                argv = pods.resolve_command(container, self.bin_dirs, os.environ.get("PATH"))
-                if not host_network:
-                    argv = self.net.wrap(argv)
-                running.containers.append(
-                    RunningContainer(
-                        container=container,
-                        argv=argv,
-                        env=env,
-                        log_path=pod_dir / f"{container['name']}.log",
-                        check=pods.readiness_check(container),
-                    )
-                )
+        running = self.admitter.admit(pod)
+        if running is None:
+            return
+        if running.failed is None:
             self._write_allocations()
-            log.info(
-                "admitted pod %s/%s on %s with devices %s",
-                running.namespace,
-                running.name,
-                ip,
-                running.devices,
-            )
-        except (pods.PodSpecError, PodNetworkError, TimeoutError, RuntimeError) as exc:
-            running.failed = str(exc)
-            log.warning("pod %s/%s cannot run: %s", running.namespace, running.name, exc)
         self._supervise(running)
 
-    def _check_extended(self, pod: dict[str, Any], container: dict[str, Any]) -> None:
-        """A DRA node has no Neuron extended resources: a container asking for one runs only on
-        the claim the scheduler made for it (as a kubelet, which would reject the pod for want
-        of the resource otherwise)."""
-        asked = pods.neuron_requests(container)
-        if not asked or (pod.get("status") or {}).get("extendedResourceClaimStatus"):
-            return
-        resource, count = next(iter(sorted(asked.items())))
-        raise pods.PodSpecError(
-            f"container {container.get('name')!r} asks for {resource}: {count}, which node "
-            f"{self.spec.name} offers only through DRA, and the pod has no "
-            "status.extendedResourceClaimStatus: it was bound without the scheduler, or no "
-            f"DeviceClass has extendedResourceName {resource}"
-        )
-
-    def _report_waiting(self, pod: dict[str, Any], why: str) -> None:
-        """Pending, containers ContainerCreating, and why in the pod's message (a kubelet says
-        it in a FailedPrepareDynamicResources event)."""
-        meta = pod["metadata"]
-        containers = [
-            pods.container_status(
-                c,
-                running_since=None,
-                ready=False,
-                restarts=0,
-                pid=None,
-                waiting_reason="ContainerCreating",
-            )
-            for c in pod["spec"].get("containers") or []
-        ]
-        status = pods.pod_status(
-            phase="Pending",
-            pod_ip=None,
-            ready=False,
-            started_at=pods.now_rfc3339(),
-            containers=containers,
-            message=f"waiting for its ResourceClaims to be prepared: {why}",
-        )
-        try:
-            self.core.patch_namespaced_pod_status(
-                meta["name"], meta["namespace"], {"status": status}
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+    def _supervise(self, pod: RunningPod) -> None:
+        supervise(pod, time.monotonic())
+        self.reporter.report_pod(pod)
 
     def _write_allocations(self) -> None:
         """``allocations.json``: which devices and Allocate envs each running pod holds.
@@ -633,245 +370,29 @@ class NodeAgent:
         prints its core map from it).
         """
         self.pod_resources.set([h for pod in self.running.values() for h in pod.holdings])
-        data = {
-            pod.uid: {
-                "namespace": pod.namespace,
-                "name": pod.name,
-                "podIP": pod.pod_ip,
-                "devices": pod.devices,
-                "claims": [f"{c.namespace}/{c.name}" for c in pod.claims],
-                "cdi": pod.cdi,
-                "envs": {
-                    k: v
-                    for rc in pod.containers
-                    for k, v in rc.env.items()
-                    if k.startswith(("NEURON", "AWS_NEURON"))
-                },
-            }
-            for pod in self.running.values()
-        }
         path = self.workdir / ALLOCATIONS_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        tmp.write_text(
+            json.dumps(allocations_file(self.running.values()), indent=2, sort_keys=True)
+        )
         os.replace(tmp, path)
         self._publish_allocations()
 
     def _publish_allocations(self) -> None:
-        """The same allocations as the Node annotation ``kubectl neuron cores`` reads.
-
-        The cores are each container's ``NEURON_RT_VISIBLE_CORES`` from Allocate (what its
-        processes got); unhealthy cores are the plugin's, as the kubelet would see them.
-        """
-        held = {
-            f"{pod.namespace}/{pod.name}": sorted(
-                core
-                for rc in pod.containers
-                if rc.env.get(VISIBLE_CORES_ENV)
-                for core in parse_core_list(rc.env[VISIBLE_CORES_ENV])
-            )
-            for pod in self.running.values()
-        }
-        plugin = self.emulator.client(CORE_RESOURCE)
-        taken = {core for cores in held.values() for core in cores}
-        unhealthy = sorted(
-            index
-            for device in (plugin.devices() if plugin else [])
-            if not device.healthy
-            and (index := parse_id(device.id, CORE_ID_PREFIX)) is not None
-            and index not in taken
+        """The same allocations as the Node annotation ``kubectl neuron cores`` reads."""
+        devices = self._devices()
+        capacity = resource_counts(devices, dra=self.allocation == DRA)[0]
+        record = allocation_record(
+            self.running.values(),
+            devices[CORE_RESOURCE],
+            capacity_cores=int(capacity.get(CORE_RESOURCE, "0")),
+            instance_type=self.spec.instance_type,
+            dra=self.allocation == DRA,
         )
-        total = int(self._resource_counts()[0].get(CORE_RESOURCE, "0"))
-        if total <= 0 and self.allocation == DRA:
-            # DRA nodes advertise no neuroncore capacity: the instance type says how many cores
-            # (the CDI env of each claim still sets NEURON_RT_VISIBLE_CORES, read above)
-            total = lookup_instance_type(self.spec.instance_type).cores
-        if total <= 0:
-            return
-        record = format_record(total, held, unhealthy)
-        if record == self._published:
-            return
-        meta = {"metadata": {"annotations": {ALLOCATIONS_ANNOTATION: record}}}
-        try:
-            self.core.patch_node(self.spec.name, meta)
-            self._published = record
-        except ApiException as exc:
-            log.warning("cannot publish allocations on node %s: %s", self.spec.name, exc.reason)
-
-    def _base_env(self, pod_dir: Path) -> dict[str, str]:
-        keep = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-        env = {k: os.environ[k] for k in keep if k in os.environ}
-        env["HOME"] = str(pod_dir)
-        # The runtime simulates this node's cores; its arbiter's lock files are node-local.
-        env["NEURON_SIM_INSTANCE_TYPE"] = self.spec.instance_type
-        env["NEURON_SIM_STATE_DIR"] = str(self.workdir / "neuron-sim")
-        env["PYTHONSAFEPATH"] = "1"
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
-    def _allocate(self, running: RunningPod, container: dict[str, Any]) -> dict[str, str]:
-        envs: dict[str, str] = {}
-        for resource, count in pods.neuron_requests(container).items():
-            plugin = self.emulator.client(resource)
-            if plugin is None:
-                raise pods.PodSpecError(f"no device plugin registered {resource} on this node")
-            ids = self._choose(plugin, resource, count)
-            result = plugin.allocate(ids)
-            running.devices.setdefault(resource, []).extend(ids)
-            running.holdings.append(
-                ContainerHolding(
-                    running.namespace, running.name, str(container["name"]), resource, tuple(ids)
-                )
-            )
-            envs.update(result.envs)
-        return envs
-
-    def _choose(self, plugin: PluginClient, resource: str, count: int) -> list[str]:
-        taken = {i for pod in self.running.values() for i in pod.devices.get(resource, [])}
-        available = [d.id for d in plugin.devices() if d.healthy and d.id not in taken]
-        if len(available) < count:
-            raise pods.PodSpecError(
-                f"UnexpectedAdmissionError: {resource}: asked {count}, {len(available)} free"
-            )
-        preferred = plugin.preferred_allocation(available, [], count)
-        if len(preferred) == count and set(preferred) <= set(available):
-            return preferred
-        log.warning(
-            "plugin preferred %s for %d of %s; using the first free", preferred, count, resource
-        )
-        return available[:count]
-
-    def _supervise(self, pod: RunningPod) -> None:
-        if pod.failed is None:
-            now = time.monotonic()
-            for rc in pod.containers:
-                self._supervise_container(pod, rc, now)
-        self._report(pod)
-
-    def _supervise_container(self, pod: RunningPod, rc: RunningContainer, now: float) -> None:
-        if rc.process is not None and rc.process.poll() is not None:
-            rc.last_exit = rc.process.returncode
-            log.warning(
-                "container %s of %s/%s exited %s (log %s)",
-                rc.container["name"],
-                pod.namespace,
-                pod.name,
-                rc.last_exit,
-                rc.log_path,
-            )
-            rc.process = None
-            rc.started_at = None
-            rc.ready = False
-            rc.restart_pending = pods.should_restart(pod.restart_policy, rc.last_exit)
-            if rc.restart_pending:
-                rc.restarts += 1
-                rc.next_start = now + min(MAX_BACKOFF_S, 2.0**rc.restarts)
-        if (
-            rc.process is None
-            and now >= rc.next_start
-            and (rc.last_exit is None or rc.restart_pending)
-        ):
-            rc.restart_pending = False
-            with rc.log_path.open("ab") as out:
-                rc.process = subprocess.Popen(
-                    rc.argv,
-                    env=rc.env,
-                    cwd=rc.log_path.parent,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            rc.started_at = pods.now_rfc3339()
-            log.info(
-                "started %s for %s/%s (pid %s)",
-                " ".join(rc.argv),
-                pod.namespace,
-                pod.name,
-                rc.process.pid,
-            )
-        if rc.process is not None and now >= rc.next_probe:
-            rc.next_probe = now + rc.check.period_s
-            rc.ready = self._probe(pod.pod_ip, rc.check)
-
-    @staticmethod
-    def _probe(ip: str, check: pods.ReadinessCheck) -> bool:
-        if check.port is None:
-            return True
-        url = f"http://{ip}:{check.port}{check.path}"
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as resp:
-                return 200 <= int(resp.status) < 400
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
-
-    def _report(self, pod: RunningPod) -> None:
-        if pod.failed is not None:
-            status = pods.pod_status(
-                phase="Failed",
-                pod_ip=None,
-                ready=False,
-                started_at=pod.started_at,
-                containers=[],
-                message=pod.failed,
-                reason="UnexpectedAdmissionError",
-            )
-        else:
-            statuses = [
-                pods.container_status(
-                    rc.container,
-                    running_since=rc.started_at,
-                    ready=rc.ready,
-                    restarts=rc.restarts,
-                    pid=rc.process.pid if rc.process else None,
-                    exit_code=rc.last_exit,
-                    waiting_reason="CrashLoopBackOff"
-                    if rc.process is None and rc.restart_pending
-                    else None,
-                )
-                for rc in pod.containers
-            ]
-            all_ready = all(rc.ready for rc in pod.containers) and bool(pod.containers)
-            done = all(rc.process is None and not rc.restart_pending for rc in pod.containers)
-            exits = [rc.last_exit for rc in pod.containers]
-            phase = "Running"
-            if done and all(code is not None for code in exits):
-                phase = "Succeeded" if all(code == 0 for code in exits) else "Failed"
-            status = pods.pod_status(
-                phase=phase,
-                pod_ip=pod.pod_ip,
-                ready=all_ready,
-                started_at=pod.started_at,
-                containers=statuses,
-            )
-        if _comparable(status) == _comparable(pod.last_status):
-            return
-        try:
-            self.core.patch_namespaced_pod_status(pod.name, pod.namespace, {"status": status})
-            pod.last_status = status
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        self.reporter.publish_allocations(record)
 
     def _stop_pod(self, pod: RunningPod, *, grace: float = POD_GRACE_S) -> None:
-        self._stop_pods([pod], grace=grace)
-
-    def _stop_pods(self, stopping: list[RunningPod], *, grace: float = POD_GRACE_S) -> None:
-        """SIGTERM every container of ``stopping`` at once, then SIGKILL what outlives ``grace``."""
-        for pod in stopping:
-            for rc in pod.containers:
-                if rc.process is not None and rc.process.poll() is None:
-                    rc.process.terminate()
-        deadline = time.monotonic() + grace
-        for pod in stopping:
-            for rc in pod.containers:
-                if rc.process is None:
-                    continue
-                try:
-                    rc.process.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    rc.process.kill()
-                    rc.process.wait()
-                rc.process = None
-            self._release(pod)
+        stop_pods([pod], grace=grace, stopped=self._release)
 
     def _release(self, pod: RunningPod) -> None:
         if not pod.host_network:
@@ -884,17 +405,6 @@ class NodeAgent:
         log.info(
             "stopped pod %s/%s, freed %s", pod.namespace, pod.name, pod.devices or "no devices"
         )
-
-
-def _comparable(status: dict[str, Any] | None) -> Any:
-    """A status without timestamps, to skip patches that would change nothing."""
-    if status is None:
-        return None
-    out = dict(status)
-    out["conditions"] = [
-        {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status["conditions"]
-    ]
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from neuron_cores import (
     encode_models,
     is_ascii_digits,
 )
+from neuron_localcluster.env_expansion import expand, expand_all
 
 NEURON_RESOURCES = (CORE_RESOURCE, DEVICE_RESOURCE)
 SERVE_HOST_ENV = "NEURON_SERVE_HOST"
@@ -71,22 +72,31 @@ def neuron_requests(container: Mapping[str, Any]) -> dict[str, int]:
 
 
 def resolve_command(
-    container: Mapping[str, Any], search_dirs: Sequence[Path], path_env: str | None
+    container: Mapping[str, Any],
+    search_dirs: Sequence[Path],
+    path_env: str | None,
+    env: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """The container's ``command + args``, its program found in ``search_dirs`` then PATH."""
-    argv = [*(container.get("command") or []), *(container.get("args") or [])]
+    """The container's ``command + args``, its program found in ``search_dirs`` then PATH.
+
+    ``$(NAME)`` references are expanded against ``env`` first, as the kubelet does (see
+    :mod:`neuron_localcluster.env_expansion`); without ``env`` they stay as written.
+    """
+    argv = expand_all(
+        [*(container.get("command") or []), *(container.get("args") or [])], env or {}
+    )
     if not argv:
         raise PodSpecError(
             f"container {container.get('name')!r} has no command: the emulated node runs the "
             "container's command as a local process (an image's entrypoint cannot be read here); "
             "set command, e.g. ['neuron-runtime', 'serve']"
         )
-    program = str(argv[0])
+    program = argv[0]
     if os.sep not in program:
         for folder in search_dirs:
             candidate = folder / program
             if os.access(candidate, os.X_OK):
-                return [str(candidate), *map(str, argv[1:])]
+                return [str(candidate), *argv[1:]]
         found = shutil.which(program, path=path_env)
         if found is None:
             dirs = ", ".join(str(d) for d in search_dirs)
@@ -95,7 +105,7 @@ def resolve_command(
                 "on PATH; install the project into .venv (make setup) or give a full path"
             )
         program = found
-    return [program, *map(str, argv[1:])]
+    return [program, *argv[1:]]
 
 
 def volume_paths(pod: Mapping[str, Any], pod_dir: Path) -> dict[str, str]:
@@ -176,15 +186,23 @@ def container_env(
     base: Mapping[str, str],
     mounts: Sequence[tuple[str, str]] = (),
 ) -> dict[str, str]:
-    """The process environment: base (PATH, HOME...), the container's env, Allocate's envs."""
+    """The process environment: base (PATH, HOME...), the container's env, Allocate's envs.
+
+    Each ``value`` has its ``$(NAME)`` references expanded against the entries listed before it,
+    as the container sees them (in-container paths), and then its mount paths rewritten to the
+    local folders.
+    """
     env = dict(base)
+    seen: dict[str, str] = {}  # the container's env so far, as the container sees it
     for item in container.get("env") or []:
         name = item["name"]
         if "value" in item:
+            seen[name] = expand(str(item.get("value") or ""), seen)
             translate = translate_models if name == MODELS_ENV else translate_path
-            env[name] = translate(str(item.get("value") or ""), mounts)
+            env[name] = translate(seen[name], mounts)
         elif (item.get("valueFrom") or {}).get("fieldRef"):
-            env[name] = _field_ref(pod, item["valueFrom"]["fieldRef"]["fieldPath"], pod_ip, node)
+            seen[name] = _field_ref(pod, item["valueFrom"]["fieldRef"]["fieldPath"], pod_ip, node)
+            env[name] = seen[name]
         else:
             raise PodSpecError(
                 f"env {name!r} of container {container.get('name')!r} uses a valueFrom the "

@@ -20,6 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
 from neuron_cores import CORE_RESOURCE
 from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_operator import coremap
@@ -57,8 +61,6 @@ class Cluster:
     """The few reads the plugin makes, each turning an API error into a clear ``PluginError``."""
 
     def __init__(self, kubeconfig: str | None, context: str | None) -> None:
-        from kubernetes import client, config
-
         configuration = client.Configuration()
         load: Any = config.load_kube_config
         try:
@@ -80,9 +82,6 @@ class Cluster:
         self.custom = client.CustomObjectsApi(self.api)
 
     def _call(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
         try:
             response = call(*args, _preload_content=False, **kwargs)
         except ApiException as exc:
@@ -127,8 +126,6 @@ class Cluster:
 
     def claims(self, namespace: str | None) -> list[dict[str, Any]]:
         """ResourceClaims (DRA): whose cores their allocations hold."""
-        from kubernetes import client
-
         api = client.ResourceV1Api(self.api)
         if namespace is None:
             return self._dra_list(
@@ -143,8 +140,6 @@ class Cluster:
 
     def dra_nodes(self) -> set[str]:
         """The nodes whose cores the DRA driver publishes (its ResourceSlices' pools)."""
-        from kubernetes import client
-
         slices = self._dra_list(
             "list resourceslices",
             client.ResourceV1Api(self.api).list_resource_slice,
@@ -196,8 +191,6 @@ class Cluster:
 
 
 def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
-    from kubernetes import config
-
     try:
         listing: Any = config.list_kube_config_contexts
         contexts, active = listing(config_file=kubeconfig)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from neuron_device_plugin.kubelet_emulator import KubeletEmulator
 from neuron_device_plugin.plugin import PluginConfig, PluginManager
 from neuron_device_plugin.simulated_backend import SimulatedBackend
+from neuron_localcluster.kubelet_emulator import KubeletEmulator
 
 FakeSysfs = Callable[[int, int], tuple[Path, Path]]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from neuron_device_plugin.cli import build_parser, pod_resources_socket
-from neuron_device_plugin.kubelet_emulator import KubeletEmulator
 from neuron_device_plugin.plugin import socket_name
+from neuron_localcluster.kubelet_emulator import KubeletEmulator
 
 
 def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:

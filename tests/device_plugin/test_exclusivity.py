@@ -19,12 +19,6 @@ import grpc
 import pytest
 
 from neuron_device_plugin.ids import UNHEALTHY, DeviceInUseError
-from neuron_device_plugin.kubelet_emulator import (
-    ContainerHolding,
-    DeviceInfo,
-    KubeletEmulator,
-    PodResourcesServer,
-)
 from neuron_device_plugin.plugin import PluginConfig, PluginManager
 from neuron_device_plugin.podresources import (
     HoldRefresher,
@@ -41,6 +35,8 @@ from neuron_device_plugin.resources import (
 )
 from neuron_device_plugin.simulated_backend import SimulatedBackend
 from neuron_device_plugin.topology import contiguous_topology
+from neuron_localcluster.kubelet_emulator import DeviceInfo, KubeletEmulator
+from neuron_localcluster.pod_resources_server import ContainerHolding, PodResourcesServer
 
 from .conftest import RunningNode
 

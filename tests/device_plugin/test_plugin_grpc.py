@@ -13,11 +13,11 @@ import pytest
 
 from neuron_device_plugin.api import deviceplugin_pb2 as pb
 from neuron_device_plugin.api.services import DevicePluginStub
-from neuron_device_plugin.kubelet_emulator import DeviceInfo, KubeletEmulator
 from neuron_device_plugin.metrics import PluginMetrics, serve_metrics
 from neuron_device_plugin.plugin import PluginConfig, PluginManager, socket_name
 from neuron_device_plugin.simulated_backend import SimulatedBackend
 from neuron_device_plugin.sysfs_backend import SysfsBackend
+from neuron_localcluster.kubelet_emulator import DeviceInfo, KubeletEmulator
 
 from .conftest import RunningNode
 

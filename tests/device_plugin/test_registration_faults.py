@@ -35,9 +35,9 @@ import pytest
 
 from neuron_device_plugin.api import deviceplugin_pb2 as pb
 from neuron_device_plugin.api.services import add_registration_servicer
-from neuron_device_plugin.kubelet_emulator import DeviceInfo, KubeletEmulator
 from neuron_device_plugin.plugin import PluginConfig, PluginManager, socket_name
 from neuron_device_plugin.simulated_backend import SimulatedBackend
+from neuron_localcluster.kubelet_emulator import DeviceInfo, KubeletEmulator
 
 CORES = "aws.amazon.com/neuroncore"
 DEVICES = "aws.amazon.com/neuron"

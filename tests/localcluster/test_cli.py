@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from neuron_localcluster import cli
-from neuron_localcluster.cluster import ClusterError, LocalCluster
+from neuron_localcluster.cluster import ClusterError, LocalCluster, _wipe
 from neuron_localcluster.layout import Ports
 
 
@@ -71,8 +71,6 @@ def test_bad_node_list_fails_before_starting_anything(
 def test_a_folder_that_is_not_a_cluster_is_never_wiped(tmp_path: Path) -> None:
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
-    from neuron_localcluster.cluster import _wipe
-
     with pytest.raises(ClusterError, match="refusing to wipe"):
         _wipe(tmp_path)
     assert precious.read_text() == "keep me"

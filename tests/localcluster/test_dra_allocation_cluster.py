@@ -30,7 +30,7 @@ from neuron_dra_driver.classes import block_claim
 from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_localcluster import LocalCluster
 from neuron_localcluster.kube import body, raw_json
-from neuron_localcluster.node_agent import ALLOCATIONS_FILE, dra_dir_for
+from neuron_localcluster.node_files import ALLOCATIONS_FILE, dra_dir_for
 
 from .conftest import fresh_namespace
 

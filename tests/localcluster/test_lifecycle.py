@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from neuron_localcluster import LocalCluster
-from neuron_localcluster.node_agent import plugin_dir_for
+from neuron_localcluster.node_files import plugin_dir_for
 
 pytestmark = pytest.mark.cluster
 

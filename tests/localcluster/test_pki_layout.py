@@ -9,6 +9,7 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 from cryptography.x509.oid import NameOID
 
 from neuron_localcluster import layout, pki
@@ -45,11 +46,6 @@ def test_client_certificates_are_signed_by_the_ca(keys: pki.Pki, who: pki.Identi
 
 def test_keys_are_private_and_sa_pair_matches(keys: pki.Pki) -> None:
     assert keys.sa_key.stat().st_mode & 0o077 == 0
-    from cryptography.hazmat.primitives.serialization import (
-        load_pem_private_key,
-        load_pem_public_key,
-    )
-
     private = load_pem_private_key(keys.sa_key.read_bytes(), None)
     public = load_pem_public_key(keys.sa_pub.read_bytes())
     assert isinstance(private, ec.EllipticCurvePrivateKey)

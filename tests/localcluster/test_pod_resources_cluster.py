@@ -17,7 +17,7 @@ from kubernetes import client as k8s
 from neuron_device_plugin.podresources import PodResourcesClient
 from neuron_localcluster import LocalCluster
 from neuron_localcluster.kube import body
-from neuron_localcluster.node_agent import pod_resources_socket_for
+from neuron_localcluster.node_files import pod_resources_socket_for
 
 pytestmark = pytest.mark.cluster
 

@@ -123,6 +123,68 @@ def test_container_env_merges_pod_env_allocation_and_address(tmp_path: Path) -> 
     }
 
 
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            [{"name": "PORT", "value": "8000"}, {"name": "URL", "value": "http://x:$(PORT)/"}],
+            {"PORT": "8000", "URL": "http://x:8000/"},
+        ),
+        (
+            [{"name": "URL", "value": "http://x:$(PORT)/"}, {"name": "PORT", "value": "8000"}],
+            {"URL": "http://x:$(PORT)/", "PORT": "8000"},
+        ),
+        ([{"name": "LITERAL", "value": "$$(PORT)"}], {"LITERAL": "$(PORT)"}),
+        (
+            [
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "ID", "value": "$(POD)-1"},
+            ],
+            {"POD": "p", "ID": "p-1"},
+        ),
+        (
+            [{"name": "DIR", "value": "/models"}, {"name": "M", "value": "m=$(DIR)/m"}],
+            {"DIR": "/srv/models", "M": "m=/srv/models/m"},
+        ),
+        ([{"name": "H", "value": "$(HOME)"}], {"H": "$(HOME)"}),
+    ],
+    ids=[
+        "earlier-entry",
+        "later-entry-stays",
+        "escaped",
+        "field-ref",
+        "mount-path-rewritten-after-expansion",
+        "base-env-is-not-the-containers",
+    ],
+)
+def test_container_env_expands_references_to_earlier_entries(
+    env: list[dict[str, Any]], expected: dict[str, str]
+) -> None:
+    pod = {"metadata": {"name": "p"}}
+    container = {"name": "c", "env": env}
+    got = pods.container_env(
+        pod,
+        container,
+        allocated={},
+        pod_ip="198.18.1.10",
+        node="n1",
+        base={"HOME": "/home/pod"},
+        mounts=[("/models", "/srv/models")],
+    )
+    assert {k: v for k, v in got.items() if k in expected} == expected
+
+
+def test_resolve_command_expands_command_and_args(tmp_path: Path) -> None:
+    tool = _exe(tmp_path, "serve")
+    container = {
+        "name": "c",
+        "command": ["$(TOOL)"],
+        "args": ["--port=$(PORT)", "$$(PORT)", "$(UNSET)"],
+    }
+    argv = pods.resolve_command(container, [tmp_path], None, {"TOOL": "serve", "PORT": "8000"})
+    assert argv == [str(tool), "--port=8000", "$(PORT)", "$(UNSET)"]
+
+
 def test_unsupported_value_from_is_named() -> None:
     container = {"name": "c", "env": [{"name": "S", "valueFrom": {"secretKeyRef": {}}}]}
     with pytest.raises(pods.PodSpecError, match="'S'"):

@@ -27,7 +27,7 @@ import yaml
 from neuron_cores import is_contiguous, parse_core_list
 from neuron_localcluster import LocalCluster
 from neuron_localcluster.demo import compile_models, with_models_volume
-from neuron_localcluster.node_agent import ALLOCATIONS_FILE
+from neuron_localcluster.node_files import ALLOCATIONS_FILE
 from neuron_operator import conditions as c
 from neuron_operator.claims import claim_cores
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from neuron_cores import parse_core_list
-from neuron_localcluster.node_agent import ALLOCATIONS_FILE
+from neuron_localcluster.node_files import ALLOCATIONS_FILE
 
 from .conftest import apply, kubectl_json
 

@@ -1,4 +1,8 @@
-"""A stand-in for the kubelet's side of the Device Plugin API, for tests and the local cluster.
+"""A stand-in for the kubelet's side of the Device Plugin API, for the local cluster and tests.
+
+It lives with the local cluster, not in the device plugin's package: the emulated node's agent
+runs it (:mod:`neuron_localcluster.node_agent`), and the device plugin's tests use it as their
+kubelet; an installed device plugin carries only the plugin.
 
 It behaves like the kubelet's device manager where a plugin can tell the difference:
 
@@ -18,10 +22,8 @@ It behaves like the kubelet's device manager where a plugin can tell the differe
 The local control plane uses it to emulate one node: capacity from :meth:`PluginClient.devices`,
 and :meth:`PluginClient.preferred_allocation` plus :meth:`PluginClient.allocate` per pod.
 
-:class:`PodResourcesServer` plays the kubelet's PodResources API (``List``, on its own socket in
-another folder, which a kubelet restart does not clean): the devices each running container holds,
-as the node's pod supervisor reports them.  A plugin that offers both Neuron resources reads it to
-learn when silicon comes back (docs/device-plugin.md).
+The kubelet's PodResources API, the other socket a plugin talks to, is emulated by
+:mod:`neuron_localcluster.pod_resources_server`.
 """
 
 from __future__ import annotations
@@ -39,14 +41,12 @@ from types import TracebackType
 import grpc
 
 from neuron_device_plugin.api import deviceplugin_pb2 as pb
-from neuron_device_plugin.api import podresources_pb2 as pr
 from neuron_device_plugin.api.services import (
     API_VERSION,
     DevicePluginStub,
     add_registration_servicer,
 )
 from neuron_device_plugin.ids import HEALTHY, KUBELET_SOCKET_NAME
-from neuron_device_plugin.podresources import POD_RESOURCES_SERVICE
 
 log = logging.getLogger(__name__)
 
@@ -438,106 +438,3 @@ class KubeletEmulator:
     def client(self, resource_name: str) -> PluginClient | None:
         with self._lock:
             return self._clients.get(resource_name)
-
-
-@dataclass(frozen=True)
-class ContainerHolding:
-    """The device IDs of one resource that one running container holds."""
-
-    namespace: str
-    pod: str
-    container: str
-    resource_name: str
-    device_ids: tuple[str, ...]
-
-
-def listing_response(holdings: Sequence[ContainerHolding]) -> pr.ListPodResourcesResponse:
-    """A PodResources ``List`` answer: pods in first-seen order, each with its containers."""
-    pods: dict[tuple[str, str], dict[str, list[ContainerHolding]]] = {}
-    for held in holdings:
-        pods.setdefault((held.namespace, held.pod), {}).setdefault(held.container, []).append(held)
-    return pr.ListPodResourcesResponse(
-        pod_resources=[
-            pr.PodResources(
-                name=pod,
-                namespace=namespace,
-                containers=[
-                    pr.ContainerResources(
-                        name=container,
-                        devices=[
-                            pr.ContainerDevices(
-                                resource_name=h.resource_name, device_ids=list(h.device_ids)
-                            )
-                            for h in held
-                        ],
-                    )
-                    for container, held in containers.items()
-                ],
-            )
-            for (namespace, pod), containers in pods.items()
-        ]
-    )
-
-
-class PodResourcesServer:
-    """The kubelet's PodResources ``List`` on ``socket_path``, answering the last :meth:`set`.
-
-    Like the kubelet's checkpoint, the holdings outlive :meth:`stop`; a stopped server refuses
-    connections, so a plugin listing then keeps every hold.
-    """
-
-    def __init__(self, socket_path: Path) -> None:
-        self.socket_path = Path(socket_path)
-        self.calls = 0
-        self._holdings: tuple[ContainerHolding, ...] = ()
-        self._lock = threading.Lock()
-        self._server: grpc.Server | None = None
-
-    def set(self, holdings: Sequence[ContainerHolding]) -> int:
-        """Replace what running containers hold; return how many Lists were answered before."""
-        with self._lock:
-            self._holdings = tuple(holdings)
-            return self.calls
-
-    def start(self) -> PodResourcesServer:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self.socket_path.unlink(missing_ok=True)
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        handler = grpc.unary_unary_rpc_method_handler(
-            self._list,
-            request_deserializer=pr.ListPodResourcesRequest.FromString,
-            response_serializer=pr.ListPodResourcesResponse.SerializeToString,
-        )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(POD_RESOURCES_SERVICE, {"List": handler}),)
-        )
-        server.add_insecure_port(f"unix://{self.socket_path.resolve()}")
-        server.start()
-        self._server = server
-        log.info("kubelet emulator serving PodResources on %s", self.socket_path)
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.stop(None).wait()
-        self.socket_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> PodResourcesServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _list(
-        self, request: pr.ListPodResourcesRequest, context: grpc.ServicerContext
-    ) -> pr.ListPodResourcesResponse:
-        with self._lock:
-            self.calls += 1
-            holdings = self._holdings
-        return listing_response(holdings)
