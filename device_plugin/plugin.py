@@ -217,17 +217,16 @@ class PluginEndpoint:
             )
         self._abandon_pending()
         self.stop_serving()
-        if not self.plugin_dir.is_dir():
-            raise FileNotFoundError(
-                f"device-plugin directory {self.plugin_dir} is gone; serving "
-                f"{self.resource_name} again once it is back"
-            )
+        self._check_plugin_dir()
         self.socket_path.unlink(missing_ok=True)
         try:
             server = create_plugin_server(
                 self.servicer, self.socket_path, max_workers=self.max_workers
             )
         except RuntimeError as err:  # gRPC's way of saying it could not bind
+            # the directory may have gone since the check: then say that, in the same words, so
+            # the watcher logs it once
+            self._check_plugin_dir()
             raise OSError(
                 f"cannot serve {self.resource_name} on {self.socket_path}: {err}"
             ) from None
@@ -236,6 +235,13 @@ class PluginEndpoint:
         self._socket_identity = _file_identity(self.socket_path)
         self.registered_with = None
         log.info("serving %s on %s", self.resource_name, self.socket_path)
+
+    def _check_plugin_dir(self) -> None:
+        if not self.plugin_dir.is_dir():
+            raise FileNotFoundError(
+                f"device-plugin directory {self.plugin_dir} is gone; serving "
+                f"{self.resource_name} again once it is back"
+            )
 
     def socket_lost(self) -> bool:
         identity = _file_identity(self.socket_path)
