@@ -9,16 +9,56 @@ copies of a model are registered as ``name#2``, ``name#3``...: the server still 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from collections import Counter
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+from neuron_runtime.serving.batching import Answer
 from neuron_runtime.serving.server import RuntimeHooks
 from neuron_runtime.serving.service import ModelLoader, PredictorLike
+from neuron_runtime.serving.tensors import TensorSpecLike
+
+if TYPE_CHECKING:
+    from neuron_runtime import Predictor
 
 
 def copy_name(name: str, ordinal: int) -> str:
     """The runtime's name for the ``ordinal``-th (1-based) copy of a served model."""
     return name if ordinal == 1 else f"{name}#{ordinal}"
+
+
+class LoopPredictor:
+    """A predictor whose requests are sent and answered by the submitting event loop.
+
+    The server submits only from its event loop and never blocks on the future, so it passes the
+    running loop to ``Predictor.submit``: the group then lends that loop its workers, and a request
+    goes from the loop to the worker process and back without the group's thread (docs/runtime.md,
+    "Lending the workers to an event loop").
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+
+    @property
+    def name(self) -> str:
+        return self._predictor.name
+
+    @property
+    def group(self) -> int:
+        return self._predictor.group
+
+    @property
+    def feed_tensors(self) -> Mapping[str, TensorSpecLike]:
+        return self._predictor.feed_tensors
+
+    @property
+    def fetch_tensors(self) -> Mapping[str, TensorSpecLike]:
+        return self._predictor.fetch_tensors
+
+    def submit(self, feeds: Mapping[str, Any], /) -> concurrent.futures.Future[Answer]:
+        return self._predictor.submit(feeds, loop=asyncio.get_running_loop())
 
 
 def runtime_failure(broken: Mapping[int, str]) -> str | None:
@@ -42,7 +82,7 @@ def bind_runtime(env: Mapping[str, str] | None) -> tuple[ModelLoader, RuntimeHoo
 
     def load(path: str, name: str) -> PredictorLike:
         copies[name] += 1
-        return runtime.load_model(path, copy_name(name, copies[name]))
+        return LoopPredictor(runtime.load_model(path, copy_name(name, copies[name])))
 
     hooks = RuntimeHooks(
         stats=runtime.stats,
