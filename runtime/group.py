@@ -676,6 +676,9 @@ class Group:
             return _HANDBACK if on_loop else ("control", self._controls.popleft())
         if not self._free_slots:
             return None
+        if not any(self._queues.values()):  # asked after every answer: most often nothing waits
+            self._idle = True
+            return None
         waiting = [Waiting(k, q[0].rid, len(q)) for k, q in self._queues.items() if q]
         choice = self.policy.choose(waiting, self.active, self.resident.keys())
         if choice is None:
