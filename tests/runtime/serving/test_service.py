@@ -236,7 +236,7 @@ def test_an_answer_given_on_the_loop_does_not_wake_the_loop(answered_on_loop: bo
             wakes.append(1)
             return threadsafe(*args, **kwargs)
 
-        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
         task = asyncio.create_task(service.infer(service.model("m"), {"x": np.ones((1, 2))}))
         await _settle(predictor, 1)
         answer = {"y": np.zeros((1, 2), np.float32)}
