@@ -180,9 +180,9 @@ class Group:
             else:
                 future.set_result(None)
             self._wake_locked()
-            loop = self._loop
+            loop, lease = self._loop, self._lease
         if loop is not None:  # loading is the dispatcher thread's work: ask the loop to give back
-            self._reclaim(loop)
+            self._reclaim(loop, lease)
         return future
 
     def submit(
@@ -235,12 +235,12 @@ class Group:
 
     def close(self) -> None:
         with self._lock:
-            self._closing = True
+            self._closing = True  # from now on the thread lends the workers to no loop
             thread = self._thread
             self._wake_locked()
-            loop = self._loop
+            loop, lease = self._loop, self._lease
         if loop is not None:  # the thread drains what is in flight: it needs the workers back
-            self._reclaim(loop)
+            self._reclaim(loop, lease)
         if thread is not None:
             thread.join()
         with self._lock:  # writers wake under the lock, so no write can hit a reused fd
@@ -337,15 +337,16 @@ class Group:
                     self._lease += 1
                     return
 
-    def _reclaim(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Ask ``loop`` to give the workers back to the thread (from any thread)."""
+    def _reclaim(self, loop: asyncio.AbstractEventLoop, lease: int) -> None:
+        """Ask ``loop`` to give back the workers of loan ``lease`` (from any thread).  No loan
+        starts while a load waits or the group closes, so a later loan needs no asking."""
         if threading.get_ident() == self._loop_thread:
             with self._lock:
-                if self._loop is loop:
+                if self._loop is loop and lease == self._lease:
                     self._release_locked()
             return
         try:
-            loop.call_soon_threadsafe(self._give_back, self._lease)
+            loop.call_soon_threadsafe(self._give_back, lease)
         except RuntimeError:
             self._take_back(loop)
 
@@ -385,21 +386,24 @@ class Group:
             workers = list(self._workers)
             self._loop_fds = [w.ctrl.fd for w in workers]
             for worker in workers:
-                loop.add_reader(worker.ctrl.fd, self._on_loop_readable, worker, lease, loop)
+                fd = worker.ctrl.fd
+                loop.add_reader(fd, self._on_loop_readable, worker, lease, loop, fd)
         for worker in workers:
             if worker.ctrl.has_ready():  # read by the thread along with a load's replies
-                self._on_loop_readable(worker, lease, loop)
+                self._on_loop_readable(worker, lease, loop, worker.ctrl.fd)
         self._loop_fill()
 
     def _on_loop_readable(
-        self, worker: _Worker, lease: int, loop: asyncio.AbstractEventLoop
+        self, worker: _Worker, lease: int, loop: asyncio.AbstractEventLoop, fd: int
     ) -> None:
         """On the loop: a worker's socket has answers (or its worker died)."""
         with self._lock:
             if self._loop is None or lease != self._lease:
                 # A loan the thread took back while this loop was not running: a later loan on
-                # this descriptor would have replaced this callback, so it is this loan's own.
-                loop.remove_reader(worker.ctrl.fd)
+                # this descriptor would have replaced this callback, so it is this loan's own
+                # (its descriptor may be closed by now).
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(fd)
                 return
         finished: list[_Finished] = []
         try:
@@ -534,15 +538,19 @@ class Group:
                 self._fail_queued(RuntimeClosedError(f"NeuronCore Group {self.index} closed"))
                 return False
         finished: list[_Finished] = []
+        lent = False
         try:
             self._collect(finished)
             # The freed slots' next requests go to the workers before any client is woken, and
             # the clients are woken just before this thread waits again, so that they do not
             # queue for the GIL behind it.
             self._fill()
+            # Lent before the clients hear: a loop that submits again on hearing its answer
+            # finds the loan made (its ``_adopt`` is queued ahead of the answer's wake-up).
+            lent = self._lend()
         finally:
             _resolve(finished)
-        if self._lend():
+        if lent:
             self._park()
             self._fill()  # what made the loop give the workers back (a switch, a load) comes first
         return True

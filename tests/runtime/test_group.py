@@ -242,3 +242,29 @@ def test_a_closed_loop_leaves_the_workers_to_the_thread(
     result = predictor.submit(feeds).result(timeout=30)["output"]
     assert np.array_equal(result, expected)
     assert runtime._groups[0]._loop is None
+
+
+def test_loading_a_model_while_a_loop_holds_the_workers(
+    runtime_factory: Factory, model_dir: ModelDir
+) -> None:
+    """Loading is the group thread's work: the loop gives the workers back for it, and gets
+    them again for the requests after."""
+    runtime = runtime_factory(NEURONCORE_GROUP_SIZES="1")
+    first = runtime.load_model(model_dir("mlp", 1))
+    feeds = _small()
+    expected = first(feeds)["output"]
+
+    async def main() -> tuple[np.ndarray, np.ndarray, int]:
+        await _on_loop(first, feeds)
+        assert runtime._groups[0]._loop is asyncio.get_running_loop()
+        second = await asyncio.wait_for(
+            asyncio.to_thread(runtime.load_model, model_dir("mlp", 1, seed=7)), timeout=60
+        )
+        again, _ = await _on_loop(first, feeds)
+        other, thread = await _on_loop(second, feeds)
+        return again, other, thread
+
+    again, other, thread = asyncio.run(main())
+    assert np.array_equal(again, expected)
+    assert other.shape == expected.shape and not np.array_equal(other, expected)
+    assert thread == threading.get_ident()  # the loop holds the workers again
