@@ -18,6 +18,10 @@ were resident resident again; queued requests are then served as usual.  A group
 die more than ``RESTART_LIMIT`` times within ``RESTART_WINDOW_S`` gives up instead of looping:
 it is *broken*, its calls fail with ``RuntimeClosedError``, and ``NeuronRuntime.broken_groups``
 reports it so the server fails its liveness probe and the kubelet restarts the pod.
+
+A caller on an asyncio loop that submits with ``loop=`` (the server) is lent the workers' sockets:
+the loop then sends requests and reads answers itself, and the thread keeps only what blocks
+(loads, switches, restarts, closing).  See "lending the workers to an event loop" below.
 """
 
 from __future__ import annotations
