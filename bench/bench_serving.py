@@ -15,8 +15,9 @@ another interpreter.
 Both servers run for the whole bench.  One *round* measures every (protocol, concurrency) cell
 once for each server, back to back, in an order that alternates between rounds, so drifting load
 on the machine affects both alike.  Each measurement is a fixed time window after a short warm-up.
-Reported per cell: requests/s, p50 and p99 latency and server CPU per request (the servers'
-processes, workers included), the median over rounds; and the per-round ratios ours/KServe and
+Reported per cell: requests/s, p50 and p99 latency, server CPU per request (the servers'
+processes, workers included) and the client's CPU per request (this process), the median over
+rounds; and the per-round ratios ours/KServe and
 their median.  The last line is one JSON object:
 ``{"http": {"1": R, ...}, "grpc": {...}, "p99_ratio": {"http": {...}, "grpc": {...}},
 "cpu_ratio": {...}, "load_average": [...]}`` where R is our throughput over KServe's.
@@ -113,6 +114,9 @@ class Result:
     # CPU seconds the server's processes (the server and, for ours, its core workers) used per
     # request: less sensitive than throughput to whatever else this machine is running.
     cpu_ms_per_request: float
+    # CPU seconds this process (the client) used per request: it shares the machine's CPUs with
+    # the servers, so on a small machine it bounds what a cheaper server can gain.
+    client_cpu_ms_per_request: float
 
     @property
     def rps(self) -> float:
@@ -303,12 +307,14 @@ async def measure(
     try:
         await asyncio.sleep(warmup_s)
         cpu_before = process_tree_cpu_s(pid)
+        client_before = time.process_time()
         started = time.perf_counter()
         state["measuring"] = True
         await asyncio.sleep(seconds)
         state["stop"] = True
         elapsed = time.perf_counter() - started
         cpu = process_tree_cpu_s(pid) - cpu_before
+        client_cpu = time.process_time() - client_before
         await asyncio.gather(*workers)
     finally:
         state["stop"] = True
@@ -324,6 +330,7 @@ async def measure(
         elapsed,
         tuple(latencies),
         cpu * 1000 / max(count, 1),
+        client_cpu * 1000 / max(count, 1),
     )
 
 
@@ -376,7 +383,8 @@ async def run_rounds(
                         f"round {index + 1} {protocol:>4} c={concurrency:<3} {server:>15}: "
                         f"{result.rps:8.1f} req/s  p50 {result.percentile(50):7.2f} ms  "
                         f"p99 {result.percentile(99):7.2f} ms  "
-                        f"server CPU {result.cpu_ms_per_request:.3f} ms/request",
+                        f"server CPU {result.cpu_ms_per_request:.3f} ms/request  "
+                        f"client CPU {result.client_cpu_ms_per_request:.3f}",
                         flush=True,
                     )
         rounds.append(cells)
@@ -394,7 +402,7 @@ def report(
     )
     print(
         f"{'protocol':>8} {'conc':>4} {'server':>15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'CPU ms/req':>11}"
+        f"{'CPU ms/req':>11} {'client CPU':>11}"
     )
     for protocol in PROTOCOLS:
         for c in args.concurrency:
@@ -405,7 +413,8 @@ def report(
                     f"{statistics.median(x.rps for x in cell):9.1f} "
                     f"{statistics.median(x.percentile(50) for x in cell):8.2f} "
                     f"{statistics.median(x.percentile(99) for x in cell):8.2f} "
-                    f"{statistics.median(x.cpu_ms_per_request for x in cell):11.3f}"
+                    f"{statistics.median(x.cpu_ms_per_request for x in cell):11.3f} "
+                    f"{statistics.median(x.client_cpu_ms_per_request for x in cell):11.3f}"
                 )
     throughput = ratio_table(rounds, args.concurrency, lambda r: r.rps)
     p99 = ratio_table(rounds, args.concurrency, lambda r: r.percentile(99))

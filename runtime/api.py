@@ -9,6 +9,7 @@ again, in order, and are context-switched there.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -105,10 +106,17 @@ class Predictor:
             )
         return np.ascontiguousarray(array)
 
-    def submit(self, feeds: Mapping[str, Any]) -> Future[dict[str, np.ndarray[Any, Any]]]:
-        """Queue one request without blocking; the future holds the outputs or the error."""
+    def submit(
+        self, feeds: Mapping[str, Any], *, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Future[dict[str, np.ndarray[Any, Any]]]:
+        """Queue one request without blocking; the future holds the outputs or the error.
+
+        ``loop``: the running event loop of the caller, which then sends the request to the
+        workers and reads the answer itself, without the group's thread (docs/runtime.md).  The
+        future is resolved on that loop, so never block the loop waiting for it.
+        """
         batch = self._batch(feeds)
-        return self._runtime._group(self.group).submit(self.name, batch)
+        return self._runtime._group(self.group).submit(self.name, batch, loop)
 
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
         return self.submit(feeds).result()

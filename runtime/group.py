@@ -18,10 +18,15 @@ were resident resident again; queued requests are then served as usual.  A group
 die more than ``RESTART_LIMIT`` times within ``RESTART_WINDOW_S`` gives up instead of looping:
 it is *broken*, its calls fail with ``RuntimeClosedError``, and ``NeuronRuntime.broken_groups``
 reports it so the server fails its liveness probe and the kubelet restarts the pod.
+
+A caller on an asyncio loop that submits with ``loop=`` (the server) is lent the workers' sockets:
+the loop then sends requests and reads answers itself, and the thread keeps only what blocks
+(loads, switches, restarts, closing).  See "lending the workers to an event loop" below.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -57,6 +62,8 @@ STOP_TIMEOUT_S = 5.0
 RESTART_LIMIT = 5
 RESTART_WINDOW_S = 60.0
 MAX_LAYOUTS = 1024  # slot layouts kept per group, one per (model, batch size) seen
+# How often a dispatcher that lent its workers to an event loop checks that the loop still runs.
+PARK_CHECK_MS = 500
 _request_ids = itertools.count(1)
 
 
@@ -144,6 +151,18 @@ class Group:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        # Who reads the workers' sockets: None, the dispatcher thread; else an asyncio loop that
+        # submits requests (``submit(..., loop=)``), which then dispatches and reads the answers
+        # itself (see "Lending the workers to an event loop").  ``_home_loop`` is the loop that
+        # asked; ``_lease`` numbers each loan, so that a stale callback of an old loan does nothing.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._home_loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._lease = 0
+        self._loop_fds: list[int] = []
+        self._loop_filling = False
+        self._park_poller = select.poll()  # the dispatcher on loan waits on its wake-up pipe only
+        self._park_poller.register(self._wake_r, select.POLLIN)
         self._arena_fd = -1
         self._arena: mmap.mmap | None = None
         self._slot_bytes = 0
@@ -165,17 +184,53 @@ class Group:
             else:
                 future.set_result(None)
             self._wake_locked()
+            loop, lease = self._loop, self._lease
+        if loop is not None:  # loading is the dispatcher thread's work: ask the loop to give back
+            self._reclaim(loop, lease)
         return future
 
-    def submit(self, key: str, batch: np.ndarray[Any, Any]) -> Future[dict[str, Any]]:
+    def submit(
+        self,
+        key: str,
+        batch: np.ndarray[Any, Any],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Future[dict[str, Any]]:
+        """Queue one request.  With ``loop`` (the running loop of the calling thread), the group
+        lends that loop its workers: the loop then sends this and later requests to the workers
+        and resolves the futures itself, so the caller must never block the loop on them."""
         future: Future[dict[str, Any]] = Future()
         request = _Request(next(_request_ids), key, batch, future)
         with self._lock:
             self._check_open()
             self._queues[key].append(request)
-            if self._idle:
+            owner = self._loop
+            here = owner is not None and threading.get_ident() == self._loop_thread
+            if owner is None:
+                if loop is not None and (self._home_loop is None or self._home_loop.is_closed()):
+                    self._home_loop = loop  # lent at the end of the dispatcher's next step
+                    self._idle = False
+                    self._wake_locked()
+                elif self._idle:
+                    self._idle = False
+                    self._wake_locked()
+                return future
+            if here and loop is None:
+                # A caller on the loop's own thread that may block on this future (a blocking
+                # ``Predictor.__call__``): the loop would never read the answer.  Give back.
+                self._home_loop = None
+                self._release_locked()
+                return future
+            if not here:
+                if not self._idle:
+                    return future
                 self._idle = False
-                self._wake_locked()
+        if here:
+            self._loop_fill()
+        else:
+            try:
+                owner.call_soon_threadsafe(self._loop_kick, self._lease)
+            except RuntimeError:  # that loop was closed meanwhile: the thread takes back
+                self._take_back(owner)
         return future
 
     def queue_depth(self) -> int:
@@ -184,9 +239,12 @@ class Group:
 
     def close(self) -> None:
         with self._lock:
-            self._closing = True
+            self._closing = True  # from now on the thread lends the workers to no loop
             thread = self._thread
             self._wake_locked()
+            loop, lease = self._loop, self._lease
+        if loop is not None:  # the thread drains what is in flight: it needs the workers back
+            self._reclaim(loop, lease)
         if thread is not None:
             thread.join()
         with self._lock:  # writers wake under the lock, so no write can hit a reused fd
@@ -221,6 +279,187 @@ class Group:
         return (not self.resident and not self._controls) or (
             used + artifact.weights_bytes <= self.memory_bytes
         )
+
+    # ---- lending the workers to an event loop ----------------------------------------------
+    #
+    # A caller on an asyncio loop (the server) would otherwise pay, per request, a write to the
+    # wake-up pipe, a wake-up of this group's thread to send the request, another when the answer
+    # comes, and ``call_soon_threadsafe`` to wake the loop again: four thread hand-offs and the GIL
+    # passed back and forth.  When such a caller submits with ``loop=``, the dispatcher thread
+    # lends that loop the workers' sockets at the end of its step and waits on its wake-up pipe
+    # only.  The loop then sends requests itself (``_loop_fill``) and reads the answers with
+    # ``add_reader``.  Everything that blocks stays with the thread: a load, a context switch, a
+    # bigger arena, a dead worker and closing make the loop give the sockets back first
+    # (``_release_locked``), and the thread lends them again once that is done.  Ownership changes
+    # under the lock, and every callback on the loop checks its lease first.
+
+    def _lend(self) -> bool:
+        """At the end of a step: lend the workers to the loop that asked, when nothing waits for
+        the thread.  Called by the dispatcher thread."""
+        if self._home_loop is None:  # no loop asked (read without the lock: set under it)
+            return False
+        with self._lock:
+            loop = self._home_loop
+            if (
+                loop is None
+                or self._closing
+                or self._broken is not None
+                or self._controls
+                or loop.is_closed()
+                or not loop.is_running()
+            ):
+                return False
+            self._loop = loop
+            self._lease += 1
+            lease = self._lease
+        try:
+            loop.call_soon_threadsafe(self._adopt, lease)
+        except RuntimeError:  # closed since: keep the workers
+            with self._lock:
+                self._loop = None
+                self._home_loop = None
+            return False
+        return True
+
+    def _park(self) -> None:
+        """Wait, polling only the wake-up pipe, until the loop gives the workers back.  A loop
+        that was closed or stopped running cannot: the thread then takes them back itself."""
+        while True:
+            self._park_poller.poll(PARK_CHECK_MS)
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+            with self._lock:
+                loop = self._loop
+                if loop is None:
+                    return
+                if loop.is_closed() or not loop.is_running():
+                    # Its callbacks check the lease under this lock when they run, and one that
+                    # runs means the loop runs: none can be past that check now.
+                    self._loop = None
+                    self._home_loop = None
+                    self._loop_fds = []
+                    self._lease += 1
+                    return
+
+    def _reclaim(self, loop: asyncio.AbstractEventLoop, lease: int) -> None:
+        """Ask ``loop`` to give back the workers of loan ``lease`` (from any thread).  No loan
+        starts while a load waits or the group closes, so a later loan needs no asking."""
+        if threading.get_ident() == self._loop_thread:
+            with self._lock:
+                if self._loop is loop and lease == self._lease:
+                    self._release_locked()
+            return
+        try:
+            loop.call_soon_threadsafe(self._give_back, lease)
+        except RuntimeError:
+            self._take_back(loop)
+
+    def _take_back(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop was closed: it runs no callback any more, so the thread takes the workers."""
+        with self._lock:
+            if self._loop is loop:
+                self._loop = None
+                self._home_loop = None
+                self._loop_fds = []
+                self._lease += 1
+                self._wake_locked()
+
+    def _give_back(self, lease: int) -> None:
+        with self._lock:
+            if self._loop is not None and lease == self._lease:
+                self._release_locked()
+
+    def _release_locked(self) -> None:
+        """On the loop's thread, under the lock: stop reading the workers; wake the thread."""
+        loop = self._loop
+        assert loop is not None
+        for fd in self._loop_fds:
+            loop.remove_reader(fd)
+        self._loop_fds = []
+        self._loop = None
+        self._lease += 1
+        self._wake_locked()
+
+    def _adopt(self, lease: int) -> None:
+        """On the loop: start reading the workers' answers, then serve what waits."""
+        with self._lock:
+            loop = self._loop
+            if loop is None or lease != self._lease:
+                return
+            self._loop_thread = threading.get_ident()
+            workers = list(self._workers)
+            self._loop_fds = [w.ctrl.fd for w in workers]
+            for worker in workers:
+                fd = worker.ctrl.fd
+                loop.add_reader(fd, self._on_loop_readable, worker, lease, loop, fd)
+        for worker in workers:
+            if worker.ctrl.has_ready():  # read by the thread along with a load's replies
+                self._on_loop_readable(worker, lease, loop, worker.ctrl.fd)
+        self._loop_fill()
+
+    def _on_loop_readable(
+        self, worker: _Worker, lease: int, loop: asyncio.AbstractEventLoop, fd: int
+    ) -> None:
+        """On the loop: a worker's socket has answers (or its worker died)."""
+        with self._lock:
+            if self._loop is None or lease != self._lease:
+                # A loan the thread took back while this loop was not running: a later loan on
+                # this descriptor would have replaced this callback, so it is this loan's own
+                # (its descriptor may be closed by now).
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(fd)
+                return
+        finished: list[_Finished] = []
+        try:
+            try:
+                messages = worker.ctrl.read_available()
+            except (EOFError, OSError):
+                # A dead worker: the thread fails what was in flight and restarts the group.
+                with self._lock:
+                    if self._loop is not None and lease == self._lease:
+                        self._release_locked()
+                return
+            for msg in messages:
+                done = self._on_message(msg)
+                if done is not None:
+                    finished.append(done)
+            self._loop_fill()
+        finally:
+            _resolve(finished)
+
+    def _loop_kick(self, lease: int) -> None:
+        """On the loop: a request came from another thread while the loop was idle."""
+        if lease == self._lease:
+            self._loop_fill()
+
+    def _loop_fill(self) -> None:
+        """On the loop: send what can be sent; give the workers back when the thread must act."""
+        if self._loop_filling:  # re-entered from a future's callback: the outer call goes on
+            return
+        self._loop_filling = True
+        try:
+            while True:
+                with self._lock:
+                    if self._loop is None or threading.get_ident() != self._loop_thread:
+                        return
+                    if self._closing:
+                        self._release_locked()
+                        return
+                    action = self._next_action(on_loop=True)
+                    if action is None:
+                        return
+                    if action is _HANDBACK:
+                        self._release_locked()
+                        return
+                try:
+                    self._workers[0].ctrl.send(self._run_message(*action[1]))
+                except OSError:
+                    with self._lock:  # the thread sees the death and restarts the group
+                        if self._loop is not None:
+                            self._release_locked()
+                    return
+        finally:
+            self._loop_filling = False
 
     # ---- workers ---------------------------------------------------------------------------
 
@@ -303,18 +542,21 @@ class Group:
                 self._fail_queued(RuntimeClosedError(f"NeuronCore Group {self.index} closed"))
                 return False
         finished: list[_Finished] = []
+        lent = False
         try:
             self._collect(finished)
             # The freed slots' next requests go to the workers before any client is woken, and
             # the clients are woken just before this thread waits again, so that they do not
             # queue for the GIL behind it.
             self._fill()
+            # Lent before the clients hear: a loop that submits again on hearing its answer
+            # finds the loan made (its ``_adopt`` is queued ahead of the answer's wake-up).
+            lent = self._lend()
         finally:
-            for future, outcome in finished:
-                if isinstance(outcome, Exception):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+            _resolve(finished)
+        if lent:
+            self._park()
+            self._fill()  # what made the loop give the workers back (a switch, a load) comes first
         return True
 
     def _collect(self, finished: list[_Finished]) -> None:
@@ -436,11 +678,18 @@ class Group:
             else:
                 self._dispatch(*item)
 
-    def _next_action(self) -> tuple[str, Any] | None:
-        """The dispatcher's next step, decided under the lock (no I/O here)."""
+    def _next_action(self, on_loop: bool = False) -> tuple[str, Any] | None:
+        """The dispatcher's next step, decided under the lock (no I/O here).  ``on_loop``: asked
+        by a loop holding the workers, which only dispatches; for anything else (a load, a
+        switch, a bigger arena) the answer is ``HANDBACK``, and the item stays where it is."""
         if self._controls:
-            return None if self._inflight else ("control", self._controls.popleft())
+            if self._inflight:
+                return None
+            return _HANDBACK if on_loop else ("control", self._controls.popleft())
         if not self._free_slots:
+            return None
+        if not any(self._queues.values()):  # asked after every answer: most often nothing waits
+            self._idle = True
             return None
         waiting = [Waiting(k, q[0].rid, len(q)) for k, q in self._queues.items() if q]
         choice = self.policy.choose(waiting, self.active, self.resident.keys())
@@ -449,13 +698,17 @@ class Group:
             return None
         if choice not in self.resident:
             # Swapping weights needs an empty pipeline: wait for the in-flight requests.
-            return None if self._inflight else ("switch", choice)
+            if self._inflight:
+                return None
+            return _HANDBACK if on_loop else ("switch", choice)
         self.active = choice
         artifact = self.models[choice]
         request = self._queues[choice][0]
         need, layout = self._layout(artifact, request.batch.shape[0])
         if need > self._slot_bytes:
-            return None if self._inflight else ("grow", need)
+            if self._inflight:
+                return None
+            return _HANDBACK if on_loop else ("grow", need)
         self._queues[choice].popleft()
         self.policy.dispatched(choice)
         slot = self._free_slots.pop()
@@ -553,10 +806,16 @@ class Group:
         return np.frombuffer(self._arena, np.float32, math.prod(shape), offset).reshape(shape)
 
     def _dispatch(self, request: _Request, boundaries: list[tuple[int, tuple[int, ...]]]) -> None:
+        self._send(self._workers[0], self._run_message(request, boundaries))
+
+    def _run_message(
+        self, request: _Request, boundaries: list[tuple[int, tuple[int, ...]]]
+    ) -> tuple[Any, ...]:
+        """Copy the request's input into its slot; the message that runs it on the first stage."""
         np.copyto(self._view(*boundaries[0]), request.batch)
         last = len(boundaries) - 2
         timings: list[tuple[int, float]] = []
-        message = (
+        return (
             proto.RUN,
             request.rid,
             request.model,
@@ -566,7 +825,6 @@ class Group:
             boundaries,
             timings,
         )
-        self._send(self._workers[0], message)
 
     def _on_message(self, msg: tuple[Any, ...]) -> _Finished | None:
         """Free the slot of a finished request; its future is resolved by the caller."""
@@ -624,3 +882,15 @@ class Group:
 
 class _WorkerGoneError(Exception):
     pass
+
+
+# What ``_next_action(on_loop=True)`` answers when the dispatcher thread must act.
+_HANDBACK = ("handback", None)
+
+
+def _resolve(finished: list[_Finished]) -> None:
+    for future, outcome in finished:
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -168,7 +169,14 @@ class CopyQueue:
             loop.call_soon(self._finish, batch, None, exc)
             return
 
+        here = threading.get_ident()
+
         def on_done(done: concurrent.futures.Future[Answer]) -> None:
+            if threading.get_ident() == here:
+                # Resolved by the loop itself (a group lends its workers to the loop that
+                # submits): no wake-up needed, and no re-entry into the group from its callback.
+                loop.call_soon(self._settle, batch, done)
+                return
             # A loop closed meanwhile (the server stopped) has nobody left to tell.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._settle, batch, done)

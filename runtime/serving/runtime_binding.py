@@ -10,12 +10,52 @@ names the runtime also gives copies loaded without a name): the server still rou
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from collections import Counter
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from neuron_cores.models import copy_name
+from neuron_runtime.serving.batching import Answer
 from neuron_runtime.serving.server import RuntimeHooks
 from neuron_runtime.serving.service import ModelLoader, PredictorLike
+from neuron_runtime.serving.tensors import TensorSpecLike
+
+if TYPE_CHECKING:
+    from neuron_runtime import Predictor
+
+
+class LoopPredictor:
+    """A predictor whose requests are sent and answered by the submitting event loop.
+
+    The server submits only from its event loop and never blocks on the future, so it passes the
+    running loop to ``Predictor.submit``: the group then lends that loop its workers, and a request
+    goes from the loop to the worker process and back without the group's thread (docs/runtime.md,
+    "Lending the workers to an event loop").
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+
+    @property
+    def name(self) -> str:
+        return self._predictor.name
+
+    @property
+    def group(self) -> int:
+        return self._predictor.group
+
+    @property
+    def feed_tensors(self) -> Mapping[str, TensorSpecLike]:
+        return self._predictor.feed_tensors
+
+    @property
+    def fetch_tensors(self) -> Mapping[str, TensorSpecLike]:
+        return self._predictor.fetch_tensors
+
+    def submit(self, feeds: Mapping[str, Any], /) -> concurrent.futures.Future[Answer]:
+        return self._predictor.submit(feeds, loop=asyncio.get_running_loop())
 
 
 def runtime_failure(broken: Mapping[int, str]) -> str | None:
@@ -39,7 +79,7 @@ def bind_runtime(env: Mapping[str, str] | None) -> tuple[ModelLoader, RuntimeHoo
 
     def load(path: str, name: str) -> PredictorLike:
         copies[name] += 1
-        return runtime.load_model(path, copy_name(name, copies[name]))
+        return LoopPredictor(runtime.load_model(path, copy_name(name, copies[name])))
 
     hooks = RuntimeHooks(
         stats=runtime.stats,

@@ -217,3 +217,35 @@ def test_only_requests_of_one_shape_and_dtype_join(second: np.ndarray[Any, Any],
 
     asyncio.run(scenario())
     assert len(predictor.futures) == runs
+
+
+@pytest.mark.parametrize("answered_on_loop", [True, False], ids=["loop-thread", "other-thread"])
+def test_an_answer_given_on_the_loop_does_not_wake_the_loop(answered_on_loop: bool) -> None:
+    """A group that lent its workers to the loop resolves the future on the loop's own thread: the
+    answer is then scheduled with ``call_soon``, with no wake-up through ``call_soon_threadsafe``;
+    an answer from another thread still wakes the loop."""
+    predictor = HandPredictor()
+    service = service_with(predictor)
+    wakes: list[int] = []
+
+    async def scenario() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        threadsafe = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kwargs: Any) -> asyncio.Handle:
+            wakes.append(1)
+            return threadsafe(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
+        task = asyncio.create_task(service.infer(service.model("m"), {"x": np.ones((1, 2))}))
+        await _settle(predictor, 1)
+        answer = {"y": np.zeros((1, 2), np.float32)}
+        if answered_on_loop:
+            predictor.futures[0].set_result(answer)
+        else:
+            threading.Thread(target=predictor.futures[0].set_result, args=(answer,)).start()
+        return dict(await asyncio.wait_for(task, 10))
+
+    outputs = asyncio.run(scenario())
+    assert list(outputs) == ["y"]
+    assert len(wakes) == (0 if answered_on_loop else 1)
