@@ -25,7 +25,8 @@ def compile_proto(
     proto: Path, virtual_dir: str, out_dir: Path, *, descriptor_set: Path | None = None
 ) -> dict[str, Path]:
     """Compile ``proto`` into ``out_dir``; return generated file name -> path (.py and .pyi)."""
-    from grpc_tools import protoc  # a development tool: only regenerating needs it
+    # a development tool: only regenerating needs it
+    from grpc_tools import protoc  # noqa: PLC0415
 
     args = [
         "grpc_tools.protoc",

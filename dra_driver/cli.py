@@ -161,7 +161,7 @@ def build_backend(args: argparse.Namespace) -> Backend:
 
 
 def api_client(kubeconfig: str) -> Any:
-    from kubernetes import client, config
+    from kubernetes import client, config  # noqa: PLC0415 (a slow import)
 
     from_file: Any = config.new_client_from_config
     if kubeconfig:
@@ -175,7 +175,7 @@ def api_client(kubeconfig: str) -> Any:
 
 def read_node(api: Any, name: str) -> dict[str, Any]:
     """The Node's uid and labels; refuses a node the API server does not have."""
-    from kubernetes import client
+    from kubernetes import client  # noqa: PLC0415 (a slow import)
 
     try:
         response: Any = client.CoreV1Api(api).read_node(name, _preload_content=False)

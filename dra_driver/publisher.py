@@ -176,7 +176,7 @@ class KubeSliceApi:
     """
 
     def __init__(self, api_client: Any) -> None:
-        from kubernetes import client
+        from kubernetes import client  # noqa: PLC0415 (a slow import)
 
         self._api = client.ResourceV1Api(api_client)
         self._exception: type[Exception] = client.ApiException

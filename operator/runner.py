@@ -226,7 +226,7 @@ def configure_logging(level: str, log_format: str) -> None:
     """kopf's log setup, less its "Handler ... succeeded" line per watch event below debug: one
     line per pod event is thousands of lines (and their formatting) in a roll of large
     workloads, and says nothing the operator's own lines do not.  kopf's warnings stay."""
-    import kopf
+    import kopf  # noqa: PLC0415 (`run` only)
 
     kopf.configure(
         verbose=level == "debug",
@@ -241,7 +241,7 @@ def configure_logging(level: str, log_format: str) -> None:
 
 def _client_configuration(kubeconfig: str | None) -> Any:
     """--kubeconfig's file; without one, the in-cluster config, then ~/.kube/config."""
-    from kubernetes import client, config
+    from kubernetes import client, config  # noqa: PLC0415 (`run` only)
 
     configuration = client.Configuration()
     load_kube_config: Any = config.load_kube_config
@@ -262,13 +262,13 @@ def run_command(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"neuron-operator run: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    import kopf
-    from kubernetes import client, config
+    import kopf  # noqa: PLC0415 (`run` only)
+    from kubernetes import client, config  # noqa: PLC0415 (`run` only)
 
-    from neuron_operator import handlers
-    from neuron_operator.httpserver import create_server
-    from neuron_operator.kube import Kube
-    from neuron_operator.leader import LeaseElector
+    from neuron_operator import handlers  # noqa: PLC0415 (`run` only)
+    from neuron_operator.httpserver import create_server  # noqa: PLC0415 (`run` only)
+    from neuron_operator.kube import Kube  # noqa: PLC0415 (`run` only)
+    from neuron_operator.leader import LeaseElector  # noqa: PLC0415 (`run` only)
 
     load_configuration = functools.partial(_client_configuration, args.kubeconfig)
     try:

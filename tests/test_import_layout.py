@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# import package -> folder; runtime/ is left out (its serving front ends are reworked elsewhere)
+# import package -> folder
 PACKAGES = {
     "neuron_cores": "cores",
+    "neuron_runtime": "runtime",
     "neuron_device_plugin": "device_plugin",
     "neuron_dra_driver": "dra_driver",
     "neuron_operator": "operator",
@@ -167,3 +168,16 @@ def test_the_device_plugin_imports_nothing_of_the_local_cluster() -> None:
         if module.startswith("neuron_device_plugin")
     }
     assert {m: t for m, t in leaks.items() if t} == {}
+
+
+def test_the_serving_front_ends_sit_on_the_service_and_not_on_each_other() -> None:
+    """REST and gRPC share one data plane (``service``), as KServe's both sit on its own;
+    neither imports the other, and ``server`` (assembly) knows no runtime: ``runtime_binding``
+    is above it."""
+    graph = import_graph()
+    serving = "neuron_runtime.serving"
+    for front, other in (("http_frontend", "grpc_frontend"), ("grpc_frontend", "http_frontend")):
+        targets = graph[f"{serving}.{front}"]
+        assert f"{serving}.{other}" not in targets
+        assert f"{serving}.service" in targets
+    assert f"{serving}.runtime_binding" not in graph[f"{serving}.server"]

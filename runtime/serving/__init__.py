@@ -5,18 +5,15 @@ validation), ``http_frontend`` / ``grpc_frontend`` (thin protocol adapters), ``s
 readiness, routing over copies), ``router`` (least-loaded group choice), ``batching`` (handing
 requests to a group, merging those that wait), ``model_config`` and ``statistics`` (Triton's
 configuration and statistics extensions), ``metrics``, and ``server`` (assembly and the SIGTERM
-life cycle).  ``runtime_binding`` is the one place that
-touches ``neuron_runtime.NeuronRuntime``.
+life cycle).  Both front ends sit on ``service`` and import nothing of each other.
+``runtime_binding`` is the one place that touches ``neuron_runtime.NeuronRuntime``: it builds a
+server for a runtime (``server_for_runtime``), above ``server``, which knows no runtime.
 """
 
 from neuron_cores.models import ModelEntry
 from neuron_runtime.serving.config import ConfigError, ServeConfig
-from neuron_runtime.serving.server import (
-    InferenceServer,
-    RuntimeHooks,
-    create_server,
-    run_until_signalled,
-)
+from neuron_runtime.serving.server import InferenceServer, create_server, run_until_signalled
+from neuron_runtime.serving.service import RuntimeHooks
 
 __all__ = [
     "ConfigError",

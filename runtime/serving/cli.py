@@ -7,7 +7,6 @@ subcommand calls; ``main`` lets ``python -m neuron_runtime.serving`` run the sam
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -15,11 +14,14 @@ import textwrap
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
+import uvloop
+
 from neuron_cores import GROUP_SIZES_ENV
 from neuron_cores.logs import configure_logging
 from neuron_runtime.config import ENVIRONMENT_HELP
 from neuron_runtime.serving.config import ConfigError, add_serve_arguments, config_from_args
-from neuron_runtime.serving.server import ListenError, run_until_signalled, server_for_runtime
+from neuron_runtime.serving.runtime_binding import server_for_runtime
+from neuron_runtime.serving.server import ListenError, run_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +68,7 @@ def run_serve(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
 
 
 def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop (a faster event loop: less CPU per request) when it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        log.info("uvloop not installed; using the standard asyncio event loop")
-        return asyncio.run(main)
+    """Run on uvloop (a dependency of the package): less CPU per request than asyncio's loop."""
     return uvloop.run(main)
 
 

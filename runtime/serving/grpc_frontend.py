@@ -21,8 +21,13 @@ from google.protobuf.message import Message
 from neuron_runtime.serving import grpc_codec
 from neuron_runtime.serving import inference_pb2 as pb
 from neuron_runtime.serving.errors import ErrorKind, InferenceError
-from neuron_runtime.serving.http_frontend import EXTENSIONS, SERVER_NAME
-from neuron_runtime.serving.service import MODEL_VERSION, PLATFORM, InferenceService
+from neuron_runtime.serving.service import (
+    EXTENSIONS,
+    MODEL_VERSION,
+    PLATFORM,
+    SERVER_NAME,
+    InferenceService,
+)
 from neuron_runtime.serving.statistics import RequestTiming
 
 log = logging.getLogger(__name__)

@@ -24,14 +24,19 @@ from neuron_runtime.serving import rest_codec
 from neuron_runtime.serving.config import DEFAULT_READ_TIMEOUT_S, READ_TIMEOUT_ENV
 from neuron_runtime.serving.errors import ErrorKind, InferenceError, bad_request
 from neuron_runtime.serving.http_connection import close_after
-from neuron_runtime.serving.service import MODEL_VERSION, PLATFORM, InferenceService, ServedModel
+from neuron_runtime.serving.service import (
+    EXTENSIONS,
+    MODEL_VERSION,
+    PLATFORM,
+    SERVER_NAME,
+    InferenceService,
+    ServedModel,
+)
 from neuron_runtime.serving.statistics import RequestTiming
 from neuron_runtime.serving.tensors import TensorMeta
 
 log = logging.getLogger(__name__)
 
-SERVER_NAME = "neuron-runtime"
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")
 # Bodies larger than this are decoded off the event loop.
 _OFFLOAD_BYTES = 256 * 1024
 
@@ -258,12 +263,3 @@ class RestFrontend:
             f"request body{got} is larger than the server's limit of {self.max_body_bytes} bytes; "
             "send smaller batches or raise --max-body-bytes",
         )
-
-
-def server_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("neuron-groups")
-    except PackageNotFoundError:
-        return "0.0.0"

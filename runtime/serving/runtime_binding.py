@@ -14,16 +14,22 @@ import asyncio
 import concurrent.futures
 from collections import Counter
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from neuron_cores.models import copy_name
+from neuron_runtime import (
+    InvalidInputError,
+    NeuronRuntime,
+    Predictor,
+    ResourceExhaustedError,
+    RuntimeClosedError,
+    WorkerLostError,
+)
 from neuron_runtime.serving.batching import Answer
-from neuron_runtime.serving.server import RuntimeHooks
-from neuron_runtime.serving.service import ModelLoader, PredictorLike
+from neuron_runtime.serving.config import ServeConfig
+from neuron_runtime.serving.server import InferenceServer, create_server
+from neuron_runtime.serving.service import ModelLoader, PredictorLike, RuntimeHooks
 from neuron_runtime.serving.tensors import TensorSpecLike
-
-if TYPE_CHECKING:
-    from neuron_runtime import Predictor
 
 
 class LoopPredictor:
@@ -66,14 +72,6 @@ def runtime_failure(broken: Mapping[int, str]) -> str | None:
 
 
 def bind_runtime(env: Mapping[str, str] | None) -> tuple[ModelLoader, RuntimeHooks]:
-    from neuron_runtime import (
-        InvalidInputError,
-        NeuronRuntime,
-        ResourceExhaustedError,
-        RuntimeClosedError,
-        WorkerLostError,
-    )
-
     runtime = NeuronRuntime.from_env(env)
     copies: Counter[str] = Counter()
 
@@ -90,3 +88,9 @@ def bind_runtime(env: Mapping[str, str] | None) -> tuple[ModelLoader, RuntimeHoo
         failure=lambda: runtime_failure(runtime.broken_groups()),
     )
     return load, hooks
+
+
+def server_for_runtime(config: ServeConfig, env: Mapping[str, str] | None) -> InferenceServer:
+    """A server whose models load into a ``NeuronRuntime`` built from ``env``."""
+    loader, hooks = bind_runtime(env)
+    return create_server(config, loader=loader, hooks=hooks)

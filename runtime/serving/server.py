@@ -19,38 +19,24 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from neuron_runtime.api import RuntimeStats
 from neuron_runtime.serving.config import GRPC_PORT_ENV, HTTP_PORT_ENV, ServeConfig
 from neuron_runtime.serving.grpc_frontend import GrpcFrontend, build_grpc_server
 from neuron_runtime.serving.http_connection import RefusingSockSite
-from neuron_runtime.serving.http_frontend import RestFrontend, server_version
+from neuron_runtime.serving.http_frontend import RestFrontend
 from neuron_runtime.serving.metrics import RuntimeCollector, ServingMetrics
-from neuron_runtime.serving.service import InferenceService, ModelLoader
+from neuron_runtime.serving.service import (
+    InferenceService,
+    ModelLoader,
+    RuntimeHooks,
+    server_version,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RuntimeHooks:
-    """What the server needs from a runtime besides loading models."""
-
-    stats: Callable[[], RuntimeStats | None] | None = None
-    close: Callable[[], None] | None = None
-    resource_exhausted: tuple[type[BaseException], ...] = ()
-    # Raised by a predictor for inputs it refuses (the server validates first; this is the net).
-    invalid_input: tuple[type[BaseException], ...] = ()
-    # Raised when a group cannot run the request now (its worker died mid-request: retry).
-    unavailable: tuple[type[BaseException], ...] = ()
-    # Why the runtime can no longer serve (a group gave up restarting its workers), or None.
-    # Liveness reports it, so the kubelet restarts the pod.
-    failure: Callable[[], str | None] | None = None
 
 
 class ListenError(Exception):
@@ -242,11 +228,3 @@ async def run_until_signalled(server: InferenceServer) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     return 1 if failed else 0
-
-
-def server_for_runtime(config: ServeConfig, env: Mapping[str, str] | None) -> InferenceServer:
-    """A server whose models load into a ``NeuronRuntime`` built from ``env``."""
-    from neuron_runtime.serving.runtime_binding import bind_runtime
-
-    loader, hooks = bind_runtime(env)
-    return create_server(config, loader=loader, hooks=hooks)

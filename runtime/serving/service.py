@@ -20,11 +20,14 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
 import numpy.typing as npt
 
 from neuron_cores.models import ModelEntry
+from neuron_runtime.api import RuntimeStats
 from neuron_runtime.serving import batching
 from neuron_runtime.serving.batching import Answer, CopyQueue, GroupGate
 from neuron_runtime.serving.errors import ErrorKind, InferenceError, not_found
@@ -38,9 +41,36 @@ log = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
 PLATFORM = "neuron_runtime"
+# What ServerMetadata says, over REST and gRPC alike.
+SERVER_NAME = "neuron-runtime"
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")
 
 Arrays = dict[str, npt.NDArray[Any]]
 Outputs = Mapping[str, npt.NDArray[Any]]
+
+
+def server_version() -> str:
+    """The installed package's version, which ServerMetadata reports."""
+    try:
+        return version("neuron-groups")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+@dataclass(frozen=True)
+class RuntimeHooks:
+    """What the server needs from a runtime besides loading models."""
+
+    stats: Callable[[], RuntimeStats | None] | None = None
+    close: Callable[[], None] | None = None
+    resource_exhausted: tuple[type[BaseException], ...] = ()
+    # Raised by a predictor for inputs it refuses (the server validates first; this is the net).
+    invalid_input: tuple[type[BaseException], ...] = ()
+    # Raised when a group cannot run the request now (its worker died mid-request: retry).
+    unavailable: tuple[type[BaseException], ...] = ()
+    # Why the runtime can no longer serve (a group gave up restarting its workers), or None.
+    # Liveness reports it, so the kubelet restarts the pod.
+    failure: Callable[[], str | None] | None = None
 
 
 class PredictorLike(Protocol):

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from neuron_runtime.api import GroupStats, RuntimeStats
 from neuron_runtime.serving import InferenceServer, ModelEntry, ServeConfig, create_server
-from neuron_runtime.serving.server import RuntimeHooks
+from neuron_runtime.serving.service import RuntimeHooks
 
 
 @dataclass(frozen=True)

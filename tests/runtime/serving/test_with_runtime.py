@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import neuron_runtime.group
 from neuron_runtime import compile_model
-from neuron_runtime.serving.server import server_for_runtime
+from neuron_runtime.serving.runtime_binding import server_for_runtime
 
 
 @pytest.fixture(scope="module")
