@@ -4,7 +4,7 @@ kopf's create/update handlers are edge-triggered and keep progress on the object
 that must also notice a pod deleted by hand wants level-based behaviour instead.  So only
 ``on.event`` handlers are used (no finalizers, no progress annotations): any event of a
 NeuronWorkload, and any event of a pod it manages, reconciles that NeuronWorkload from what exists
-now.  The periodic resync in ``runner.py`` covers events missed while no replica led.
+now.  The periodic resync in ``operate.py`` covers events missed while no replica led.
 
 Handlers are ``async`` and only *request* a reconcile (``Reconciler.request``, which queues it,
 coalescing, for the reconciler's worker threads): they return at once, so kopf holds no task, no

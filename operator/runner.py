@@ -1,32 +1,21 @@
-"""``neuron-operator run``: start kopf's watches, the leader Lease, the resync loop and metrics.
+"""``neuron-operator run``: its flags, and the checks no one flag can make.
 
 Every flag has an environment variable, because in a pod the chart sets env while a developer
-running out of cluster types flags; both appear in ``--help``.  kopf itself runs in standalone
-mode: exclusion between replicas is the Lease's job (see ``leader.py``), and kopf's own event
-posting is off because the reconciler records its Events itself (``kube.post_event``).
+running out of cluster types flags; both appear in ``--help``.  What ``run`` starts (kopf, the
+Lease, the resync loop, metrics) is in ``operate``, imported only when ``run`` runs: ``plan``
+and ``validate`` start without kopf.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import logging
-import os
-import socket
 import sys
-import threading
-from collections.abc import Sequence
 from typing import Any
 
 from neuron_cores.flags import Flag, add_flags, boolean, log_format_flag, log_level_flag, number
 from neuron_operator import api
-from neuron_operator.controller import Backoff, Reconciler, TimerSchedule
-from neuron_operator.kube import API_ERRORS
-
-log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
-KOPF_OBJECTS_LOGGER = "kopf.objects"
 
 
 def _policy_value(parse: Any) -> Any:
@@ -160,14 +149,6 @@ RUN_FLAGS = [
 ]
 
 
-def _default_lease_namespace() -> str:
-    mounted = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-    if os.path.exists(mounted):
-        with open(mounted, encoding="utf-8") as handle:
-            return handle.read().strip()
-    return os.environ.get("POD_NAMESPACE", "default")
-
-
 def add_run_command(commands: Any) -> None:
     parser = commands.add_parser(
         "run",
@@ -190,27 +171,6 @@ def add_run_command(commands: Any) -> None:
     parser.set_defaults(func=run_command)
 
 
-def _resync_loop(
-    reconciler: Reconciler,
-    namespaces: Sequence[str],
-    interval: float,
-    stop: threading.Event,
-    wake: threading.Event,
-) -> None:
-    while not stop.is_set():
-        wake.wait(interval)
-        wake.clear()
-        if stop.is_set():
-            return
-        try:
-            count = reconciler.resync(namespaces)
-            log.debug("resync reconciled %d NeuronWorkloads", count)
-        except API_ERRORS as error:  # the API is away: one line, and again next period
-            log.warning("resync could not list NeuronWorkloads: %s; again in %gs", error, interval)
-        except Exception:  # the loop must outlive any one failure; it retries next period
-            log.exception("resync failed")
-
-
 def check_run_args(args: argparse.Namespace) -> list[str]:
     """What no one flag can check: the renew interval against the lease."""
     problems = []
@@ -222,146 +182,16 @@ def check_run_args(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def configure_logging(level: str, log_format: str) -> None:
-    """kopf's log setup, less its "Handler ... succeeded" line per watch event below debug: one
-    line per pod event is thousands of lines (and their formatting) in a roll of large
-    workloads, and says nothing the operator's own lines do not.  kopf's warnings stay."""
-    import kopf  # noqa: PLC0415 (`run` only)
-
-    kopf.configure(
-        verbose=level == "debug",
-        quiet=level in ("warning", "error"),
-        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
-    )
-    if level == "error":  # kopf's quiet is warning
-        logging.getLogger().setLevel(logging.ERROR)
-    objects = logging.getLogger(KOPF_OBJECTS_LOGGER)
-    objects.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
-
-
-def _client_configuration(kubeconfig: str | None) -> Any:
-    """--kubeconfig's file; without one, the in-cluster config, then ~/.kube/config."""
-    from kubernetes import client, config  # noqa: PLC0415 (`run` only)
-
-    configuration = client.Configuration()
-    load_kube_config: Any = config.load_kube_config
-    load_incluster_config: Any = config.load_incluster_config
-    if kubeconfig:
-        load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        try:
-            load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            load_kube_config(client_configuration=configuration)
-    return configuration
-
-
 def run_command(args: argparse.Namespace) -> int:
     problems = check_run_args(args)
     if problems:
         for problem in problems:
             print(f"neuron-operator run: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    import kopf  # noqa: PLC0415 (`run` only)
-    from kubernetes import client, config  # noqa: PLC0415 (`run` only)
+    from neuron_operator import operate  # noqa: PLC0415 (kopf: `run` only, not plan/validate)
 
-    from neuron_operator import handlers  # noqa: PLC0415 (`run` only)
-    from neuron_operator.httpserver import create_server  # noqa: PLC0415 (`run` only)
-    from neuron_operator.kube import Kube  # noqa: PLC0415 (`run` only)
-    from neuron_operator.leader import LeaseElector  # noqa: PLC0415 (`run` only)
-
-    load_configuration = functools.partial(_client_configuration, args.kubeconfig)
     try:
-        api_client = client.ApiClient(load_configuration())
-    except (config.ConfigException, OSError) as error:
-        where = args.kubeconfig or "in-cluster config, then ~/.kube/config"
-        print(
-            f"neuron-operator run: cannot load a Kubernetes client configuration from {where}: "
-            f"{error}; pass --kubeconfig (or KUBECONFIG) naming a valid kubeconfig file",
-            file=sys.stderr,
-        )
+        return operate.run(args)
+    except operate.StartError as error:
+        print(f"neuron-operator run: {error}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(args.log_level, args.log_format)
-    namespaces = args.namespaces or []
-    api.configure_volume_policy(
-        api.VolumePolicy(args.allowed_volume_types, args.allowed_host_paths)
-    )
-    identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
-    stop, wake = threading.Event(), threading.Event()
-    elector = None
-    if args.leader_election:
-        elector = LeaseElector(
-            api_client,
-            namespace=args.lease_namespace or _default_lease_namespace(),
-            name=args.lease_name,
-            identity=identity,
-            lease_seconds=args.lease_seconds,
-            renew_seconds=args.renew_seconds,
-            on_elected=wake.set,
-        )
-    retries = TimerSchedule()
-    reconciler = Reconciler(
-        Kube(api_client, instance=identity),
-        is_leader=elector.is_leader if elector else lambda: True,
-        backoff=Backoff(cap=args.backoff_max_seconds),
-        schedule=retries,
-        workers=args.workers,
-    )
-    registry = kopf.OperatorRegistry()
-    handlers.register(registry, reconciler, load_configuration)
-    settings = kopf.OperatorSettings()
-    settings.posting.enabled = False
-    settings.scanning.disabled = True
-    settings.watching.server_timeout = 300
-    threads = [
-        threading.Thread(
-            target=_resync_loop,
-            args=(reconciler, namespaces, args.resync_seconds, stop, wake),
-            name="resync",
-            daemon=True,
-        )
-    ]
-    if elector is not None:
-        threads.append(
-            threading.Thread(target=elector.run, args=(stop,), name="lease", daemon=True)
-        )
-    reconciler.start()
-    for thread in threads:
-        thread.start()
-    server = None
-    if args.metrics_port:
-        try:
-            server = create_server(
-                args.metrics_address, args.metrics_port, lambda: all(t.is_alive() for t in threads)
-            )
-        except OSError as error:
-            stop.set()
-            wake.set()
-            reconciler.close()
-            print(
-                f"neuron-operator run: cannot serve metrics on {args.metrics_address}:"
-                f"{args.metrics_port}: {error}; choose a free --metrics-port (0 disables it)",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-        log.info("metrics and health on %s:%d", args.metrics_address, args.metrics_port)
-    log.info("neuron-operator %s starting; namespaces: %s", identity, namespaces or "all")
-    try:
-        kopf.run(
-            registry=registry,
-            settings=settings,
-            standalone=True,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-        )
-    finally:
-        if server is not None:
-            server.shutdown()
-        retries.close()
-        stop.set()
-        wake.set()
-        reconciler.close()
-        for thread in threads:
-            thread.join(timeout=10)
-    return 0

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from neuron_operator.runner import KOPF_OBJECTS_LOGGER, configure_logging
+from neuron_operator.operate import KOPF_OBJECTS_LOGGER, configure_logging
 
 
 @pytest.fixture(autouse=True)
