@@ -1,6 +1,8 @@
 """The API calls of the DRA mode: the block DeviceClass (does the cluster offer DRA?), the
-workload's ResourceClaimTemplates (created, kept and removed like its Service) and the claims
-made from them (read for the cores they were allocated).
+workload's ResourceClaimTemplates (created, kept and removed like its Service), the claims
+made from them (read for the cores they were allocated) and, while a pod's block claim cannot
+be allocated, the driver's ResourceSlices and every namespace's claims (each node's free cores:
+``freecores``).
 
 A mixin of ``kube.Kube``, so the reconcile loop keeps one object for the API; the templates'
 refusals are classified by ``refusals.classify_exception`` like every other child's, and a
@@ -22,6 +24,7 @@ from urllib3.exceptions import HTTPError
 
 from neuron_operator import conditions as c
 from neuron_operator.api import API_VERSION, KIND
+from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_operator.claims import BLOCKS_CLASS, TEMPLATE_KIND
 from neuron_operator.pods import selector_labels
 from neuron_operator.refusals import Refusal, classify_exception, not_owned
@@ -172,6 +175,18 @@ class ClaimApi:
         response = self.resource.list_namespaced_resource_claim(
             namespace, label_selector=selector, _preload_content=False
         )
+        return list(_json(response)["items"])
+
+    def list_block_slices(self) -> list[dict[str, Any]]:
+        """The DRA driver's ResourceSlices (every node's pool): which cores each node offers."""
+        response = self.resource.list_resource_slice(
+            field_selector=f"spec.driver={DRIVER_NAME}", _preload_content=False
+        )
+        return list(_json(response)["items"])
+
+    def list_all_claims(self) -> list[dict[str, Any]]:
+        """The ResourceClaims of every namespace: which cores are taken, by anyone."""
+        response = self.resource.list_resource_claim_for_all_namespaces(_preload_content=False)
         return list(_json(response)["items"])
 
 

@@ -129,20 +129,28 @@ def claim_owner_pod(claim: Mapping[str, Any]) -> str | None:
     return None
 
 
-def claim_cores(claim: Mapping[str, Any]) -> ClaimCores | None:
-    """The cores allocated to a claim of this driver, or None while it is not allocated."""
-    pod = claim_owner_pod(claim)
+def allocation_results(claim: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+    """The blocks of this driver a claim was allocated, as (pool = node, cores); empty while it
+    is not allocated."""
     results = (((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}).get(
         "results"
     ) or []
-    node, cores = "", list[int]()
+    found: list[tuple[str, tuple[int, ...]]] = []
     for result in results:
         if result.get("driver") != DRIVER_NAME:
             continue
-        found = device_cores(str(result.get("device", "")))
-        if found is None:
-            continue
-        node = str(result.get("pool", ""))
+        cores = device_cores(str(result.get("device", "")))
+        if cores is not None:
+            found.append((str(result.get("pool", "")), cores))
+    return found
+
+
+def claim_cores(claim: Mapping[str, Any]) -> ClaimCores | None:
+    """The cores allocated to a pod's claim of this driver, or None while it is not allocated."""
+    pod = claim_owner_pod(claim)
+    node, cores = "", list[int]()
+    for pool, found in allocation_results(claim):
+        node = pool
         cores.extend(found)
     if pod is None or not cores:
         return None
@@ -176,6 +184,7 @@ __all__ = [
     "ClaimCores",
     "allocated_cores",
     "allocated_summary",
+    "allocation_results",
     "build_template",
     "claim_cores",
     "device_cores",

@@ -38,10 +38,12 @@ from neuron_operator import metrics
 from neuron_operator.api import ALLOCATION_DRA, InvalidSpecError, workload_from_object
 from neuron_operator.claims import allocated_summary, resolve_allocation
 from neuron_operator.drasync import sync as sync_dra
+from neuron_operator.freecores import NodeFree, free_cores
 from neuron_operator.kube import API_ERRORS, ChildRefusedError, Kube, controller_uid, now_rfc3339
 from neuron_operator.planner import plan
 from neuron_operator.pods import build_pod, build_service, selector_string, template_hash
 from neuron_operator.reconcile import (
+    DRA_NO_DEVICE,
     compute_status,
     diff,
     invalid_status,
@@ -426,6 +428,9 @@ class Reconciler:
         refusals = kept + fresh
         if fresh or not holding:
             self._after_attempt(key, uid, generation, refusals, fresh)
+        blocked = allocation == ALLOCATION_DRA and any(
+            DRA_NO_DEVICE in (p.unschedulable or "") for p in observed if not p.terminating
+        )
         status = compute_status(
             generation=generation,
             result=result,
@@ -433,6 +438,8 @@ class Reconciler:
             desired={k: v["metadata"]["name"] for k, v in desired.items()},
             observed=observed,
             selector=selector_string(name),
+            free_cores=self._free_cores(key) if blocked else None,
+            instance_type=workload.spec.instance_type,
         )
         status["allocation"] = allocation
         if dra.templates is not None:
@@ -454,6 +461,23 @@ class Reconciler:
         self._report_refusals(body, previous, status, reported)
         self._write_status(body, previous, status)
         return "refused" if reported else "ok"
+
+    def _free_cores(self, key: Key) -> list[NodeFree] | None:
+        """Each DRA node's free cores, read only while a pod's block claim cannot be allocated;
+        None when they cannot be read (the condition then says so)."""
+        try:
+            return free_cores(self.kube.list_block_slices(), self.kube.list_all_claims())
+        except API_ERRORS as error:
+            status = getattr(error, "status", None)
+            log.warning(
+                "%s/%s: cannot read the nodes' free NeuronCores (list resourceslices and "
+                "resourceclaims in all namespaces): %s %s",
+                key[0],
+                key[1],
+                status or type(error).__name__,
+                getattr(error, "reason", None) or error,
+            )
+            return None
 
     def _after_attempt(
         self,

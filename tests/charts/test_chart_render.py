@@ -104,6 +104,7 @@ def _grants(objects: list[Obj]) -> set[tuple[str, str, str]]:
         ("resource.k8s.io", "resourceclaimtemplates", ("get", "list", "create", "delete")),
         ("resource.k8s.io", "resourceclaims", ("list",)),
         ("resource.k8s.io", "deviceclasses", ("get",)),
+        ("resource.k8s.io", "resourceslices", ("list",)),
     ],
     ids=[
         "workloads",
@@ -115,6 +116,7 @@ def _grants(objects: list[Obj]) -> set[tuple[str, str, str]]:
         "claim-templates",
         "claims",
         "device-classes",
+        "resource-slices",
     ],
 )
 def test_operator_rbac_grants_what_it_needs(
@@ -143,6 +145,9 @@ def test_operator_rbac_grants_what_it_needs(
         ("resourceclaims", "delete"),
         ("resourceclaimtemplates", "update"),
         ("deviceclasses", "list"),
+        ("resourceslices", "watch"),
+        ("resourceslices", "create"),
+        ("resourceclaims", "watch"),
     ],
     ids=[
         "no-secret-get",
@@ -160,6 +165,9 @@ def test_operator_rbac_grants_what_it_needs(
         "no-claim-delete",
         "no-claim-template-update",
         "no-deviceclass-list",
+        "no-slice-watch",
+        "no-slice-create",
+        "no-claim-watch",
     ],
 )
 def test_operator_rbac_withholds_what_it_does_not_need(
@@ -195,6 +203,33 @@ def test_device_class_read_is_one_class_bound_cluster_wide(
             "resources": ["deviceclasses"],
             "resourceNames": ["neuroncores.neurongroups.dev"],
             "verbs": ["get"],
+        }
+    ]
+    bound = {o["roleRef"]["name"] for o in objs if o["kind"] == "ClusterRoleBinding"}
+    assert role["metadata"]["name"] in bound
+
+
+@pytest.mark.parametrize(
+    "values", [None, "ha-namespaced-values"], ids=["cluster-wide", "namespaced"]
+)
+def test_free_core_reads_are_list_only_and_bound_cluster_wide(
+    render: Render, values: str | None
+) -> None:
+    """The nodes' free cores (slices and every namespace's claims) are read cluster-wide even
+    for an operator serving some namespaces: the scheduler's view is the whole cluster's."""
+    objs = render(values_files=VALUE_SETS[values]) if values else render()
+    role = next(
+        o
+        for o in objs
+        if o["kind"] == "ClusterRole"
+        and any("resourceslices" in r["resources"] for r in o["rules"])
+        and component(o) == "operator"
+    )
+    assert role["rules"] == [
+        {
+            "apiGroups": ["resource.k8s.io"],
+            "resources": ["resourceslices", "resourceclaims"],
+            "verbs": ["list"],
         }
     ]
     bound = {o["roleRef"]["name"] for o in objs if o["kind"] == "ClusterRoleBinding"}

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from neuron_dra_driver.layout import NodeShape, pool_slices
 from neuron_operator import conditions as c
 from neuron_operator.claimkube import TemplateRefusedError
 from neuron_operator.controller import Backoff, Reconciler
@@ -353,3 +354,71 @@ def test_a_claim_template_of_another_owner_is_refused_not_owned() -> None:
     assert "ResourceClaimTemplate" in refused["message"]
     assert kube.templates["w-cores-1"] == "someone-else"
     assert not kube.creates  # a pod would claim through the foreign template
+
+
+DRA_NO_ROOM = "0/2 nodes are available: 2 cannot allocate all claims."
+
+
+class FakeFullDraKube(FakeDraKube):
+    """A DRA cluster whose scheduler cannot place the pods' block claims; the slices of one
+    64-core node, whose claims hold every even core (32 free, no two adjacent)."""
+
+    def __init__(self, body: dict[str, Any], slices_error: BaseException | None = None) -> None:
+        super().__init__(body)
+        self.slices_error = slices_error
+        self.free_reads = 0
+
+    def create_pod(self, body: dict[str, Any], owner_uid: str) -> bool:
+        self.creates.append(body["metadata"]["name"])
+        pod = copy.deepcopy(body)
+        reason = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+        pod["status"] = {"phase": "Pending", "conditions": [{**reason, "message": DRA_NO_ROOM}]}
+        self.pods[body["metadata"]["name"]] = pod
+        return True
+
+    def list_block_slices(self) -> list[dict[str, Any]]:
+        self.free_reads += 1
+        if self.slices_error is not None:
+            raise self.slices_error
+        return pool_slices("big", NodeShape("inf1.24xlarge", 16, 4), generation=1)
+
+    def list_all_claims(self) -> list[dict[str, Any]]:
+        results = [
+            {"driver": "neuroncores.neurongroups.dev", "pool": "big", "device": f"core-{n}"}
+            for n in range(0, 64, 2)
+        ]
+        return [{"status": {"allocation": {"devices": {"results": results}}}}]
+
+
+FREE_READ_CASES = [
+    (16, None, c.REASON_NO_CONTIGUOUS_RUN, "node big has 32 free NeuronCores"),
+    (33, None, c.REASON_INSUFFICIENT_CORES, "no node has 33 free NeuronCores"),
+    (
+        16,
+        ApiException(status=403, reason="Forbidden"),
+        c.REASON_INSUFFICIENT_CORES,
+        "is not known to the operator",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("cores", "error", "reason", "fragment"),
+    FREE_READ_CASES,
+    ids=["scattered", "too-few", "slices-forbidden"],
+)
+def test_a_block_no_node_can_place_is_judged_from_the_nodes_free_cores(
+    cores: int, error: BaseException | None, reason: str, fragment: str
+) -> None:
+    body = workload_body(nodeCores=64)
+    body["spec"]["models"][0]["cores"] = cores
+    kube = FakeFullDraKube(body, error)
+    reconciler = Reconciler(kube, schedule=lambda *_: None)  # type: ignore[arg-type]
+    reconciler.reconcile_by_name(NS, NAME)  # creates the pod
+    assert kube.free_reads == 0  # nothing stuck yet: no extra reads
+    reconciler.reconcile_by_name(NS, NAME)  # sees it Unschedulable
+    assert kube.free_reads == 1
+    found = condition(kube, c.UNSCHEDULABLE)
+    assert (found["status"], found["reason"]) == (c.TRUE, reason)
+    assert fragment in found["message"], found["message"]
+    assert DRA_NO_ROOM in found["message"]
