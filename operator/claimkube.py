@@ -1,8 +1,8 @@
 """The API calls of the DRA mode: the block DeviceClass (does the cluster offer DRA?), the
 workload's ResourceClaimTemplates (created, kept and removed like its Service), the claims
 made from them (read for the cores they were allocated) and, while a pod's block claim cannot
-be allocated, the driver's ResourceSlices and every namespace's claims (each node's free cores:
-``freecores``).
+be allocated, the driver's ResourceSlices, every namespace's claims and the nodes a pod's
+``nodeSelector`` allows (each node's free cores: ``freecores``).
 
 A mixin of ``kube.Kube``, so the reconcile loop keeps one object for the API; the templates'
 refusals are classified by ``refusals.classify_exception`` like every other child's, and a
@@ -183,6 +183,14 @@ class ClaimApi:
             field_selector=f"spec.driver={DRIVER_NAME}", _preload_content=False
         )
         return list(_json(response)["items"])
+
+    def list_node_names(self, selector: Mapping[str, str]) -> set[str]:
+        """The nodes carrying every label of a pod's ``nodeSelector``: where it may go."""
+        text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        response = client.CoreV1Api(self.resource.api_client).list_node(
+            label_selector=text, _preload_content=False
+        )
+        return {str(n["metadata"]["name"]) for n in _json(response)["items"]}
 
     def list_all_claims(self) -> list[dict[str, Any]]:
         """The ResourceClaims of every namespace: which cores are taken, by anyone."""

@@ -438,7 +438,7 @@ class Reconciler:
             desired={k: v["metadata"]["name"] for k, v in desired.items()},
             observed=observed,
             selector=selector_string(name),
-            free_cores=self._free_cores(key) if blocked else None,
+            free_cores=self._free_cores(key, workload.spec.pod.node_selector) if blocked else None,
             instance_type=workload.spec.instance_type,
         )
         status["allocation"] = allocation
@@ -462,11 +462,16 @@ class Reconciler:
         self._write_status(body, previous, status)
         return "refused" if reported else "ok"
 
-    def _free_cores(self, key: Key) -> list[NodeFree] | None:
-        """Each DRA node's free cores, read only while a pod's block claim cannot be allocated;
-        None when they cannot be read (the condition then says so)."""
+    def _free_cores(self, key: Key, selector: Mapping[str, str]) -> list[NodeFree] | None:
+        """Each DRA node's free cores, read only while a pod's block claim cannot be allocated,
+        of the nodes the pods' ``nodeSelector`` allows (the instance type is filtered on the
+        slices' own attribute); None when they cannot be read (the condition then says so)."""
         try:
-            return free_cores(self.kube.list_block_slices(), self.kube.list_all_claims())
+            found = free_cores(self.kube.list_block_slices(), self.kube.list_all_claims())
+            if selector:
+                allowed = self.kube.list_node_names(selector)
+                found = [n for n in found if n.node in allowed]
+            return found
         except API_ERRORS as error:
             status = getattr(error, "status", None)
             log.warning(

@@ -148,6 +148,8 @@ def test_operator_rbac_grants_what_it_needs(
         ("resourceslices", "watch"),
         ("resourceslices", "create"),
         ("resourceclaims", "watch"),
+        ("nodes", "get"),
+        ("nodes", "watch"),
     ],
     ids=[
         "no-secret-get",
@@ -168,6 +170,8 @@ def test_operator_rbac_grants_what_it_needs(
         "no-slice-watch",
         "no-slice-create",
         "no-claim-watch",
+        "no-node-get",
+        "no-node-watch",
     ],
 )
 def test_operator_rbac_withholds_what_it_does_not_need(
@@ -230,7 +234,8 @@ def test_free_core_reads_are_list_only_and_bound_cluster_wide(
             "apiGroups": ["resource.k8s.io"],
             "resources": ["resourceslices", "resourceclaims"],
             "verbs": ["list"],
-        }
+        },
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
     ]
     bound = {o["roleRef"]["name"] for o in objs if o["kind"] == "ClusterRoleBinding"}
     assert role["metadata"]["name"] in bound

@@ -367,6 +367,7 @@ class FakeFullDraKube(FakeDraKube):
         super().__init__(body)
         self.slices_error = slices_error
         self.free_reads = 0
+        self.selectors: list[dict[str, str]] = []
 
     def create_pod(self, body: dict[str, Any], owner_uid: str) -> bool:
         self.creates.append(body["metadata"]["name"])
@@ -380,7 +381,14 @@ class FakeFullDraKube(FakeDraKube):
         self.free_reads += 1
         if self.slices_error is not None:
             raise self.slices_error
-        return pool_slices("big", NodeShape("inf1.24xlarge", 16, 4), generation=1)
+        shape = NodeShape("inf1.24xlarge", 16, 4)
+        return pool_slices("big", shape, generation=1) + pool_slices(
+            "gpu-pool", shape, generation=1
+        )
+
+    def list_node_names(self, selector: dict[str, str]) -> set[str]:
+        self.selectors.append(selector)
+        return {"big"} if selector == {"pool": "big"} else set()
 
     def list_all_claims(self) -> list[dict[str, Any]]:
         results = [
@@ -390,11 +398,14 @@ class FakeFullDraKube(FakeDraKube):
         return [{"status": {"allocation": {"devices": {"results": results}}}}]
 
 
+BIG_ONLY = {"pool": "big"}  # excludes gpu-pool, whose 64 cores are all free
 FREE_READ_CASES = [
-    (16, None, c.REASON_NO_CONTIGUOUS_RUN, "node big has 32 free NeuronCores"),
-    (33, None, c.REASON_INSUFFICIENT_CORES, "no node has 33 free NeuronCores"),
+    (16, BIG_ONLY, None, c.REASON_NO_CONTIGUOUS_RUN, "node big has 32 free NeuronCores"),
+    (33, BIG_ONLY, None, c.REASON_INSUFFICIENT_CORES, "no node has 33 free NeuronCores"),
+    (16, {}, None, c.REASON_POD_UNSCHEDULABLE, "a node has a free run of 16 NeuronCores now"),
     (
         16,
+        BIG_ONLY,
         ApiException(status=403, reason="Forbidden"),
         c.REASON_INSUFFICIENT_CORES,
         "is not known to the operator",
@@ -403,14 +414,18 @@ FREE_READ_CASES = [
 
 
 @pytest.mark.parametrize(
-    ("cores", "error", "reason", "fragment"),
+    ("cores", "selector", "error", "reason", "fragment"),
     FREE_READ_CASES,
-    ids=["scattered", "too-few", "slices-forbidden"],
+    ids=["scattered", "too-few", "other-node-has-a-run", "slices-forbidden"],
 )
 def test_a_block_no_node_can_place_is_judged_from_the_nodes_free_cores(
-    cores: int, error: BaseException | None, reason: str, fragment: str
+    cores: int,
+    selector: dict[str, str],
+    error: BaseException | None,
+    reason: str,
+    fragment: str,
 ) -> None:
-    body = workload_body(nodeCores=64)
+    body = workload_body(nodeCores=64, nodeSelector=selector)
     body["spec"]["models"][0]["cores"] = cores
     kube = FakeFullDraKube(body, error)
     reconciler = Reconciler(kube, schedule=lambda *_: None)  # type: ignore[arg-type]
@@ -418,6 +433,7 @@ def test_a_block_no_node_can_place_is_judged_from_the_nodes_free_cores(
     assert kube.free_reads == 0  # nothing stuck yet: no extra reads
     reconciler.reconcile_by_name(NS, NAME)  # sees it Unschedulable
     assert kube.free_reads == 1
+    assert kube.selectors == ([selector] if selector and error is None else [])
     found = condition(kube, c.UNSCHEDULABLE)
     assert (found["status"], found["reason"]) == (c.TRUE, reason)
     assert fragment in found["message"], found["message"]

@@ -40,7 +40,9 @@ def test_longest_run(cores: list[int], expected: tuple[int, int] | None) -> None
 
 
 def test_free_cores_of_two_nodes_from_their_slices_and_claims() -> None:
-    slices = pool_slices("big", INF1_24X, generation=1) + pool_slices("small", INF1_6X, generation=3)
+    slices = pool_slices("big", INF1_24X, generation=1) + pool_slices(
+        "small", INF1_6X, generation=3
+    )
     claims = [
         *every_other("big", 64),
         claim("small", "cores-0-7"),
