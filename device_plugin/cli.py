@@ -77,6 +77,16 @@ class _Flags:
         )
 
 
+def boolean(text: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, on/off), any case."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
 def port(text: str) -> int:
     """A TCP port number, 0 to 65535 (0 turns the server off)."""
     value = int(text)
@@ -132,6 +142,27 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         "to learn which held devices came back (and, after a restart, which are still held); "
         "'none' turns it off, and then holds last until the plugin restarts",
         DEFAULT_POD_RESOURCES_SOCKET,
+    )
+    add(
+        "--publish-allocations",
+        "NEURON_DP_PUBLISH_ALLOCATIONS",
+        "publish which pod holds which NeuronCore (from the PodResources listing) as the "
+        "neurongroups.dev/core-allocations annotation of this plugin's Node (--node-name), "
+        "for kubectl neuron and the operator's status; true or false",
+        False,
+        kind=boolean,
+    )
+    add(
+        "--node-name",
+        "NEURON_DP_NODE_NAME",
+        "with --publish-allocations: the Node this plugin runs on",
+        "",
+    )
+    add(
+        "--kubeconfig",
+        "NEURON_DP_KUBECONFIG",
+        "with --publish-allocations: kubeconfig file; empty: the in-cluster service account",
+        "",
     )
     add(
         "--allocation-policy",
@@ -275,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             health_interval_s=args.health_interval,
             resources=args.resources,
             pod_resources_socket=pod_resources_socket(args.pod_resources_socket),
+            publish_node=args.node_name if args.publish_allocations else None,
+            kubeconfig=args.kubeconfig or None,
         )
         backend = build_backend(args)
     except (ValueError, DiscoveryError) as err:
