@@ -15,6 +15,7 @@ plugin's ServiceAccount change only this annotation, and only on the node its to
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
@@ -28,8 +29,12 @@ from neuron_device_plugin.topology import Topology
 
 log = logging.getLogger(__name__)
 
-# Writes the annotation's value on the node; raises on failure.
+# Writes the annotation's value on the node; raises ``PatchError`` (or ``OSError``) on failure.
 Patch = Callable[[str], None]
+
+
+class PatchError(Exception):
+    """The API server refused the Node patch, or could not be reached; the message says why."""
 
 
 def pod_cores(
@@ -96,12 +101,8 @@ class AllocationPublisher:
             return False
         try:
             self.patch(record)
-        except Exception as err:  # any client error: kept for the next poll, said once
-            status = getattr(err, "status", None)
-            reason = getattr(err, "reason", None) or type(err).__name__
-            body = getattr(err, "body", None)
-            detail = f"{status} {reason}: {body}" if status else f"{reason}: {err}"
-            return self._failed(f"patching node {self.node} failed ({detail})")
+        except (PatchError, OSError) as err:  # kept for the next poll, said once
+            return self._failed(f"patching node {self.node} failed ({err})")
         if self._failure is not None:
             log.info("publishing node %s's core allocations works again", self.node)
         self._failure = None
@@ -143,6 +144,22 @@ def node_patcher(node: str, kubeconfig: str | None) -> Patch:
     core = client.CoreV1Api(api_client)
 
     def patch(record: str) -> None:
-        core.patch_node(node, merge_patch(record), _preload_content=False)
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            core.patch_node(node, merge_patch(record), _preload_content=False)
+        except ApiException as err:
+            raise PatchError(f"HTTP {err.status} {err.reason}: {_message(err.body)}") from None
+        except HTTPError as err:
+            raise PatchError(f"the API server could not be reached: {err}") from None
 
     return patch
+
+
+def _message(body: object) -> str:
+    """The ``message`` of a Kubernetes Status body (what an admission policy said)."""
+    try:
+        return str(json.loads(body if isinstance(body, str | bytes) else "").get("message"))
+    except (ValueError, AttributeError):
+        return str(body)

@@ -22,9 +22,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_operator import conditions as c
 from neuron_operator.api import API_VERSION, KIND
-from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_operator.claims import BLOCKS_CLASS, TEMPLATE_KIND
 from neuron_operator.pods import selector_labels
 from neuron_operator.refusals import Refusal, classify_exception, not_owned

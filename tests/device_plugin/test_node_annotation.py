@@ -19,6 +19,7 @@ from neuron_device_plugin.ids import CORE_RESOURCE, DEVICE_RESOURCE, core_id, de
 from neuron_device_plugin.kubelet_emulator import ContainerHolding, PodResourcesServer
 from neuron_device_plugin.nodeannotation import (
     AllocationPublisher,
+    PatchError,
     merge_patch,
     node_record,
     pod_cores,
@@ -112,12 +113,12 @@ def test_the_publisher_writes_only_changes_and_retries_failures(
     assert publisher.publish(TOPOLOGY, set())  # the empty record is published too
     assert not publisher.publish(TOPOLOGY, set())  # unchanged: no write
     script.listing = [holding("a", CORE_RESOURCE, core_id(1))]
-    script.patch_error = RuntimeError("connection refused")
+    script.patch_error = PatchError("HTTP 403 Forbidden: not your node")
     with caplog.at_level(logging.WARNING):
         assert not publisher.publish(TOPOLOGY, set())
         assert not publisher.publish(TOPOLOGY, set())
     assert caplog.text.count("cannot publish the neurongroups.dev/core-allocations") == 1
-    assert "patching node node-a failed" in caplog.text
+    assert "patching node node-a failed (HTTP 403 Forbidden: not your node)" in caplog.text
     script.patch_error = None
     assert publisher.publish(TOPOLOGY, set())  # the failed write is tried again
     script.list_error = OSError("socket gone")

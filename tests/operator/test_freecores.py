@@ -80,7 +80,7 @@ def node(name: str, free: list[int], kind: str = "inf1.24xlarge") -> NodeFree:
 
 
 SCATTERED = node("a", list(range(1, 64, 2)))  # 32 free, longest run 1
-FEW = node("b", list(range(0, 8)))  # 8 free in one run
+FEW = node("b", list(range(8)))  # 8 free in one run
 VERDICTS = [
     ("run-exists", [SCATTERED, node("c", list(range(16, 32)))], 16, None, None, None),
     (
