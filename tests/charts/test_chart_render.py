@@ -296,9 +296,13 @@ def test_every_container_has_a_restrictive_security_context(objects: list[Obj]) 
                 assert non_root is True, f"{where} may run as root"
 
 
-def test_only_the_operator_gets_an_api_token(objects: list[Obj]) -> None:
+def test_only_the_operator_and_the_publishing_device_plugin_get_an_api_token(
+    objects: list[Obj],
+) -> None:
+    """The device plugin's token (devicePlugin.publishAllocations, on by default) may patch only
+    its own Node's allocation annotation (test_chart_device_plugin_cluster.py)."""
     for owner, spec in pod_specs(objects):
-        expected = component(owner) == "operator"
+        expected = component(owner) in ("operator", "device-plugin")
         assert spec.get("automountServiceAccountToken") is expected, owner["metadata"]["name"]
 
 
