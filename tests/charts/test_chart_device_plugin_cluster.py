@@ -233,7 +233,7 @@ def test_the_plugins_own_patch_says_why_it_was_refused(
     local_cluster: LocalCluster, on_node_a: Path
 ) -> None:
     patch = node_patcher(local_cluster.kwok_nodes[1], str(on_node_a))
-    with pytest.raises(PatchError, match="HTTP 403 Forbidden: .*may change only that Node"):
+    with pytest.raises(PatchError, match=r"HTTP 403 Forbidden: .*may change only that Node"):
         patch("{}")
 
 

@@ -22,7 +22,7 @@ HelmRun = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def _workload_policy(objects: list[Obj], kind: str) -> list[Obj]:
-    """Objects of ``kind`` of the workload policy (the device plugin has an admission policy too)."""
+    """Objects of ``kind`` of the workload policy (the device plugin has a policy too)."""
     return [
         o
         for o in objects
