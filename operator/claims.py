@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from neuron_cores import AllocationRecord, AllocationRecordError, contiguous_runs, parse_record
 from neuron_dra_driver.classes import BLOCKS_CLASS, block_claim
 from neuron_dra_driver.layout import API_VERSION as RESOURCE_API_VERSION
 from neuron_dra_driver.layout import DRIVER_NAME
@@ -102,6 +103,11 @@ class ClaimCores:
         return cores_text(self.cores)
 
 
+def runs_text(cores: Iterable[int]) -> str:
+    """Cores as their runs: ``0-14,16``; "" for none."""
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in contiguous_runs(cores))
+
+
 def cores_text(cores: Sequence[int]) -> str:
     if not cores:
         return ""
@@ -170,6 +176,29 @@ def allocated_cores(
     ]
 
 
+def recorded_cores(
+    namespace: str, pods: Iterable[tuple[str, str]], records: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """``status.allocatedCores`` on the device-plugin path: for each of ``pods`` (name, node; in
+    order) that its node's allocation record (``records``: node -> the annotation's text, written
+    by the device plugin) places, the node and the cores as runs (``0-3``, or ``0-14,16`` when the
+    plugin could only give scattered cores).  A record that cannot be read places nothing."""
+    parsed: dict[str, AllocationRecord | None] = {}
+    out: list[dict[str, Any]] = []
+    for name, node in pods:
+        if node not in parsed:
+            text = records.get(node)
+            try:
+                parsed[node] = parse_record(text, node=node) if text else None
+            except AllocationRecordError:
+                parsed[node] = None
+        record = parsed[node]
+        cores = record.pods.get(f"{namespace}/{name}") if record is not None else None
+        if cores:
+            out.append({"pod": name, "node": node, "cores": runs_text(cores)})
+    return out
+
+
 def allocated_summary(allocated: Sequence[Mapping[str, Any]]) -> str:
     """One line for ``kubectl get nwl -o wide``: each node's pods' cores, ``n1: 0-3 4-7; n2: 0``."""
     by_node: dict[str, list[str]] = {}
@@ -189,6 +218,7 @@ __all__ = [
     "claim_cores",
     "device_cores",
     "pod_claim_refs",
+    "recorded_cores",
     "resolve_allocation",
     "surplus_templates",
     "template_name",

@@ -36,7 +36,7 @@ from typing import Any
 from neuron_operator import conditions as c
 from neuron_operator import metrics
 from neuron_operator.api import ALLOCATION_DRA, InvalidSpecError, workload_from_object
-from neuron_operator.claims import allocated_summary, resolve_allocation
+from neuron_operator.claims import allocated_summary, recorded_cores, resolve_allocation
 from neuron_operator.drasync import sync as sync_dra
 from neuron_operator.freecores import NodeFree, free_cores
 from neuron_operator.kube import API_ERRORS, ChildRefusedError, Kube, controller_uid, now_rfc3339
@@ -44,6 +44,7 @@ from neuron_operator.planner import plan
 from neuron_operator.pods import build_pod, build_service, selector_string, template_hash
 from neuron_operator.reconcile import (
     DRA_NO_DEVICE,
+    ObservedPod,
     compute_status,
     diff,
     invalid_status,
@@ -444,11 +445,15 @@ class Reconciler:
         status["allocation"] = allocation
         if dra.templates is not None:
             status["claimTemplates"] = dra.templates
-        if dra.allocated is not None:
-            status["allocatedCores"] = dra.allocated
-            status["allocatedSummary"] = allocated_summary(dra.allocated)
-        elif allocation != ALLOCATION_DRA and previous.get("allocatedCores"):
-            status["allocatedCores"], status["allocatedSummary"] = [], ""
+        allocated = dra.allocated
+        if allocation != ALLOCATION_DRA:
+            allocated = self._recorded_cores(key, observed)
+        if allocated is not None:
+            status["allocatedCores"] = allocated
+            status["allocatedSummary"] = allocated_summary(allocated)
+        elif previous.get("allocatedCores") is not None:  # not read this time: kept as it was
+            status["allocatedCores"] = previous.get("allocatedCores")
+            status["allocatedSummary"] = previous.get("allocatedSummary", "")
         stuck = sum(1 for p in observed if p.unschedulable and not p.terminating)
         metrics.UNSCHEDULABLE_PODS.labels(namespace, name).set(stuck)
         if _condition_true(status, c.UNSCHEDULABLE) and not _condition_true(
@@ -461,6 +466,27 @@ class Reconciler:
         self._report_refusals(body, previous, status, reported)
         self._write_status(body, previous, status)
         return "refused" if reported else "ok"
+
+    def _recorded_cores(
+        self, key: Key, observed: Sequence[ObservedPod]
+    ) -> list[dict[str, Any]] | None:
+        """Device-plugin mode: each placed pod's cores from its node's allocation record (the
+        annotation the device plugin publishes); None when the nodes cannot be read."""
+        placed = sorted((p.name, p.node) for p in observed if p.node and not p.terminating)
+        if not placed:
+            return []
+        try:
+            records = self.kube.node_records()
+        except API_ERRORS as error:
+            log.warning(
+                "%s/%s: cannot read the nodes' core-allocation records (list nodes): %s %s",
+                key[0],
+                key[1],
+                getattr(error, "status", None) or type(error).__name__,
+                getattr(error, "reason", None) or error,
+            )
+            return None
+        return recorded_cores(key[0], placed, records)
 
     def _free_cores(self, key: Key, selector: Mapping[str, str]) -> list[NodeFree] | None:
         """Each DRA node's free cores, read only while a pod's block claim cannot be allocated,

@@ -20,7 +20,7 @@ from typing import Any
 from neuron_cores import contiguous_runs
 from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_operator import conditions as c
-from neuron_operator.claims import allocation_results, device_cores
+from neuron_operator.claims import allocation_results, device_cores, runs_text
 
 BLOCKING_TAINT_EFFECTS = ("NoSchedule", "NoExecute")
 
@@ -49,8 +49,7 @@ class NodeFree:
         return 0 if run is None else run[1] - run[0] + 1
 
     def describe(self) -> str:
-        runs = contiguous_runs(self.free)
-        free = ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) if runs else "none"
+        free = runs_text(self.free) or "none"
         return (
             f"node {self.node} has {len(self.free)} free NeuronCores ({free}), "
             f"longest free run {self.longest}"

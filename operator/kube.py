@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -19,6 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from neuron_cores import ALLOCATIONS_ANNOTATION
 from neuron_operator import conditions as c
 from neuron_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from neuron_operator.claimkube import ClaimApi
@@ -31,6 +34,7 @@ CONFLICT = 409
 NOT_FOUND = 404
 MAX_EVENT_MESSAGE = 1000
 PAGE_PODS = 500
+NODE_RECORDS_SECONDS = 10.0  # how long one list of the nodes' allocation records serves
 
 
 class ChildRefusedError(Exception):
@@ -108,6 +112,26 @@ class Kube(ClaimApi):
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.instance = instance
+        self._records: tuple[float, dict[str, str]] | None = None
+        self._records_guard = threading.Lock()
+
+    def node_records(self) -> dict[str, str]:
+        """node -> its core-allocation record (the annotation the device plugin publishes), for
+        the nodes that have one.  One list of nodes serves every reconcile for
+        ``NODE_RECORDS_SECONDS``: a cluster of 100 nodes and many workloads is listed a few times
+        a minute, not at every pod event."""
+        with self._records_guard:
+            now = time.monotonic()
+            if self._records is not None and now - self._records[0] < NODE_RECORDS_SECONDS:
+                return self._records[1]
+            response = self.core.list_node(_preload_content=False)
+            records = {
+                str(node["metadata"]["name"]): str(notes[ALLOCATIONS_ANNOTATION])
+                for node in _json(response)["items"]
+                if ALLOCATIONS_ANNOTATION in (notes := node["metadata"].get("annotations") or {})
+            }
+            self._records = (now, records)
+            return records
 
     def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -45,6 +45,7 @@ class ObservedPod:
     ready: bool = False
     terminating: bool = False
     unschedulable: str | None = None  # the scheduler's message when it could not place the pod
+    node: str = ""  # where the scheduler placed it
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
         ready=ready,
         terminating=bool(meta.get("deletionTimestamp")),
         unschedulable=unschedulable,
+        node=str((pod.get("spec") or {}).get("nodeName") or ""),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -438,3 +439,48 @@ def test_a_block_no_node_can_place_is_judged_from_the_nodes_free_cores(
     assert (found["status"], found["reason"]) == (c.TRUE, reason)
     assert fragment in found["message"], found["message"]
     assert DRA_NO_ROOM in found["message"]
+
+
+class FakePlacedKube(FakeKube):
+    """A device-plugin cluster: pods land on node-a, whose plugin publishes its record."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.records: dict[str, str] = {}
+        self.records_error: BaseException | None = None
+        self.record_reads = 0
+
+    def create_pod(self, body: dict[str, Any], owner_uid: str) -> bool:
+        created = super().create_pod(body, owner_uid)
+        self.pods[body["metadata"]["name"]]["spec"]["nodeName"] = "node-a"
+        return created
+
+    def node_records(self) -> dict[str, str]:
+        self.record_reads += 1
+        if self.records_error is not None:
+            raise self.records_error
+        return dict(self.records)
+
+
+def test_device_plugin_pods_cores_come_from_their_nodes_record() -> None:
+    kube = FakePlacedKube(workload_body(copies=2))
+    reconciler = Reconciler(kube, schedule=lambda *_: None)  # type: ignore[arg-type]
+    reconciler.reconcile_by_name(NS, NAME)  # creates the pods: none placed yet, nothing read
+    assert kube.record_reads == 0
+    assert kube.body["status"]["allocatedCores"] == []
+    first, second = sorted(kube.pods)
+    kube.records = {
+        "node-a": json.dumps(
+            {"version": 1, "cores": 16, "pods": {f"{NS}/{first}": "3", f"{NS}/{second}": "5"}}
+        )
+    }
+    reconciler.reconcile_by_name(NS, NAME)
+    status = kube.body["status"]
+    assert status["allocatedCores"] == [
+        {"pod": first, "node": "node-a", "cores": "3"},
+        {"pod": second, "node": "node-a", "cores": "5"},
+    ]
+    assert status["allocatedSummary"] == "node-a: 3 5"
+    kube.records_error = ApiException(status=403, reason="Forbidden")
+    reconciler.reconcile_by_name(NS, NAME)  # cannot read: what status said is kept
+    assert kube.body["status"]["allocatedCores"] == status["allocatedCores"]

@@ -153,3 +153,14 @@ def test_device_plugin_places_a_16_core_group_on_scattered_cores(operators: Oper
     body = kubectl_json(cluster, "get", "nwl", "group-16", "-n", NS)
     found = c.find(body["status"]["conditions"], c.UNSCHEDULABLE)
     assert found is not None and found["status"] == c.FALSE, found  # the scheduler placed it
+    # the pod's cores reach status from the node's allocation record, scattered as they are
+    node = cluster.emulated_node
+
+    def reported() -> list[dict[str, Any]] | None:
+        status = kubectl_json(cluster, "get", "nwl", "group-16", "-n", NS).get("status") or {}
+        return status.get("allocatedCores") or None
+
+    (entry,) = cluster.wait_for(reported, TIMEOUT, "status.allocatedCores")
+    assert (entry["node"], entry["cores"]) == (node, "0-14,16"), entry
+    wide = cluster.kubectl("get", "nwl", "group-16", "-n", NS, "-o", "wide").stdout
+    assert f"{node}: 0-14,16" in wide, wide
