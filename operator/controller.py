@@ -39,7 +39,14 @@ from neuron_operator.api import ALLOCATION_DRA, InvalidSpecError, workload_from_
 from neuron_operator.claims import allocated_summary, recorded_cores, resolve_allocation
 from neuron_operator.drasync import sync as sync_dra
 from neuron_operator.freecores import NodeFree, free_cores
-from neuron_operator.kube import API_ERRORS, ChildRefusedError, Kube, controller_uid, now_rfc3339
+from neuron_operator.kube import (
+    API_ERRORS,
+    SERVICE_CREATED,
+    ChildRefusedError,
+    Kube,
+    controller_uid,
+    now_rfc3339,
+)
 from neuron_operator.planner import plan
 from neuron_operator.pods import build_pod, build_service, selector_string, template_hash
 from neuron_operator.reconcile import (
@@ -393,8 +400,10 @@ class Reconciler:
         fresh: list[Refusal] = []
         if SERVICE not in holding:
             try:
-                if self.kube.ensure_service(build_service(workload), uid):
-                    self.kube.post_event(body, NORMAL, c.EVENT_SERVICE, f"created Service {name}")
+                done = self.kube.ensure_service(build_service(workload), uid)
+                if done:
+                    reason = c.EVENT_SERVICE if done == SERVICE_CREATED else c.EVENT_SERVICE_UPDATED
+                    self.kube.post_event(body, NORMAL, reason, f"{done} Service {name}")
             except ChildRefusedError as error:
                 fresh.append(error.refusal)
         # Only what the loop needs is kept of each pod: the full bodies go with this statement.

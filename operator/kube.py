@@ -25,7 +25,7 @@ from neuron_cores import ALLOCATIONS_ANNOTATION
 from neuron_operator import conditions as c
 from neuron_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from neuron_operator.claimkube import ClaimApi
-from neuron_operator.pods import MANAGER, selector_labels
+from neuron_operator.pods import MANAGER, selector_labels, service_ports_drift
 from neuron_operator.refusals import Refusal, classify_exception, not_owned, quote
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ CONFLICT = 409
 NOT_FOUND = 404
 MAX_EVENT_MESSAGE = 1000
 PAGE_PODS = 500
+SERVICE_CREATED, SERVICE_UPDATED = "created", "updated"  # what ensure_service did
 NODE_RECORDS_SECONDS = 10.0  # how long one list of the nodes' allocation records serves
 
 
@@ -241,8 +242,10 @@ class Kube(ClaimApi):
             raise ChildRefusedError(classify_exception(error, "Pod", name)) from None
         return True
 
-    def ensure_service(self, body: Mapping[str, Any], owner_uid: str) -> bool:
-        """Create the Service if it is missing; True when it was created.
+    def ensure_service(self, body: Mapping[str, Any], owner_uid: str) -> str:
+        """Create the Service if it is missing (``SERVICE_CREATED``), or write its ports when
+        they differ from ``body``'s (``SERVICE_UPDATED``: ``spec.container.ports`` was edited);
+        "" when it was as it should be.
 
         A Service of that name that this workload does not control is never adopted or changed:
         ``ChildRefusedError`` with ``NotOwned``; any other refusal is classified the same way."""
@@ -250,7 +253,7 @@ class Kube(ClaimApi):
         existing = _read_for("Service", meta, self._read_service)
         if existing is not None:
             self._check_owner(existing, "Service", meta, owner_uid)
-            return False
+            return self._update_service_ports(existing, body)
         try:
             self.core.create_namespaced_service(
                 meta["namespace"], _any(body), _preload_content=False
@@ -262,10 +265,30 @@ class Kube(ClaimApi):
                 ) from None
             existing = _read_for("Service", meta, self._read_service)
             self._check_owner(existing, "Service", meta, owner_uid)
-            return False
+            return ""
         except WRITE_ERRORS as error:
             raise ChildRefusedError(classify_exception(error, "Service", meta["name"])) from None
-        return True
+        return SERVICE_CREATED
+
+    def _update_service_ports(self, existing: Mapping[str, Any], body: Mapping[str, Any]) -> str:
+        """Replace the Service's ports as a whole (a JSON patch: a strategic merge would keep
+        ports that were removed), guarded by its resourceVersion."""
+        ports = service_ports_drift(existing, body)
+        if ports is None:
+            return ""
+        meta = body["metadata"]
+        version = (existing.get("metadata") or {}).get("resourceVersion")
+        patch: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+            {"op": "replace", "path": "/spec/ports", "value": ports},
+        ]
+        try:
+            self.core.patch_namespaced_service(
+                meta["name"], meta["namespace"], _any(patch), _preload_content=False
+            )
+        except WRITE_ERRORS as error:
+            raise ChildRefusedError(classify_exception(error, "Service", meta["name"])) from None
+        return SERVICE_UPDATED
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Write status; False when the NeuronWorkload is gone."""

@@ -98,7 +98,7 @@ def _grants(objects: list[Obj]) -> set[tuple[str, str, str]]:
         ("neurongroups.dev", "neuronworkloads", ("get", "list", "watch")),
         ("neurongroups.dev", "neuronworkloads/status", ("patch",)),
         ("", "pods", ("list", "watch", "create", "delete")),
-        ("", "services", ("get", "create")),
+        ("", "services", ("get", "create", "patch")),
         ("", "events", ("create",)),
         ("coordination.k8s.io", "leases", ("create", "get", "update")),
         ("resource.k8s.io", "resourceclaimtemplates", ("get", "list", "create", "delete")),
