@@ -411,8 +411,8 @@ class PluginManager:
         node = self.config.publish_node
         if node is not None and self.config.pod_resources_socket is not None:
             patch = self._node_patch or node_patcher(node, self.config.kubeconfig)
-            lister = PodResourcesClient(self.config.pod_resources_socket).list_holdings
-            self.publisher = AllocationPublisher(node, patch, lister, names)
+            holdings = PodResourcesClient(self.config.pod_resources_socket).list_holdings
+            self.publisher = AllocationPublisher(node, patch, holdings, names)
         for manager in build_managers(topology, policy, names=names, mode=mode, ledger=self.ledger):
             self.endpoints[manager.resource_name] = PluginEndpoint(
                 manager,

@@ -114,11 +114,12 @@ def _token_kubeconfig(cluster: LocalCluster, name: str, pod: dict[str, Any] | No
 
 def _write(kubeconfig: Path, node: str, patch: dict[str, Any]) -> str | None:
     """Patch ``node`` as the token's holder; None when accepted, else the API server's words."""
-    core: Any = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
+    from_file: Any = k8s_config.new_client_from_config
+    core: Any = k8s.CoreV1Api(from_file(config_file=str(kubeconfig)))
     try:
         core.patch_node(node, patch, _preload_content=False)
     except k8s.ApiException as err:
-        return f"{err.status}: {json.loads(err.body).get('message')}"
+        return f"{err.status}: {json.loads(err.body or '{}').get('message')}"
     return None
 
 
