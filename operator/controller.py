@@ -67,6 +67,7 @@ NORMAL = "Normal"
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 POD, SERVICE = "Pod", "Service"
+FREE_CORES_SECONDS = 10.0  # how long one read of the nodes' free cores serves
 PROBE_CREATES = 1  # pods created before the deletes of a reconcile (see ``Reconciler._apply``)
 
 Key = tuple[str, str]
@@ -269,6 +270,7 @@ class Reconciler:
         self.clock = clock
         self._locks: dict[Key, threading.Lock] = {}
         self._held: dict[Key, Held] = {}
+        self._free_seen: tuple[float, list[NodeFree]] | None = None
         self._guard = threading.Lock()
         self._stopping = threading.Event()
         self.queue = (
@@ -500,9 +502,18 @@ class Reconciler:
     def _free_cores(self, key: Key, selector: Mapping[str, str]) -> list[NodeFree] | None:
         """Each DRA node's free cores, read only while a pod's block claim cannot be allocated,
         of the nodes the pods' ``nodeSelector`` allows (the instance type is filtered on the
-        slices' own attribute); None when they cannot be read (the condition then says so)."""
+        slices' own attribute); None when they cannot be read (the condition then says so).
+        One read serves every workload for ``FREE_CORES_SECONDS``: the slices of a 64-core node
+        are 1.7 MiB of JSON, not to be listed at every pod event of every waiting workload."""
         try:
-            found = free_cores(self.kube.list_block_slices(), self.kube.list_all_claims())
+            with self._guard:
+                seen = self._free_seen
+            if seen is not None and self.clock() - seen[0] < FREE_CORES_SECONDS:
+                found = seen[1]
+            else:
+                found = free_cores(self.kube.list_block_slices(), self.kube.list_all_claims())
+                with self._guard:
+                    self._free_seen = (self.clock(), found)
             if selector:
                 allowed = self.kube.list_node_names(selector)
                 found = [n for n in found if n.node in allowed]

@@ -434,7 +434,9 @@ def test_a_block_no_node_can_place_is_judged_from_the_nodes_free_cores(
     assert kube.free_reads == 0  # nothing stuck yet: no extra reads
     reconciler.reconcile_by_name(NS, NAME)  # sees it Unschedulable
     assert kube.free_reads == 1
-    assert kube.selectors == ([selector] if selector and error is None else [])
+    reconciler.reconcile_by_name(NS, NAME)  # within FREE_CORES_SECONDS (or failed): read again
+    assert kube.free_reads == (2 if error is not None else 1)
+    assert kube.selectors == ([selector] * 2 if selector and error is None else [])
     found = condition(kube, c.UNSCHEDULABLE)
     assert (found["status"], found["reason"]) == (c.TRUE, reason)
     assert fragment in found["message"], found["message"]
