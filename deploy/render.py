@@ -55,6 +55,7 @@ LAYOUT: dict[str, tuple[str, ...]] = {
         "templates/operator/serviceaccount.yaml",
         "templates/operator/rbac.yaml",
         "templates/device-plugin/serviceaccount.yaml",
+        "templates/device-plugin/rbac.yaml",
     ),
     "03-operator.yaml": (
         "templates/operator/deployment.yaml",
@@ -62,6 +63,7 @@ LAYOUT: dict[str, tuple[str, ...]] = {
         "templates/operator/poddisruptionbudget.yaml",
     ),
     "04-device-plugin.yaml": (
+        "templates/device-plugin/admissionpolicy.yaml",
         "templates/device-plugin/daemonset.yaml",
         "templates/device-plugin/service.yaml",
     ),

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from neuron_cores import CORE_RESOURCE, DEVICE_RESOURCE
-from neuron_cores.flags import Flag, add_flags, log_format_flag, log_level_flag
+from neuron_cores import ALLOCATIONS_ANNOTATION, CORE_RESOURCE, DEVICE_RESOURCE
+from neuron_cores.flags import Flag, add_flags, boolean, log_format_flag, log_level_flag
 from neuron_cores.logs import configure_logging
 from neuron_device_plugin.ids import DEFAULT_PLUGIN_DIR
 from neuron_device_plugin.metrics import PluginMetrics, serve_metrics
@@ -160,6 +160,27 @@ FLAGS = [
         DEFAULT_POD_RESOURCES_SOCKET,
     ),
     Flag(
+        "--publish-allocations",
+        "NEURON_DP_PUBLISH_ALLOCATIONS",
+        "publish which pod holds which NeuronCore (from the PodResources listing) as the "
+        f"{ALLOCATIONS_ANNOTATION} annotation of this plugin's Node (--node-name), for kubectl "
+        "neuron and the operator's status; true or false",
+        False,
+        parse=boolean,
+    ),
+    Flag(
+        "--node-name",
+        "NEURON_DP_NODE_NAME",
+        "with --publish-allocations: the Node this plugin runs on",
+        "",
+    ),
+    Flag(
+        "--kubeconfig",
+        "NEURON_DP_KUBECONFIG",
+        "with --publish-allocations: kubeconfig file; empty: the in-cluster service account",
+        "",
+    ),
+    Flag(
         "--allocation-policy",
         "NEURON_DP_ALLOCATION_POLICY",
         "how GetPreferredAllocation picks indexes",
@@ -241,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             health_interval_s=args.health_interval,
             resources=args.resources,
             pod_resources_socket=pod_resources_socket(args.pod_resources_socket),
+            publish_node=args.node_name if args.publish_allocations else None,
+            kubeconfig=args.kubeconfig or None,
         )
         backend = build_backend(args)
     except (ValueError, DiscoveryError) as err:

@@ -48,6 +48,7 @@ from neuron_device_plugin.api.services import (
 )
 from neuron_device_plugin.ids import DEFAULT_PLUGIN_DIR, KUBELET_SOCKET_NAME
 from neuron_device_plugin.metrics import PluginMetrics
+from neuron_device_plugin.nodeannotation import AllocationPublisher, Patch, node_patcher
 from neuron_device_plugin.podresources import HoldRefresher, PodResourcesClient
 from neuron_device_plugin.policy import DEFAULT_POLICY, lookup_policy
 from neuron_device_plugin.resources import (
@@ -88,6 +89,9 @@ class PluginConfig:
     max_workers: int = 16
     resources: str = "both"
     pod_resources_socket: Path | None = None
+    # publish the node's core-allocation record on this Node (needs pod_resources_socket)
+    publish_node: str | None = None
+    kubeconfig: str | None = None  # for publishing; None: the in-cluster account
 
     def __post_init__(self) -> None:
         for flag, name in (
@@ -105,6 +109,16 @@ class PluginConfig:
             )
         lookup_policy(self.policy)
         parse_resources_mode(self.resources)
+        if self.publish_node is not None and self.pod_resources_socket is None:
+            raise ValueError(
+                "--publish-allocations needs the kubelet's PodResources socket (it lists which "
+                "pod holds which device); set --pod-resources-socket, or turn publishing off"
+            )
+        if self.publish_node is not None and not self.publish_node.strip():
+            raise ValueError(
+                "--publish-allocations needs --node-name (env NEURON_DP_NODE_NAME): the Node "
+                "to publish on, the one this plugin runs on"
+            )
         if self.health_interval_s <= 0 or self.watch_interval_s <= 0:
             raise ValueError(
                 f"intervals must be positive: health {self.health_interval_s}, "
@@ -352,8 +366,13 @@ class PluginManager:
         backend: Backend,
         config: PluginConfig | None = None,
         metrics: PluginMetrics | None = None,
+        *,
+        node_patch: Patch | None = None,
     ) -> None:
+        """``node_patch`` writes the allocation record when ``config.publish_node`` is set
+        (default: through the Kubernetes API, ``nodeannotation.node_patcher``)."""
         self.backend = backend
+        self._node_patch = node_patch
         self.config = config or PluginConfig()
         self.metrics = metrics or PluginMetrics()
         self.kubelet_socket = self.config.plugin_dir / KUBELET_SOCKET_NAME
@@ -366,6 +385,7 @@ class PluginManager:
         self._waiting_logged = False
         self.ledger: SiliconLedger | None = None
         self.holds: HoldRefresher | None = None
+        self.publisher: AllocationPublisher | None = None
         self._step_error: str | None = None
 
     def start(self) -> None:
@@ -390,6 +410,11 @@ class PluginManager:
             self.holds = HoldRefresher(
                 self.ledger, names, topology, lister, source=str(self.config.pod_resources_socket)
             )
+        node = self.config.publish_node
+        if node is not None and self.config.pod_resources_socket is not None:
+            patch = self._node_patch or node_patcher(node, self.config.kubeconfig)
+            holdings = PodResourcesClient(self.config.pod_resources_socket).list_holdings
+            self.publisher = AllocationPublisher(node, patch, holdings, names)
         for manager in build_managers(topology, policy, names=names, mode=mode, ledger=self.ledger):
             self.endpoints[manager.resource_name] = PluginEndpoint(
                 manager,
@@ -467,6 +492,8 @@ class PluginManager:
                     [d.id for d in manager.devices() if d.health != "Healthy"] or "all healthy",
                 )
             self.metrics.set_devices(manager.resource_name, manager.health_counts())
+        if self.publisher is not None:
+            self.publisher.publish(self.topology, unhealthy)
 
     def poll_health_now(self) -> None:
         """Poll the backend at once instead of waiting for the next tick (tests, signals)."""

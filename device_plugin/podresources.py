@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -35,14 +36,29 @@ MAX_LISTING_BYTES = 16 * 1024 * 1024
 Listing = list[tuple[str, list[str]]]
 
 
-def devices_in(response: pr.ListPodResourcesResponse) -> Listing:
-    """(resource name, device IDs) for every container device entry of a List answer."""
+@dataclass(frozen=True)
+class PodHolding:
+    """Device IDs of one resource held by a container of a pod, as the kubelet lists them."""
+
+    namespace: str
+    pod: str
+    resource: str
+    device_ids: tuple[str, ...]
+
+
+def holdings_in(response: pr.ListPodResourcesResponse) -> list[PodHolding]:
+    """Every container device entry of a List answer, with its pod."""
     return [
-        (devices.resource_name, list(devices.device_ids))
+        PodHolding(pod.namespace, pod.name, devices.resource_name, tuple(devices.device_ids))
         for pod in response.pod_resources
         for container in pod.containers
         for devices in container.devices
     ]
+
+
+def devices_in(response: pr.ListPodResourcesResponse) -> Listing:
+    """(resource name, device IDs) for every container device entry of a List answer."""
+    return [(h.resource, list(h.device_ids)) for h in holdings_in(response)]
 
 
 class PodResourcesClient:
@@ -54,6 +70,13 @@ class PodResourcesClient:
 
     def list_devices(self) -> Listing:
         """Every running container's devices; grpc.RpcError when the kubelet does not answer."""
+        return devices_in(self._list())
+
+    def list_holdings(self) -> list[PodHolding]:
+        """Every running container's devices with its pod; grpc.RpcError as ``list_devices``."""
+        return holdings_in(self._list())
+
+    def _list(self) -> pr.ListPodResourcesResponse:
         options = [("grpc.max_receive_message_length", MAX_LISTING_BYTES)]
         target = f"unix://{self.socket_path.resolve()}"
         with grpc.insecure_channel(target, options=options) as channel:
@@ -64,7 +87,7 @@ class PodResourcesClient:
                 request_serializer=pr.ListPodResourcesRequest.SerializeToString,
                 response_deserializer=pr.ListPodResourcesResponse.FromString,
             )
-            return devices_in(call(pr.ListPodResourcesRequest(), timeout=self.timeout))
+            return call(pr.ListPodResourcesRequest(), timeout=self.timeout)
 
 
 class HoldRefresher:

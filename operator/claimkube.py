@@ -1,6 +1,8 @@
 """The API calls of the DRA mode: the block DeviceClass (does the cluster offer DRA?), the
-workload's ResourceClaimTemplates (created, kept and removed like its Service) and the claims
-made from them (read for the cores they were allocated).
+workload's ResourceClaimTemplates (created, kept and removed like its Service), the claims
+made from them (read for the cores they were allocated) and, while a pod's block claim cannot
+be allocated, the driver's ResourceSlices, every namespace's claims and the nodes a pod's
+``nodeSelector`` allows (each node's free cores: ``freecores``).
 
 A mixin of ``kube.Kube``, so the reconcile loop keeps one object for the API; the templates'
 refusals are classified by ``refusals.classify_exception`` like every other child's, and a
@@ -20,6 +22,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_operator import conditions as c
 from neuron_operator.api import API_VERSION, KIND
 from neuron_operator.claims import BLOCKS_CLASS, TEMPLATE_KIND
@@ -172,6 +175,26 @@ class ClaimApi:
         response = self.resource.list_namespaced_resource_claim(
             namespace, label_selector=selector, _preload_content=False
         )
+        return list(_json(response)["items"])
+
+    def list_block_slices(self) -> list[dict[str, Any]]:
+        """The DRA driver's ResourceSlices (every node's pool): which cores each node offers."""
+        response = self.resource.list_resource_slice(
+            field_selector=f"spec.driver={DRIVER_NAME}", _preload_content=False
+        )
+        return list(_json(response)["items"])
+
+    def list_node_names(self, selector: Mapping[str, str]) -> set[str]:
+        """The nodes carrying every label of a pod's ``nodeSelector``: where it may go."""
+        text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        response = client.CoreV1Api(self.resource.api_client).list_node(
+            label_selector=text, _preload_content=False
+        )
+        return {str(n["metadata"]["name"]) for n in _json(response)["items"]}
+
+    def list_all_claims(self) -> list[dict[str, Any]]:
+        """The ResourceClaims of every namespace: which cores are taken, by anyone."""
+        response = self.resource.list_resource_claim_for_all_namespaces(_preload_content=False)
         return list(_json(response)["items"])
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from neuron_cores import AllocationRecord, AllocationRecordError, contiguous_runs, parse_record
 from neuron_dra_driver.classes import BLOCKS_CLASS, block_claim
 from neuron_dra_driver.layout import API_VERSION as RESOURCE_API_VERSION
 from neuron_dra_driver.layout import DRIVER_NAME
@@ -102,6 +103,11 @@ class ClaimCores:
         return cores_text(self.cores)
 
 
+def runs_text(cores: Iterable[int]) -> str:
+    """Cores as their runs: ``0-14,16``; "" for none."""
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in contiguous_runs(cores))
+
+
 def cores_text(cores: Sequence[int]) -> str:
     if not cores:
         return ""
@@ -129,20 +135,28 @@ def claim_owner_pod(claim: Mapping[str, Any]) -> str | None:
     return None
 
 
-def claim_cores(claim: Mapping[str, Any]) -> ClaimCores | None:
-    """The cores allocated to a claim of this driver, or None while it is not allocated."""
-    pod = claim_owner_pod(claim)
+def allocation_results(claim: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+    """The blocks of this driver a claim was allocated, as (pool = node, cores); empty while it
+    is not allocated."""
     results = (((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}).get(
         "results"
     ) or []
-    node, cores = "", list[int]()
+    found: list[tuple[str, tuple[int, ...]]] = []
     for result in results:
         if result.get("driver") != DRIVER_NAME:
             continue
-        found = device_cores(str(result.get("device", "")))
-        if found is None:
-            continue
-        node = str(result.get("pool", ""))
+        cores = device_cores(str(result.get("device", "")))
+        if cores is not None:
+            found.append((str(result.get("pool", "")), cores))
+    return found
+
+
+def claim_cores(claim: Mapping[str, Any]) -> ClaimCores | None:
+    """The cores allocated to a pod's claim of this driver, or None while it is not allocated."""
+    pod = claim_owner_pod(claim)
+    node, cores = "", list[int]()
+    for pool, found in allocation_results(claim):
+        node = pool
         cores.extend(found)
     if pod is None or not cores:
         return None
@@ -162,6 +176,29 @@ def allocated_cores(
     ]
 
 
+def recorded_cores(
+    namespace: str, pods: Iterable[tuple[str, str]], records: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """``status.allocatedCores`` on the device-plugin path: for each of ``pods`` (name, node; in
+    order) that its node's allocation record (``records``: node -> the annotation's text, written
+    by the device plugin) places, the node and the cores as runs (``0-3``, or ``0-14,16`` when the
+    plugin could only give scattered cores).  A record that cannot be read places nothing."""
+    parsed: dict[str, AllocationRecord | None] = {}
+    out: list[dict[str, Any]] = []
+    for name, node in pods:
+        if node not in parsed:
+            text = records.get(node)
+            try:
+                parsed[node] = parse_record(text, node=node) if text else None
+            except AllocationRecordError:
+                parsed[node] = None
+        record = parsed[node]
+        cores = record.pods.get(f"{namespace}/{name}") if record is not None else None
+        if cores:
+            out.append({"pod": name, "node": node, "cores": runs_text(cores)})
+    return out
+
+
 def allocated_summary(allocated: Sequence[Mapping[str, Any]]) -> str:
     """One line for ``kubectl get nwl -o wide``: each node's pods' cores, ``n1: 0-3 4-7; n2: 0``."""
     by_node: dict[str, list[str]] = {}
@@ -176,10 +213,12 @@ __all__ = [
     "ClaimCores",
     "allocated_cores",
     "allocated_summary",
+    "allocation_results",
     "build_template",
     "claim_cores",
     "device_cores",
     "pod_claim_refs",
+    "recorded_cores",
     "resolve_allocation",
     "surplus_templates",
     "template_name",

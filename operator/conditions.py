@@ -54,6 +54,7 @@ REASON_API_UNAVAILABLE = "APIUnavailable"  # 409/429/5xx or no connection: retri
 EVENT_CREATED = "CreatedPods"
 EVENT_DELETED = "DeletedPods"
 EVENT_SERVICE = "CreatedService"
+EVENT_SERVICE_UPDATED = "UpdatedService"  # its ports followed spec.container.ports
 EVENT_INVALID = "InvalidSpec"
 EVENT_UNSCHEDULABLE = "Unschedulable"
 # A refusal's Event carries the refusal's reason (REASON_FORBIDDEN, ...).

@@ -37,12 +37,22 @@ from typing import Any
 from neuron_operator import conditions as c
 from neuron_operator import metrics
 from neuron_operator.api import ALLOCATION_DRA, InvalidSpecError, workload_from_object
-from neuron_operator.claims import allocated_summary, resolve_allocation
+from neuron_operator.claims import allocated_summary, recorded_cores, resolve_allocation
 from neuron_operator.drasync import sync as sync_dra
-from neuron_operator.kube import API_ERRORS, ChildRefusedError, Kube, controller_uid, now_rfc3339
+from neuron_operator.freecores import NodeFree, free_cores
+from neuron_operator.kube import (
+    API_ERRORS,
+    SERVICE_CREATED,
+    ChildRefusedError,
+    Kube,
+    controller_uid,
+    now_rfc3339,
+)
 from neuron_operator.planner import plan
 from neuron_operator.pods import build_pod, build_service, selector_string, template_hash
 from neuron_operator.reconcile import (
+    DRA_NO_DEVICE,
+    ObservedPod,
     compute_status,
     diff,
     invalid_status,
@@ -58,6 +68,7 @@ NORMAL = "Normal"
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 POD, SERVICE = "Pod", "Service"
+FREE_CORES_SECONDS = 10.0  # how long one read of the nodes' free cores serves
 PROBE_CREATES = 1  # pods created before the deletes of a reconcile (see ``Reconciler._apply``)
 # Pod creates in flight at once for one reconcile.  Creates go out in batches that double from 1
 # (as the ReplicaSet controller's slow start does): a refused spec costs one call, an accepted one
@@ -265,6 +276,7 @@ class Reconciler:
         self.clock = clock
         self._locks: dict[Key, threading.Lock] = {}
         self._held: dict[Key, Held] = {}
+        self._free_seen: tuple[float, list[NodeFree]] | None = None
         self._guard = threading.Lock()
         self._stopping = threading.Event()
         self._creates = ThreadPoolExecutor(MAX_PARALLEL_CREATES, thread_name_prefix="create")
@@ -398,8 +410,10 @@ class Reconciler:
         fresh: list[Refusal] = []
         if SERVICE not in holding:
             try:
-                if self.kube.ensure_service(build_service(workload), uid):
-                    self.kube.post_event(body, NORMAL, c.EVENT_SERVICE, f"created Service {name}")
+                done = self.kube.ensure_service(build_service(workload), uid)
+                if done:
+                    reason = c.EVENT_SERVICE if done == SERVICE_CREATED else c.EVENT_SERVICE_UPDATED
+                    self.kube.post_event(body, NORMAL, reason, f"{done} Service {name}")
             except ChildRefusedError as error:
                 fresh.append(error.refusal)
         # Only what the loop needs is kept of each pod: the full bodies go with this statement.
@@ -434,6 +448,9 @@ class Reconciler:
         refusals = kept + fresh
         if fresh or not holding:
             self._after_attempt(key, uid, generation, refusals, fresh)
+        blocked = allocation == ALLOCATION_DRA and any(
+            DRA_NO_DEVICE in (p.unschedulable or "") for p in observed if not p.terminating
+        )
         status = compute_status(
             generation=generation,
             result=result,
@@ -441,15 +458,21 @@ class Reconciler:
             desired={k: v["metadata"]["name"] for k, v in desired.items()},
             observed=observed,
             selector=selector_string(name),
+            free_cores=self._free_cores(key, workload.spec.pod.node_selector) if blocked else None,
+            instance_type=workload.spec.instance_type,
         )
         status["allocation"] = allocation
         if dra.templates is not None:
             status["claimTemplates"] = dra.templates
-        if dra.allocated is not None:
-            status["allocatedCores"] = dra.allocated
-            status["allocatedSummary"] = allocated_summary(dra.allocated)
-        elif allocation != ALLOCATION_DRA and previous.get("allocatedCores"):
-            status["allocatedCores"], status["allocatedSummary"] = [], ""
+        allocated = dra.allocated
+        if allocation != ALLOCATION_DRA:
+            allocated = self._recorded_cores(key, observed)
+        if allocated is not None:
+            status["allocatedCores"] = allocated
+            status["allocatedSummary"] = allocated_summary(allocated)
+        elif previous.get("allocatedCores") is not None:  # not read this time: kept as it was
+            status["allocatedCores"] = previous.get("allocatedCores")
+            status["allocatedSummary"] = previous.get("allocatedSummary", "")
         stuck = sum(1 for p in observed if p.unschedulable and not p.terminating)
         metrics.UNSCHEDULABLE_PODS.labels(namespace, name).set(stuck)
         if _condition_true(status, c.UNSCHEDULABLE) and not _condition_true(
@@ -462,6 +485,58 @@ class Reconciler:
         self._report_refusals(body, previous, status, reported)
         self._write_status(body, previous, status)
         return "refused" if reported else "ok"
+
+    def _recorded_cores(
+        self, key: Key, observed: Sequence[ObservedPod]
+    ) -> list[dict[str, Any]] | None:
+        """Device-plugin mode: each placed pod's cores from its node's allocation record (the
+        annotation the device plugin publishes); None when the nodes cannot be read."""
+        placed = sorted((p.name, p.node) for p in observed if p.node and not p.terminating)
+        if not placed:
+            return []
+        try:
+            records = self.kube.node_records()
+        except API_ERRORS as error:
+            log.warning(
+                "%s/%s: cannot read the nodes' core-allocation records (list nodes): %s %s",
+                key[0],
+                key[1],
+                getattr(error, "status", None) or type(error).__name__,
+                getattr(error, "reason", None) or error,
+            )
+            return None
+        return recorded_cores(key[0], placed, records)
+
+    def _free_cores(self, key: Key, selector: Mapping[str, str]) -> list[NodeFree] | None:
+        """Each DRA node's free cores, read only while a pod's block claim cannot be allocated,
+        of the nodes the pods' ``nodeSelector`` allows (the instance type is filtered on the
+        slices' own attribute); None when they cannot be read (the condition then says so).
+        One read serves every workload for ``FREE_CORES_SECONDS``: the slices of a 64-core node
+        are 1.7 MiB of JSON, not to be listed at every pod event of every waiting workload."""
+        try:
+            with self._guard:
+                seen = self._free_seen
+            if seen is not None and self.clock() - seen[0] < FREE_CORES_SECONDS:
+                found = seen[1]
+            else:
+                found = free_cores(self.kube.list_block_slices(), self.kube.list_all_claims())
+                with self._guard:
+                    self._free_seen = (self.clock(), found)
+            if selector:
+                allowed = self.kube.list_node_names(selector)
+                found = [n for n in found if n.node in allowed]
+            return found
+        except API_ERRORS as error:
+            status = getattr(error, "status", None)
+            log.warning(
+                "%s/%s: cannot read the nodes' free NeuronCores (list resourceslices and "
+                "resourceclaims in all namespaces): %s %s",
+                key[0],
+                key[1],
+                status or type(error).__name__,
+                getattr(error, "reason", None) or error,
+            )
+            return None
 
     def _after_attempt(
         self,

@@ -29,7 +29,6 @@ from neuron_cores import (
     AllocationRecordError,
     GroupSizesError,
     UnknownInstanceTypeError,
-    contiguous_runs,
     format_core_list,
     is_contiguous,
     lookup_instance_type,
@@ -39,6 +38,7 @@ from neuron_cores import (
     split_into_groups,
 )
 from neuron_operator.claims import claim_cores
+from neuron_operator.freecores import longest_run
 from neuron_operator.pods import (
     ANNOTATION_GROUPS,
     INSTANCE_TYPE_LABEL,
@@ -92,10 +92,7 @@ class NodeCores:
 
     def longest_free_run(self) -> tuple[int, int] | None:
         """The longest run of free cores as inclusive (first, last), when known and any."""
-        free = self.free_cores()
-        if not free:
-            return None
-        return max(contiguous_runs(free), key=lambda r: (r[1] - r[0], -r[0]))
+        return longest_run(self.free_cores() or ())
 
 
 def pod_key(pod: Mapping[str, Any]) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -19,10 +21,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from neuron_cores import ALLOCATIONS_ANNOTATION
 from neuron_operator import conditions as c
 from neuron_operator.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from neuron_operator.claimkube import ClaimApi
-from neuron_operator.pods import MANAGER, selector_labels
+from neuron_operator.pods import MANAGER, selector_labels, service_ports_drift
 from neuron_operator.refusals import Refusal, classify_exception, not_owned, quote
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,8 @@ CONFLICT = 409
 NOT_FOUND = 404
 MAX_EVENT_MESSAGE = 1000
 PAGE_PODS = 500
+SERVICE_CREATED, SERVICE_UPDATED = "created", "updated"  # what ensure_service did
+NODE_RECORDS_SECONDS = 10.0  # how long one list of the nodes' allocation records serves
 
 
 class ChildRefusedError(Exception):
@@ -108,6 +113,26 @@ class Kube(ClaimApi):
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.instance = instance
+        self._records: tuple[float, dict[str, str]] | None = None
+        self._records_guard = threading.Lock()
+
+    def node_records(self) -> dict[str, str]:
+        """node -> its core-allocation record (the annotation the device plugin publishes), for
+        the nodes that have one.  One list of nodes serves every reconcile for
+        ``NODE_RECORDS_SECONDS``: a cluster of 100 nodes and many workloads is listed a few times
+        a minute, not at every pod event."""
+        with self._records_guard:
+            now = time.monotonic()
+            if self._records is not None and now - self._records[0] < NODE_RECORDS_SECONDS:
+                return self._records[1]
+            response = self.core.list_node(_preload_content=False)
+            records = {
+                str(node["metadata"]["name"]): str(notes[ALLOCATIONS_ANNOTATION])
+                for node in _json(response)["items"]
+                if ALLOCATIONS_ANNOTATION in (notes := node["metadata"].get("annotations") or {})
+            }
+            self._records = (now, records)
+            return records
 
     def get_workload(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -217,8 +242,10 @@ class Kube(ClaimApi):
             raise ChildRefusedError(classify_exception(error, "Pod", name)) from None
         return True
 
-    def ensure_service(self, body: Mapping[str, Any], owner_uid: str) -> bool:
-        """Create the Service if it is missing; True when it was created.
+    def ensure_service(self, body: Mapping[str, Any], owner_uid: str) -> str:
+        """Create the Service if it is missing (``SERVICE_CREATED``), or write its ports when
+        they differ from ``body``'s (``SERVICE_UPDATED``: ``spec.container.ports`` was edited);
+        "" when it was as it should be.
 
         A Service of that name that this workload does not control is never adopted or changed:
         ``ChildRefusedError`` with ``NotOwned``; any other refusal is classified the same way."""
@@ -226,7 +253,7 @@ class Kube(ClaimApi):
         existing = _read_for("Service", meta, self._read_service)
         if existing is not None:
             self._check_owner(existing, "Service", meta, owner_uid)
-            return False
+            return self._update_service_ports(existing, body)
         try:
             self.core.create_namespaced_service(
                 meta["namespace"], _any(body), _preload_content=False
@@ -238,10 +265,30 @@ class Kube(ClaimApi):
                 ) from None
             existing = _read_for("Service", meta, self._read_service)
             self._check_owner(existing, "Service", meta, owner_uid)
-            return False
+            return ""
         except WRITE_ERRORS as error:
             raise ChildRefusedError(classify_exception(error, "Service", meta["name"])) from None
-        return True
+        return SERVICE_CREATED
+
+    def _update_service_ports(self, existing: Mapping[str, Any], body: Mapping[str, Any]) -> str:
+        """Replace the Service's ports as a whole (a JSON patch: a strategic merge would keep
+        ports that were removed), guarded by its resourceVersion."""
+        ports = service_ports_drift(existing, body)
+        if ports is None:
+            return ""
+        meta = body["metadata"]
+        version = (existing.get("metadata") or {}).get("resourceVersion")
+        patch: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+            {"op": "replace", "path": "/spec/ports", "value": ports},
+        ]
+        try:
+            self.core.patch_namespaced_service(
+                meta["name"], meta["namespace"], _any(patch), _preload_content=False
+            )
+        except WRITE_ERRORS as error:
+            raise ChildRefusedError(classify_exception(error, "Service", meta["name"])) from None
+        return SERVICE_UPDATED
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Write status; False when the NeuronWorkload is gone."""

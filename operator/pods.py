@@ -308,3 +308,25 @@ def build_service(workload: Workload) -> dict[str, Any]:
             ],
         },
     }
+
+
+def _port_key(port: Mapping[str, Any]) -> tuple[str, int, str, str]:
+    return (
+        str(port.get("name", "")),
+        int(port.get("port", 0)),
+        str(port.get("targetPort", "")),
+        str(port.get("protocol") or "TCP"),
+    )
+
+
+def service_ports_drift(
+    existing: Mapping[str, Any], desired: Mapping[str, Any]
+) -> list[dict[str, Any]] | None:
+    """The ports to write when the Service in the cluster no longer has the desired ones (the
+    spec's ``container.ports`` were edited), else None.  Compared as name, port, target port and
+    protocol, in order (the API server adds nothing else to a ClusterIP Service's ports)."""
+    have = [_port_key(p) for p in (existing.get("spec") or {}).get("ports") or []]
+    want = list((desired.get("spec") or {}).get("ports") or [])
+    if have == [_port_key(p) for p in want]:
+        return None
+    return [dict(p) for p in want]

@@ -20,6 +20,7 @@ from typing import Any
 
 from neuron_cores import CORE_RESOURCE, read_natural
 from neuron_operator import conditions as c
+from neuron_operator.freecores import NodeFree, block_verdict
 from neuron_operator.planner import Plan
 from neuron_operator.pods import (
     LABEL_POD_INDEX,
@@ -43,6 +44,7 @@ class ObservedPod:
     ready: bool = False
     terminating: bool = False
     unschedulable: str | None = None  # the scheduler's message when it could not place the pod
+    node: str = ""  # where the scheduler placed it
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ def observe_pod(pod: Mapping[str, Any]) -> ObservedPod:
         ready=ready,
         terminating=bool(meta.get("deletionTimestamp")),
         unschedulable=unschedulable,
+        node=str((pod.get("spec") or {}).get("nodeName") or ""),
     )
 
 
@@ -144,32 +147,61 @@ def _ready_replicas(
 DRA_NO_DEVICE = "cannot allocate all claims"
 
 
+def _block_detail(
+    pod: ObservedPod, size: int, free: Sequence[NodeFree] | None, instance_type: str | None
+) -> tuple[str, str]:
+    """Reason and words for a pod whose block claim no node could allocate, from the nodes' free
+    cores when known (``freecores``): no node with ``size`` free cores, or free cores but no run
+    of ``size``.  Unknown (the operator could not read the slices or claims): the scheduler's
+    words, as ``InsufficientNeuronCores``, what an autoscaler acts on in either case."""
+    said = f"(the scheduler: {pod.unschedulable})"
+    if free is None:
+        return c.REASON_INSUFFICIENT_CORES, (
+            f"no node could allocate its block of {size} NeuronCores {said}; which nodes have "
+            "free cores is not known to the operator (it could not list resourceslices and "
+            "resourceclaims)"
+        )
+    verdict = block_verdict(free, size, instance_type)
+    if verdict is None:
+        return c.REASON_POD_UNSCHEDULABLE, (
+            f"a node has a free run of {size} NeuronCores now; the scheduler will try again {said}"
+        )
+    return verdict.reason, f"{verdict.message} {said}"
+
+
 def _unschedulable(
-    live: Sequence[ObservedPod], generation: int, pod_cores: Mapping[str, int]
+    live: Sequence[ObservedPod],
+    generation: int,
+    pod_cores: Mapping[str, int],
+    free: Sequence[NodeFree] | None = None,
+    instance_type: str | None = None,
 ) -> dict[str, Any]:
     """``Unschedulable`` from the scheduler's messages.  ``InsufficientNeuronCores``: no node has
-    the cores (device plugin: its count; DRA: a free core for a 1-core block).  ``NoContiguousRun``
-    (DRA): no node has a free run of a pod's block size; scattered free cores do not help, so an
-    autoscaler adds a node and a person frees or defragments one (``kubectl neuron cores``)."""
+    the cores (device plugin: its count; DRA: ``free`` says no node has as many free cores as a
+    pod's block).  ``NoContiguousRun`` (DRA): a node has that many free cores but no free run of
+    them; scattered free cores do not help, so an autoscaler adds a node and a person frees or
+    defragments one (``kubectl neuron cores``)."""
     stuck = [p for p in live if p.unschedulable]
     if not stuck:
         return c.condition(c.UNSCHEDULABLE, c.FALSE, c.REASON_SCHEDULED, "", generation)
-    runs = [p for p in stuck if DRA_NO_DEVICE in (p.unschedulable or "")]
-    blocks = [p for p in runs if pod_cores.get(p.name, 0) > 1]
-    first = (blocks or runs or stuck)[0]
+    blocks = [p for p in stuck if DRA_NO_DEVICE in (p.unschedulable or "")]
+    first = (blocks or stuck)[0]
     if blocks:
-        reason = c.REASON_NO_CONTIGUOUS_RUN
-        size = pod_cores[first.name]
-        detail = (
-            f"no node has a free run of {size} adjacent NeuronCores for its block claim "
-            f"(the scheduler: {first.unschedulable})"
+        found = [_block_detail(p, pod_cores.get(p.name, 1), free, instance_type) for p in blocks]
+        # a pod short of a run speaks first: its words name the node to defragment
+        index = next(
+            (i for i, (reason, _) in enumerate(found) if reason == c.REASON_NO_CONTIGUOUS_RUN), 0
         )
-    elif runs or any(CORE_RESOURCE in (p.unschedulable or "") for p in stuck):
+        first = blocks[index]
+        reason, detail = found[index]
+    elif any(CORE_RESOURCE in (p.unschedulable or "") for p in stuck):
         reason, detail = c.REASON_INSUFFICIENT_CORES, str(first.unschedulable)
     else:
         reason, detail = c.REASON_POD_UNSCHEDULABLE, str(first.unschedulable)
     message = f"{len(stuck)} pods pending: {first.name}: {detail}"
-    return c.condition(c.UNSCHEDULABLE, c.TRUE, reason, message, generation)
+    return c.condition(
+        c.UNSCHEDULABLE, c.TRUE, reason, quote(message, MAX_CONDITION_MESSAGE), generation
+    )
 
 
 def _pod_cores(result: Plan, desired: Mapping[tuple[int, int], str]) -> dict[str, int]:
@@ -185,8 +217,13 @@ def compute_status(
     desired: Mapping[tuple[int, int], str],
     observed: Sequence[ObservedPod],
     selector: str,
+    free_cores: Sequence[NodeFree] | None = None,
+    instance_type: str | None = None,
 ) -> dict[str, Any]:
-    """The status (without lastTransitionTimes; see ``conditions.merge_conditions``)."""
+    """The status (without lastTransitionTimes; see ``conditions.merge_conditions``).
+
+    ``free_cores``: each DRA node's free cores (``freecores.free_cores``), read when a pod's block
+    claim could not be allocated, to tell a lack of cores from a lack of a run of them."""
     live = [p for p in observed if not p.terminating]
     by_name = {p.name: p for p in live}
     ready_replicas = _ready_replicas(result, desired, by_name)
@@ -229,7 +266,9 @@ def compute_status(
             ready,
             progressing,
             c.condition(c.INVALID_SPEC, c.FALSE, c.REASON_SPEC_VALID, "", generation),
-            _unschedulable(live, generation, _pod_cores(result, desired)),
+            _unschedulable(
+                live, generation, _pod_cores(result, desired), free_cores, instance_type
+            ),
             c.condition(c.REFUSED, c.FALSE, c.REASON_ACCEPTED, "", generation),
         ],
     }

@@ -98,12 +98,13 @@ def _grants(objects: list[Obj]) -> set[tuple[str, str, str]]:
         ("neurongroups.dev", "neuronworkloads", ("get", "list", "watch")),
         ("neurongroups.dev", "neuronworkloads/status", ("patch",)),
         ("", "pods", ("list", "watch", "create", "delete")),
-        ("", "services", ("get", "create")),
+        ("", "services", ("get", "create", "patch")),
         ("", "events", ("create",)),
         ("coordination.k8s.io", "leases", ("create", "get", "update")),
         ("resource.k8s.io", "resourceclaimtemplates", ("get", "list", "create", "delete")),
         ("resource.k8s.io", "resourceclaims", ("list",)),
         ("resource.k8s.io", "deviceclasses", ("get",)),
+        ("resource.k8s.io", "resourceslices", ("list",)),
     ],
     ids=[
         "workloads",
@@ -115,6 +116,7 @@ def _grants(objects: list[Obj]) -> set[tuple[str, str, str]]:
         "claim-templates",
         "claims",
         "device-classes",
+        "resource-slices",
     ],
 )
 def test_operator_rbac_grants_what_it_needs(
@@ -143,6 +145,11 @@ def test_operator_rbac_grants_what_it_needs(
         ("resourceclaims", "delete"),
         ("resourceclaimtemplates", "update"),
         ("deviceclasses", "list"),
+        ("resourceslices", "watch"),
+        ("resourceslices", "create"),
+        ("resourceclaims", "watch"),
+        ("nodes", "get"),
+        ("nodes", "watch"),
     ],
     ids=[
         "no-secret-get",
@@ -160,6 +167,11 @@ def test_operator_rbac_grants_what_it_needs(
         "no-claim-delete",
         "no-claim-template-update",
         "no-deviceclass-list",
+        "no-slice-watch",
+        "no-slice-create",
+        "no-claim-watch",
+        "no-node-get",
+        "no-node-watch",
     ],
 )
 def test_operator_rbac_withholds_what_it_does_not_need(
@@ -196,6 +208,34 @@ def test_device_class_read_is_one_class_bound_cluster_wide(
             "resourceNames": ["neuroncores.neurongroups.dev"],
             "verbs": ["get"],
         }
+    ]
+    bound = {o["roleRef"]["name"] for o in objs if o["kind"] == "ClusterRoleBinding"}
+    assert role["metadata"]["name"] in bound
+
+
+@pytest.mark.parametrize(
+    "values", [None, "ha-namespaced-values"], ids=["cluster-wide", "namespaced"]
+)
+def test_free_core_reads_are_list_only_and_bound_cluster_wide(
+    render: Render, values: str | None
+) -> None:
+    """The nodes' free cores (slices and every namespace's claims) are read cluster-wide even
+    for an operator serving some namespaces: the scheduler's view is the whole cluster's."""
+    objs = render(values_files=VALUE_SETS[values]) if values else render()
+    role = next(
+        o
+        for o in objs
+        if o["kind"] == "ClusterRole"
+        and any("resourceslices" in r["resources"] for r in o["rules"])
+        and component(o) == "operator"
+    )
+    assert role["rules"] == [
+        {
+            "apiGroups": ["resource.k8s.io"],
+            "resources": ["resourceslices", "resourceclaims"],
+            "verbs": ["list"],
+        },
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
     ]
     bound = {o["roleRef"]["name"] for o in objs if o["kind"] == "ClusterRoleBinding"}
     assert role["metadata"]["name"] in bound
@@ -256,9 +296,13 @@ def test_every_container_has_a_restrictive_security_context(objects: list[Obj]) 
                 assert non_root is True, f"{where} may run as root"
 
 
-def test_only_the_operator_gets_an_api_token(objects: list[Obj]) -> None:
+def test_only_the_operator_and_the_publishing_device_plugin_get_an_api_token(
+    objects: list[Obj],
+) -> None:
+    """The device plugin's token (devicePlugin.publishAllocations, on by default) may patch only
+    its own Node's allocation annotation (test_chart_device_plugin_cluster.py)."""
     for owner, spec in pod_specs(objects):
-        expected = component(owner) == "operator"
+        expected = component(owner) in ("operator", "device-plugin")
         assert spec.get("automountServiceAccountToken") is expected, owner["metadata"]["name"]
 
 

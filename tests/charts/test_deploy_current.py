@@ -46,7 +46,12 @@ def test_deploy_holds_crds_rbac_operator_and_device_plugin(
         "ServiceAccount",
     }
     assert "Deployment" in kinds["03-operator.yaml"]
-    assert kinds["04-device-plugin.yaml"] == ["DaemonSet", "Service"]
+    assert kinds["04-device-plugin.yaml"] == [
+        "DaemonSet",
+        "Service",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ]
     assert kinds["05-workload-policy.yaml"] == [
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",

@@ -15,6 +15,7 @@ from neuron_operator.claims import (
     allocated_summary,
     claim_cores,
     device_cores,
+    recorded_cores,
     resolve_allocation,
     surplus_templates,
     template_name,
@@ -259,3 +260,27 @@ def test_allocated_summary_groups_by_node() -> None:
 )
 def test_device_cores_reads_the_driver_device_names(first: int, size: int) -> None:
     assert device_cores(Block(first, size).name) == tuple(range(first, first + size))
+
+
+RECORD = (
+    '{"version":1,"cores":16,"pods":{"ns/p1":"0-3","ns/p2":"4,6","other/p3":"8"},"unhealthy":""}'
+)
+RECORDED_CASES = [
+    ("contiguous", [("p1", "n")], {"n": RECORD}, [{"pod": "p1", "node": "n", "cores": "0-3"}]),
+    ("scattered", [("p2", "n")], {"n": RECORD}, [{"pod": "p2", "node": "n", "cores": "4,6"}]),
+    ("another-namespace-same-name", [("p3", "n")], {"n": RECORD}, []),
+    ("node-without-record", [("p1", "m")], {"n": RECORD}, []),
+    ("unreadable-record", [("p1", "n")], {"n": "{not json"}, []),
+    ("not-yet-started", [("p9", "n")], {"n": RECORD}, []),
+]
+
+
+@pytest.mark.parametrize(
+    ("pods", "records", "expected"),
+    [r[1:] for r in RECORDED_CASES],
+    ids=[r[0] for r in RECORDED_CASES],
+)
+def test_recorded_cores_from_the_nodes_allocation_records(
+    pods: list[tuple[str, str]], records: dict[str, str], expected: list[dict[str, str]]
+) -> None:
+    assert recorded_cores("ns", pods, records) == expected

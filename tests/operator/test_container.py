@@ -22,7 +22,7 @@ from neuron_operator.api import (
     workload_from_object,
 )
 from neuron_operator.planner import plan
-from neuron_operator.pods import build_pod, build_service, template_hash
+from neuron_operator.pods import build_pod, build_service, service_ports_drift, template_hash
 
 SAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "samples"
 
@@ -302,3 +302,37 @@ def test_unknown_allocation_modes_are_refused(value: str, fragment: str) -> None
         parse_spec(raw_spec(None, allocation=value))
     assert f"spec.allocation: {value!r} is not an allocation mode" in str(error.value)
     assert fragment in str(error.value)
+
+
+def _live(ports: list[tuple[str, int, str, str | None]]) -> dict[str, Any]:
+    """A Service as the API server returns it (protocol defaulted, clusterIP, ...)."""
+    listed = [
+        {"name": n, "port": p, "targetPort": t, **({"protocol": proto} if proto else {})}
+        for n, p, t, proto in ports
+    ]
+    return {"spec": {"clusterIP": "10.0.0.7", "ports": listed}}
+
+
+DRIFT_CASES = [
+    ("same", [("http", 8000, "http", "TCP"), ("grpc", 8001, "grpc", "TCP")], False),
+    ("protocol-defaulted", [("http", 8000, "http", None), ("grpc", 8001, "grpc", None)], False),
+    ("port-moved", [("http", 8080, "http", "TCP"), ("grpc", 8001, "grpc", "TCP")], True),
+    ("one-more", [("http", 8000, "http", "TCP")], True),
+    ("renamed", [("web", 8000, "web", "TCP"), ("grpc", 8001, "grpc", "TCP")], True),
+    ("reordered", [("grpc", 8001, "grpc", "TCP"), ("http", 8000, "http", "TCP")], True),
+    ("udp", [("http", 8000, "http", "UDP"), ("grpc", 8001, "grpc", "TCP")], True),
+]
+
+
+@pytest.mark.parametrize(
+    ("live", "drifted"), [d[1:] for d in DRIFT_CASES], ids=[d[0] for d in DRIFT_CASES]
+)
+def test_service_ports_drift_from_the_spec(
+    live: list[tuple[str, int, str, str | None]], drifted: bool
+) -> None:
+    w = Workload(name="w", namespace="ns", spec=parse_spec(raw_spec(None)))
+    desired = build_service(w)
+    found = service_ports_drift(_live(live), desired)
+    assert (found is not None) is drifted
+    if found is not None:
+        assert found == desired["spec"]["ports"]

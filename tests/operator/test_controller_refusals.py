@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from neuron_dra_driver.layout import NodeShape, pool_slices
 from neuron_operator import conditions as c
 from neuron_operator.claimkube import TemplateRefusedError
 from neuron_operator.controller import Backoff, Reconciler
@@ -353,3 +355,134 @@ def test_a_claim_template_of_another_owner_is_refused_not_owned() -> None:
     assert "ResourceClaimTemplate" in refused["message"]
     assert kube.templates["w-cores-1"] == "someone-else"
     assert not kube.creates  # a pod would claim through the foreign template
+
+
+DRA_NO_ROOM = "0/2 nodes are available: 2 cannot allocate all claims."
+
+
+class FakeFullDraKube(FakeDraKube):
+    """A DRA cluster whose scheduler cannot place the pods' block claims; the slices of one
+    64-core node, whose claims hold every even core (32 free, no two adjacent)."""
+
+    def __init__(self, body: dict[str, Any], slices_error: BaseException | None = None) -> None:
+        super().__init__(body)
+        self.slices_error = slices_error
+        self.free_reads = 0
+        self.selectors: list[dict[str, str]] = []
+
+    def create_pod(self, body: dict[str, Any], owner_uid: str) -> bool:
+        self.creates.append(body["metadata"]["name"])
+        pod = copy.deepcopy(body)
+        reason = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+        pod["status"] = {"phase": "Pending", "conditions": [{**reason, "message": DRA_NO_ROOM}]}
+        self.pods[body["metadata"]["name"]] = pod
+        return True
+
+    def list_block_slices(self) -> list[dict[str, Any]]:
+        self.free_reads += 1
+        if self.slices_error is not None:
+            raise self.slices_error
+        shape = NodeShape("inf1.24xlarge", 16, 4)
+        return pool_slices("big", shape, generation=1) + pool_slices(
+            "gpu-pool", shape, generation=1
+        )
+
+    def list_node_names(self, selector: dict[str, str]) -> set[str]:
+        self.selectors.append(selector)
+        return {"big"} if selector == {"pool": "big"} else set()
+
+    def list_all_claims(self) -> list[dict[str, Any]]:
+        results = [
+            {"driver": "neuroncores.neurongroups.dev", "pool": "big", "device": f"core-{n}"}
+            for n in range(0, 64, 2)
+        ]
+        return [{"status": {"allocation": {"devices": {"results": results}}}}]
+
+
+BIG_ONLY = {"pool": "big"}  # excludes gpu-pool, whose 64 cores are all free
+FREE_READ_CASES = [
+    (16, BIG_ONLY, None, c.REASON_NO_CONTIGUOUS_RUN, "node big has 32 free NeuronCores"),
+    (33, BIG_ONLY, None, c.REASON_INSUFFICIENT_CORES, "no node has 33 free NeuronCores"),
+    (16, {}, None, c.REASON_POD_UNSCHEDULABLE, "a node has a free run of 16 NeuronCores now"),
+    (
+        16,
+        BIG_ONLY,
+        ApiException(status=403, reason="Forbidden"),
+        c.REASON_INSUFFICIENT_CORES,
+        "is not known to the operator",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("cores", "selector", "error", "reason", "fragment"),
+    FREE_READ_CASES,
+    ids=["scattered", "too-few", "other-node-has-a-run", "slices-forbidden"],
+)
+def test_a_block_no_node_can_place_is_judged_from_the_nodes_free_cores(
+    cores: int,
+    selector: dict[str, str],
+    error: BaseException | None,
+    reason: str,
+    fragment: str,
+) -> None:
+    body = workload_body(nodeCores=64, nodeSelector=selector)
+    body["spec"]["models"][0]["cores"] = cores
+    kube = FakeFullDraKube(body, error)
+    reconciler = Reconciler(kube, schedule=lambda *_: None)  # type: ignore[arg-type]
+    reconciler.reconcile_by_name(NS, NAME)  # creates the pod
+    assert kube.free_reads == 0  # nothing stuck yet: no extra reads
+    reconciler.reconcile_by_name(NS, NAME)  # sees it Unschedulable
+    assert kube.free_reads == 1
+    reconciler.reconcile_by_name(NS, NAME)  # within FREE_CORES_SECONDS (or failed): read again
+    assert kube.free_reads == (2 if error is not None else 1)
+    assert kube.selectors == ([selector] * 2 if selector and error is None else [])
+    found = condition(kube, c.UNSCHEDULABLE)
+    assert (found["status"], found["reason"]) == (c.TRUE, reason)
+    assert fragment in found["message"], found["message"]
+    assert DRA_NO_ROOM in found["message"]
+
+
+class FakePlacedKube(FakeKube):
+    """A device-plugin cluster: pods land on node-a, whose plugin publishes its record."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.records: dict[str, str] = {}
+        self.records_error: BaseException | None = None
+        self.record_reads = 0
+
+    def create_pod(self, body: dict[str, Any], owner_uid: str) -> bool:
+        created = super().create_pod(body, owner_uid)
+        self.pods[body["metadata"]["name"]]["spec"]["nodeName"] = "node-a"
+        return created
+
+    def node_records(self) -> dict[str, str]:
+        self.record_reads += 1
+        if self.records_error is not None:
+            raise self.records_error
+        return dict(self.records)
+
+
+def test_device_plugin_pods_cores_come_from_their_nodes_record() -> None:
+    kube = FakePlacedKube(workload_body(copies=2))
+    reconciler = Reconciler(kube, schedule=lambda *_: None)  # type: ignore[arg-type]
+    reconciler.reconcile_by_name(NS, NAME)  # creates the pods: none placed yet, nothing read
+    assert kube.record_reads == 0
+    assert kube.body["status"]["allocatedCores"] == []
+    first, second = sorted(kube.pods)
+    kube.records = {
+        "node-a": json.dumps(
+            {"version": 1, "cores": 16, "pods": {f"{NS}/{first}": "3", f"{NS}/{second}": "5"}}
+        )
+    }
+    reconciler.reconcile_by_name(NS, NAME)
+    status = kube.body["status"]
+    assert status["allocatedCores"] == [
+        {"pod": first, "node": "node-a", "cores": "3"},
+        {"pod": second, "node": "node-a", "cores": "5"},
+    ]
+    assert status["allocatedSummary"] == "node-a: 3 5"
+    kube.records_error = ApiException(status=403, reason="Forbidden")
+    reconciler.reconcile_by_name(NS, NAME)  # cannot read: what status said is kept
+    assert kube.body["status"]["allocatedCores"] == status["allocatedCores"]

@@ -299,6 +299,41 @@ def test_spec_change_rolls_every_pod(operators: Operators) -> None:
     delete_and_wait(operators, "resnet50-process")
 
 
+def test_the_service_ports_follow_spec_container_ports(operators: Operators) -> None:
+    """An edit of spec.container.ports reaches the existing Service (with the chart's RBAC)."""
+    cluster = operators.cluster
+    ports = [{"name": "http", "containerPort": 8000}, {"name": "grpc", "containerPort": 8001}]
+    document = workload("01-resnet50-shared.yaml", "ported", container={"ports": ports})
+    assert apply(cluster, document).returncode == 0
+
+    def service_ports() -> list[tuple[str, int, str]]:
+        found = kubectl_json(cluster, "get", "service", "ported", "-n", NS)
+        return [(p["name"], p["port"], p["targetPort"]) for p in found["spec"]["ports"]]
+
+    def has(expected: list[tuple[str, int, str]]) -> bool:
+        return service_ports() == expected  # a Service not created yet: ClusterError, retried
+
+    wait_for(
+        operators,
+        lambda: has([("http", 8000, "http"), ("grpc", 8001, "grpc")]),
+        "the Service with the first ports",
+    )
+    edited = [
+        {"name": "http", "containerPort": 8080},
+        {"name": "metrics", "containerPort": 9100},
+    ]
+    cluster.kubectl(
+        "patch", "nwl", "ported", "-n", NS, "--type=merge",
+        "-p", json.dumps({"spec": {"container": {"ports": edited}}}),
+    )  # fmt: skip
+    wait_for(
+        operators,
+        lambda: has([("http", 8080, "http"), ("metrics", 9100, "metrics")]),
+        "the Service's ports to follow the edit",
+    )
+    delete_and_wait(operators, "ported")
+
+
 def test_hand_deleted_pod_comes_back_and_stray_pod_goes(operators: Operators) -> None:
     cluster = operators.cluster
     assert apply(cluster, workload("01-resnet50-shared.yaml")).returncode == 0

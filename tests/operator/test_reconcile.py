@@ -8,6 +8,7 @@ import pytest
 
 from neuron_operator import conditions as c
 from neuron_operator.api import parse_spec
+from neuron_operator.freecores import NodeFree
 from neuron_operator.planner import plan
 from neuron_operator.reconcile import (
     ObservedPod,
@@ -253,13 +254,54 @@ DRA_FULL = (
     "allocate all claims. preemption: 0/3 nodes are available: 3 Preemption is not helpful for "
     "scheduling."
 )
+SCATTERED = NodeFree("node-a", "inf1.24xlarge", 64, tuple(range(1, 64, 2)))  # 32 free, no pair
 UNSCHEDULABLE_CASES = [
-    ("dra-block", 16, DRA_FULL, c.REASON_NO_CONTIGUOUS_RUN, "a free run of 16 adjacent"),
-    ("dra-one-core", 1, DRA_FULL, c.REASON_INSUFFICIENT_CORES, "cannot allocate all claims"),
+    (
+        "dra-block-scattered",
+        16,
+        DRA_FULL,
+        [SCATTERED],
+        c.REASON_NO_CONTIGUOUS_RUN,
+        "no node has a free run of 16 adjacent NeuronCores for its block claim: node node-a has "
+        "32 free NeuronCores",
+    ),
+    (
+        "dra-block-too-few-free",
+        33,
+        DRA_FULL,
+        [SCATTERED],
+        c.REASON_INSUFFICIENT_CORES,
+        "no node has 33 free NeuronCores for its block claim: the most is on node node-a",
+    ),
+    (
+        "dra-block-run-freed-since",
+        16,
+        DRA_FULL,
+        [NodeFree("node-b", None, 16, tuple(range(16)))],
+        c.REASON_POD_UNSCHEDULABLE,
+        "a node has a free run of 16 NeuronCores now",
+    ),
+    (
+        "dra-block-free-unknown",
+        16,
+        DRA_FULL,
+        None,
+        c.REASON_INSUFFICIENT_CORES,
+        "which nodes have free cores is not known to the operator",
+    ),
+    (
+        "dra-one-core",
+        1,
+        DRA_FULL,
+        [NodeFree("node-c", None, 16, ())],
+        c.REASON_INSUFFICIENT_CORES,
+        "cannot allocate all claims",
+    ),
     (
         "device-plugin",
         16,
         "0/3 nodes are available: 3 Insufficient aws.amazon.com/neuroncore.",
+        None,
         c.REASON_INSUFFICIENT_CORES,
         "Insufficient aws.amazon.com/neuroncore",
     ),
@@ -267,6 +309,7 @@ UNSCHEDULABLE_CASES = [
         "other",
         16,
         "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.",
+        None,
         c.REASON_POD_UNSCHEDULABLE,
         "node affinity",
     ),
@@ -274,17 +317,17 @@ UNSCHEDULABLE_CASES = [
 
 
 @pytest.mark.parametrize(
-    ("cores", "message", "reason", "fragment"),
+    ("cores", "message", "free", "reason", "fragment"),
     [u[1:] for u in UNSCHEDULABLE_CASES],
     ids=[u[0] for u in UNSCHEDULABLE_CASES],
 )
 def test_unschedulable_reason_from_the_scheduler(
-    cores: int, message: str, reason: str, fragment: str
+    cores: int, message: str, free: list[NodeFree] | None, reason: str, fragment: str
 ) -> None:
     spec = parse_spec(
         {
             "image": "i",
-            "nodeCores": 16,
+            "nodeCores": 64,
             "models": [{"name": "m", "path": "/m", "cores": cores}],
         }
     )
@@ -293,9 +336,9 @@ def test_unschedulable_reason_from_the_scheduler(
     stuck = ObservedPod(desired[(0, 0)], NEW, 0, 0, unschedulable=message)
     status = compute_status(
         generation=1, result=result, current_hash=NEW, desired=desired, observed=[stuck],
-        selector="sel",
+        selector="sel", free_cores=free,
     )  # fmt: skip
     found = c.find(status["conditions"], c.UNSCHEDULABLE)
     assert found is not None
     assert (found["status"], found["reason"]) == (c.TRUE, reason)
-    assert fragment in found["message"]
+    assert fragment in found["message"], found["message"]

@@ -16,7 +16,7 @@ from urllib3 import HTTPConnectionPool
 from urllib3.exceptions import MaxRetryError
 
 from neuron_operator import conditions as c
-from neuron_operator.kube import ChildRefusedError, Kube
+from neuron_operator.kube import SERVICE_UPDATED, ChildRefusedError, Kube
 from neuron_operator.refusals import (
     MAX_ANNOTATION_BYTES,
     MAX_ENV_STRING_BYTES,
@@ -149,6 +149,8 @@ class FakeCore:
         self.create_error = create_error
         self.existing = existing
         self.created: list[str] = []
+        self.patched: list[Any] = []
+        self.patch_error: BaseException | None = None
 
     def _response(self, document: dict[str, Any]) -> Any:
         return type("Response", (), {"data": json.dumps(document).encode()})()
@@ -162,6 +164,11 @@ class FakeCore:
 
     def list_namespaced_pod(self, namespace: str, **_: Any) -> Any:
         return self._response({"items": [self.existing] if self.existing else []})
+
+    def patch_namespaced_service(self, name: str, namespace: str, body: Any, **_: Any) -> Any:
+        if self.patch_error is not None:
+            raise self.patch_error
+        self.patched.append(body)
 
     def read_namespaced_service(self, name: str, namespace: str, **_: Any) -> Any:
         if self.existing is None:
@@ -238,6 +245,41 @@ def test_a_foreign_service_is_never_written() -> None:
     with pytest.raises(ChildRefusedError):
         kube_with(core).ensure_service(child("Service", "uid-1"), "uid-1")
     assert core.created == []
+
+
+def service(owner_uid: str, *ports: tuple[str, int]) -> dict[str, Any]:
+    body = child("Service", owner_uid)
+    body["metadata"]["resourceVersion"] = "42"
+    body["spec"] = {
+        "ports": [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in ports]
+    }
+    return body
+
+
+def test_the_services_ports_follow_the_spec() -> None:
+    """An edit of spec.container.ports reaches the existing Service: its ports are replaced as a
+    whole (a JSON patch guarded by its resourceVersion), and nothing is written when they match."""
+    desired = service("uid-1", ("http", 8080))
+    core = FakeCore(None, service("uid-1", ("http", 8000), ("grpc", 8001)))
+    assert kube_with(core).ensure_service(desired, "uid-1") == SERVICE_UPDATED
+    assert core.patched == [
+        [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
+            {"op": "replace", "path": "/spec/ports", "value": desired["spec"]["ports"]},
+        ]
+    ]
+    same = FakeCore(None, service("uid-1", ("http", 8080)))
+    assert kube_with(same).ensure_service(desired, "uid-1") == ""
+    assert same.patched == []
+    refused = FakeCore(None, service("uid-1", ("http", 8000)))
+    refused.patch_error = api_error(403, "no")
+    with pytest.raises(ChildRefusedError) as caught:
+        kube_with(refused).ensure_service(desired, "uid-1")
+    assert caught.value.refusal.reason == c.REASON_FORBIDDEN
+    foreign = FakeCore(None, service("", ("http", 8000)))
+    with pytest.raises(ChildRefusedError):
+        kube_with(foreign).ensure_service(desired, "uid-1")
+    assert foreign.patched == []  # a foreign Service is never changed
 
 
 def test_the_real_client_refusing_a_non_string_env_value_is_invalid_spec() -> None:
