@@ -162,6 +162,7 @@ class NodeAgent:
             "0",
             "--pod-resources-socket",
             str(self.pod_resources.socket_path),
+            *self._publishing_flags(),
         ]
         plugin_log = self.workdir / "device-plugin.log"
         with plugin_log.open("ab") as out:
@@ -378,8 +379,25 @@ class NodeAgent:
         os.replace(tmp, path)
         self._publish_allocations()
 
+    def _publishing_flags(self) -> list[str]:
+        """The device plugin publishes its Node's allocation record, as on a real node, from
+        the PodResources listing this agent serves (given a kubeconfig to do it with)."""
+        if self.kubeconfig is None:
+            return []
+        return [
+            "--publish-allocations",
+            "--node-name",
+            self.spec.name,
+            "--kubeconfig",
+            str(self.kubeconfig),
+        ]
+
     def _publish_allocations(self) -> None:
-        """The same allocations as the Node annotation ``kubectl neuron cores`` reads."""
+        """The same allocations as the Node annotation ``kubectl neuron cores`` reads.  On
+        device-plugin nodes the plugin publishes it (``_publishing_flags``); the agent writes it
+        only where no plugin of ours can: DRA nodes, and a plugin given by ``plugin_argv``."""
+        if self.allocation == DEVICE_PLUGIN and self.plugin_argv is None and self.kubeconfig:
+            return
         devices = self._devices()
         capacity = resource_counts(devices, dra=self.allocation == DRA)[0]
         record = allocation_record(
