@@ -4,9 +4,9 @@ Why a record on the Node: with the device plugin, the only complete answer to "w
 core 7" is on the node (the kubelet's checkpoint, served by its PodResources socket, and the
 ``NEURON_RT_VISIBLE_CORES`` each Allocate returned); nothing in the API says it.  So a node-side
 component publishes it as one annotation on its own Node, and readers (``kubectl neuron``) need
-only ``get nodes``.  Writer: the device plugin (``--publish-allocations``), from its PodResources listing, on real
-nodes and on the local cluster's emulated nodes alike; on emulated DRA nodes, where no device
-plugin runs, the local cluster's node agent (docs/kubectl-neuron.md).
+only ``get nodes``.  Writer: the device plugin (``--publish-allocations``), from its
+PodResources listing, on real nodes and on the local cluster's emulated nodes alike; on emulated
+DRA nodes, where no device plugin runs, the local cluster's node agent (docs/kubectl-neuron.md).
 
 The value is JSON::
 

@@ -385,7 +385,7 @@ class NodeAgent:
         if self.kubeconfig is None:
             return []
         return [
-            "--publish-allocations",
+            "--publish-allocations=true",
             "--node-name",
             self.spec.name,
             "--kubeconfig",
