@@ -27,8 +27,8 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from neuron_cores import ALLOCATIONS_ANNOTATION, parse_record
-from neuron_device_plugin.ids import CORE_RESOURCE, core_id
+from neuron_cores import ALLOCATIONS_ANNOTATION, CORE_RESOURCE, parse_record
+from neuron_device_plugin.ids import core_id
 from neuron_device_plugin.nodeannotation import PatchError, node_patcher
 from neuron_localcluster import LocalCluster, layout
 from neuron_localcluster.clitools import ensure_helm

@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from neuron_cores import ALLOCATIONS_ANNOTATION, parse_record
-from neuron_device_plugin.ids import CORE_RESOURCE, DEVICE_RESOURCE, core_id, device_id
+from neuron_cores import ALLOCATIONS_ANNOTATION, CORE_RESOURCE, DEVICE_RESOURCE, parse_record
+from neuron_device_plugin.ids import core_id, device_id
 from neuron_device_plugin.nodeannotation import (
     AllocationPublisher,
     PatchError,
