@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from neuron_runtime.serving import rest_codec
 from neuron_runtime.serving.config import DEFAULT_READ_TIMEOUT_S, READ_TIMEOUT_ENV
-from neuron_runtime.serving.errors import ErrorKind, InferenceError, bad_request
+from neuron_runtime.serving.errors import ErrorKind, InferenceError
 from neuron_runtime.serving.http_connection import close_after
 from neuron_runtime.serving.service import (
     EXTENSIONS,
@@ -66,13 +66,19 @@ def _shortened(path: str, limit: int = 120) -> str:
     return path if len(path) <= limit else f"{path[:limit]}... ({len(path)} characters)"
 
 
+class _BrokenBodyError(InferenceError):
+    """A body that cannot be read to its end: the answer closes the connection."""
+
+
 @web.middleware
 async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except InferenceError as exc:
-        if exc.kind is ErrorKind.TIMEOUT:
-            # The rest of the body is not coming: answer, then close instead of lingering.
+        if exc.kind is ErrorKind.TIMEOUT or isinstance(exc, _BrokenBodyError):
+            # The rest of the body is not coming, or cannot be read: answer, then close instead
+            # of lingering (aiohttp's lingering read of a body that failed to decode raises
+            # again, and logs that as an unhandled exception with a traceback).
             return await close_after(request, _error(exc.http_status, exc.message))
         return _error(exc.http_status, exc.message)
     except web.HTTPException as exc:
@@ -254,7 +260,9 @@ class RestFrontend:
         except web.RequestPayloadError as exc:
             # Bad chunked framing, a body shorter than Content-Length, undecodable gzip: the
             # client's fault, so a 400 that says so rather than a 500 with a traceback.
-            raise bad_request(f"the request body is malformed: {exc}") from exc
+            raise _BrokenBodyError(
+                ErrorKind.BAD_REQUEST, f"the request body is malformed: {exc}"
+            ) from exc
 
     def _too_large(self, size: int | None) -> InferenceError:
         got = f" ({size} bytes)" if size is not None else ""

@@ -110,6 +110,22 @@ def test_every_refusal_is_json_without_a_traceback(
     assert send_raw(port, good)[0] == 200
 
 
+def test_a_body_that_cannot_be_decoded_is_answered_and_the_connection_closed(
+    start_server: Any, fake_runtime: Any
+) -> None:
+    """Not kept alive to linger over the rest of a body that failed to decode: aiohttp's
+    lingering read raised the decoding error again and logged it with a traceback."""
+    server = start_server(fake_runtime)
+    with socket.create_connection(("127.0.0.1", server.server.http_port), timeout=10) as sock:
+        sock.sendall(_bad_gzip())
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 400
+        assert (response.getheader("Connection") or "").lower() == "close"
+        response.read()
+        assert sock.recv(1) == b""  # closed by the server
+
+
 def test_gzip_body_is_still_decoded(start_server: Any, fake_runtime: Any) -> None:
     server = start_server(fake_runtime)
     assert send_raw(server.server.http_port, _gzip_ok())[0] == 200
