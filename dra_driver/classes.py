@@ -13,6 +13,7 @@ a test compares the two.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from neuron_cores import CORE_RESOURCE
@@ -25,6 +26,23 @@ SINGLE_CORE_CLASS = "neuroncore.neurongroups.dev"
 def cores_expression(cores: int) -> str:
     """The CEL selector for blocks of exactly ``cores`` cores."""
     return f'device.attributes["{DRIVER_NAME}"].cores == {cores}'
+
+
+def block_size(claim: Mapping[str, Any]) -> int:
+    """The cores a ResourceClaim's block requests ask for (``block_claim``'s selector read
+    back); 0 when it asks for no block of ours with a size."""
+    total = 0
+    for request in ((claim.get("spec") or {}).get("devices") or {}).get("requests") or []:
+        exactly = request.get("exactly") or {}
+        if exactly.get("deviceClassName") != BLOCKS_CLASS:
+            continue
+        for selector in exactly.get("selectors") or []:
+            expression = str((selector.get("cel") or {}).get("expression") or "")
+            prefix = cores_expression(0)[:-1]
+            size = expression[len(prefix) :] if expression.startswith(prefix) else ""
+            if size.isascii() and size.isdigit():
+                total += int(size) * max(int(exactly.get("count") or 1), 1)
+    return total
 
 
 def device_classes() -> list[dict[str, Any]]:

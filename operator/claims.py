@@ -151,9 +151,19 @@ def allocation_results(claim: Mapping[str, Any]) -> list[tuple[str, tuple[int, .
     return found
 
 
+def reserved_pod(claim: Mapping[str, Any]) -> str | None:
+    """The first pod a claim is reserved for (``status.reservedFor``): the consumer of a claim
+    made on its own and named by pods (``resourceClaimName``), which no pod owns."""
+    for ref in (claim.get("status") or {}).get("reservedFor") or []:
+        if ref.get("resource") == "pods" and not ref.get("apiGroup"):
+            return str(ref.get("name"))
+    return None
+
+
 def claim_cores(claim: Mapping[str, Any]) -> ClaimCores | None:
-    """The cores allocated to a pod's claim of this driver, or None while it is not allocated."""
-    pod = claim_owner_pod(claim)
+    """The cores allocated to a pod's claim of this driver (the pod that owns it, else the pod it
+    is reserved for), or None while it is not allocated."""
+    pod = claim_owner_pod(claim) or reserved_pod(claim)
     node, cores = "", list[int]()
     for pool, found in allocation_results(claim):
         node = pool

@@ -37,7 +37,7 @@ from neuron_cores import (
     read_natural,
     split_into_groups,
 )
-from neuron_operator.claims import claim_cores
+from neuron_operator.claims import claim_cores, runs_text
 from neuron_operator.freecores import longest_run
 from neuron_operator.pods import (
     ANNOTATION_GROUPS,
@@ -349,8 +349,12 @@ def why_pending(
     nodes: Sequence[Mapping[str, Any]],
     views: Mapping[str, NodeCores],
     scheduler_messages: Sequence[str] = (),
+    *,
+    claimed_cores: int = 0,
 ) -> list[str]:
-    """Why ``pod`` is not running, in words, from the nodes, their core maps and the scheduler."""
+    """Why ``pod`` is not running, in words, from the nodes, their core maps and the scheduler.
+    ``claimed_cores``: the block its ResourceClaims ask for (DRA; ``block_size``), when it asks
+    for no ``aws.amazon.com/neuroncore``."""
     name = pod_key(pod)
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
@@ -371,7 +375,7 @@ def why_pending(
         if placed is not None:
             lines.extend(split_reasons(placed, only=name))
         return lines
-    want = core_request(pod)
+    want = core_request(pod) or claimed_cores
     selector = spec.get("nodeSelector") or {}
     matching = [
         n
@@ -403,7 +407,7 @@ def why_pending(
                 )
             else:
                 open_nodes.append(node)
-        lines.extend(_core_reasons(name, want, open_nodes, views, where))
+        lines.extend(_core_reasons(name, want, open_nodes, views, where, dra=not core_request(pod)))
     for message in dict.fromkeys(scheduler_messages):
         lines.append(f"scheduler: {message}")
     if not lines:
@@ -417,6 +421,8 @@ def _core_reasons(
     nodes: Sequence[Mapping[str, Any]],
     views: Mapping[str, NodeCores],
     where: str,
+    *,
+    dra: bool = False,
 ) -> list[str]:
     if not nodes or want <= 0:
         return []
@@ -427,9 +433,16 @@ def _core_reasons(
     if not roomy:
         best = max(found, key=lambda v: v.free)
         return [
-            f"not enough cores: {name} needs {want} NeuronCores and the most any node "
-            f"{where or ''} has free is {best.free} (node {best.name}); free cores or add a node "
-            f"(the scheduler says Insufficient {CORE_RESOURCE})".replace("  ", " ")
+            (
+                f"not enough cores: {name} needs {want} NeuronCores and the most any node "
+                f"{where or ''} has free is {best.free} (node {best.name}); free cores or add a "
+                "node "
+                + (
+                    "(the scheduler says its claims cannot be allocated)"
+                    if dra
+                    else f"(the scheduler says Insufficient {CORE_RESOURCE})"
+                )
+            ).replace("  ", " ")
         ]
     lines = []
     for view in roomy:
@@ -444,7 +457,7 @@ def _core_reasons(
             longest = 0 if run is None else run[1] - run[0] + 1
             lines.append(
                 f"no contiguous run: node {view.name} has {len(free)} free NeuronCores "
-                f"({format_core_list(free) if free else 'none'}) but its longest free run is "
+                f"({runs_text(free) if free else 'none'}) but its longest free run is "
                 f"{longest}; {name} needs {want} contiguous cores (a NeuronCore Group is a run)"
             )
     return lines

@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from neuron_cores import CORE_RESOURCE
+from neuron_dra_driver.classes import block_size
 from neuron_dra_driver.layout import DRIVER_NAME
 from neuron_operator import coremap
 from neuron_operator.api import (
@@ -37,6 +38,7 @@ from neuron_operator.api import (
     InvalidSpecError,
 )
 from neuron_operator.api import workload_from_object as parse_workload
+from neuron_operator.claims import claim_owner_pod
 from neuron_operator.cli import EXIT_INVALID, OUTPUTS, load_workloads, print_plans
 from neuron_operator.pods import selector_labels
 
@@ -327,12 +329,20 @@ def why_command(args: argparse.Namespace, cluster: Cluster, out: TextIO) -> int:
         )
         for n in nodes
     }
+    # a DRA pod asks for its cores through ResourceClaims (made from its templates): their blocks
+    blocks: dict[str, int] = {}
+    for claim in claims:
+        owner = claim_owner_pod(claim)
+        if owner and (claim.get("metadata") or {}).get("namespace") == namespace:
+            blocks[owner] = blocks.get(owner, 0) + block_size(claim)
     report = []
     for item in pods:
         name = item["metadata"]["name"]
         placed = bool(item["spec"].get("nodeName"))
         messages = [] if placed else cluster.scheduler_messages(namespace, name)
-        reasons = coremap.why_pending(item, nodes, views, messages)
+        reasons = coremap.why_pending(
+            item, nodes, views, messages, claimed_cores=blocks.get(name, 0)
+        )
         # Of a NeuronWorkload, only the pods with something to say: unplaced, failed or scattered.
         if pod is not None or not placed or len(reasons) > 1 or "failed on node" in reasons[0]:
             report.append((name, reasons))

@@ -263,3 +263,38 @@ def test_dra_node_map_comes_from_the_claims() -> None:
     assert lines[0] == "n1 (inf1.6xlarge, 16 NeuronCores: 12 free, 0 unhealthy)"
     empty = coremap.node_cores(dra_node, [], [], dra=True)
     assert empty.recorded and empty.free == 16 and not empty.holders
+
+
+@pytest.mark.parametrize(
+    ("held", "want", "expected"),
+    [
+        (["core-3", "core-7", "core-11", "core-15"], 4, "no contiguous run: node n1 has 12 free"),
+        (["cores-0-7", "cores-8-11"], 8, "not enough cores: ns/p needs 8 NeuronCores"),
+    ],
+    ids=["scattered", "too-few"],
+)
+def test_why_a_dra_pod_waits_counts_its_claimed_block(
+    held: list[str], want: int, expected: str
+) -> None:
+    dra_node = node("n1", cores=0)
+    dra_node["spec"]["taints"] = []
+    holders = [pod(f"h{i}", 0, on="n1") for i in range(len(held))]
+    claims = [dra_claim(f"h{i}", device, "n1") for i, device in enumerate(held)]
+    view = coremap.node_cores(dra_node, holders, claims, dra=True)
+    waiting = pod("p", 0)
+    reasons = coremap.why_pending(waiting, [dra_node], {"n1": view}, claimed_cores=want)
+    assert any(expected in r for r in reasons), reasons
+    assert not any("Insufficient aws.amazon.com/neuroncore" in r for r in reasons)
+    # without the claimed block, nothing is said of cores (the pod asks for none itself)
+    assert not any("cores" in r for r in coremap.why_pending(waiting, [dra_node], {"n1": view}))
+
+
+def test_a_claim_made_on_its_own_holds_cores_for_the_pod_it_is_reserved_for() -> None:
+    dra_node = node("n1", cores=0)
+    holder = pod("holder", 0, on="n1")
+    standalone = dra_claim("nobody", "cores-0-3", "n1")
+    standalone["metadata"].pop("ownerReferences")
+    standalone["status"]["reservedFor"] = [{"resource": "pods", "name": "holder", "uid": "u"}]
+    view = coremap.node_cores(dra_node, [holder], [standalone], dra=True)
+    assert {core: h.pod for core, h in view.holders.items()} == dict.fromkeys(range(4), "ns/holder")
+    assert view.free == 12

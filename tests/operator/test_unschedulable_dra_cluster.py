@@ -13,6 +13,8 @@ of resourceslices and resourceclaims it needs is exercised).
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,6 +172,17 @@ def test_free_cores_without_a_run_and_too_few_free_cores_are_told_apart(
         "run 15"
     ) in found["message"], found["message"]
     assert "cannot allocate all claims" in found["message"]  # the scheduler's words, quoted
+    # kubectl neuron why says the same from the pod's claimed block and the node's free cores
+    why = subprocess.run(
+        [sys.executable, "-m", "neuron_operator.kubectl_neuron", "--kubeconfig",
+         str(cluster.kubeconfig), "why", "block-16", "-n", NS],
+        capture_output=True, text=True, timeout=60, env={"PYTHONSAFEPATH": "1"}, check=False,
+    )  # fmt: skip
+    assert why.returncode == 0, why.stderr
+    assert (
+        f"no contiguous run: node {node} has 60 free NeuronCores (0-14,16-30,32-46,48-62) but "
+        "its longest free run is 15"
+    ) in why.stdout, why.stdout
     # 61 cores: more than the node has free at all
     assert apply(cluster, workload("block-61", 61)).returncode == 0
     found = unschedulable(operators, "block-61")
