@@ -17,6 +17,7 @@ from neuron_localcluster.clitools import ensure_helm
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts/neuron-groups"
+CRD_FILE = CHART / "crds/neuronworkloads.neurongroups.dev.yaml"
 
 
 @dataclass
@@ -93,6 +94,48 @@ def render_operator_rbac(release: str, namespace: str) -> list[dict[str, Any]]:
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def operators_as_chart_account(
+    cluster: Any,
+    release: str,
+    operator_namespace: str,
+    *,
+    namespaces: list[str],
+    log_dir: Path,
+    extra_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
+) -> Operators:
+    """The chart's operator RBAC applied (rendered for ``release``), and a handle that runs
+    ``neuron-operator run`` as its ServiceAccount, watching ``namespaces``."""
+    documents = render_operator_rbac(release, operator_namespace)
+    account = next(d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount")
+    for document in documents:
+        result = apply(cluster, document)
+        assert result.returncode == 0, result.stderr
+    return Operators(
+        cluster=cluster,
+        lease=chart_lease_name(documents),
+        kubeconfig=cluster.impersonating_kubeconfig(operator_namespace, account),
+        log_dir=log_dir,
+        namespaces=namespaces,
+        lease_namespace=operator_namespace,
+        extra_args=extra_args,
+        extra_env=dict(extra_env or {}),
+    )
+
+
+def install_crd(cluster: Any) -> None:
+    """The chart's NeuronWorkload CRD, applied and Established."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.wait_for(
+        lambda: cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=10s",
+            "crd/neuronworkloads.neurongroups.dev", check=False,
+        ).returncode == 0,
+        60,
+        "the NeuronWorkload CRD to be Established",
+    )  # fmt: skip
 
 
 def chart_lease_name(documents: list[dict[str, Any]]) -> str:

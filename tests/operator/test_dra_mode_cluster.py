@@ -31,12 +31,11 @@ from neuron_localcluster.node_files import ALLOCATIONS_FILE
 from neuron_operator import conditions as c
 from neuron_operator.claims import claim_cores
 
-from .conftest import Operators, apply, chart_lease_name, kubectl_json, render_operator_rbac
+from .conftest import Operators, apply, install_crd, kubectl_json, operators_as_chart_account
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "charts/neuron-groups/crds/neuronworkloads.neurongroups.dev.yaml"
 SAMPLES = REPO / "deploy/samples"
 SEED = ("01-resnet50-shared.yaml", "02-resnet50-process.yaml", "03-two-models-context-switch.yaml")
 NS = "nwl-dra"
@@ -55,30 +54,16 @@ def operators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operators]:
     models.mkdir()
     try:
         compile_models(models)
-        cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-        cluster.wait_for(
-            lambda: cluster.kubectl(
-                "wait", "--for=condition=Established", "--timeout=10s",
-                "crd/neuronworkloads.neurongroups.dev", check=False,
-            ).returncode == 0,
-            60,
-            "the NeuronWorkload CRD to be Established",
-        )  # fmt: skip
+        install_crd(cluster)
         for name in (OPERATOR_NS, NS):
             namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
             assert apply(cluster, namespace).returncode == 0
-        documents = render_operator_rbac("nwl-dra", OPERATOR_NS)
-        account = next(d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount")
-        for document in documents:
-            result = apply(cluster, document)
-            assert result.returncode == 0, result.stderr
-        handle = Operators(
-            cluster=cluster,
-            lease=chart_lease_name(documents),
-            kubeconfig=cluster.impersonating_kubeconfig(OPERATOR_NS, account),
+        handle = operators_as_chart_account(
+            cluster,
+            "nwl-dra",
+            OPERATOR_NS,
             log_dir=tmp_path_factory.mktemp("operator-logs"),
             namespaces=[NS],
-            lease_namespace=OPERATOR_NS,
             extra_args=("--allowed-host-paths", str(models)),
         )
         handle.start("op-a")

@@ -23,7 +23,7 @@ import yaml
 
 from neuron_operator import conditions as c
 
-from .conftest import Operators, apply, chart_lease_name, kubectl_json, render_operator_rbac
+from .conftest import Operators, apply, kubectl_json, operators_as_chart_account
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -58,18 +58,12 @@ def operators(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> I
         namespace: dict[str, Any] = {"apiVersion": "v1", "kind": "Namespace"}
         namespace["metadata"] = {"name": name, "labels": labels}
         assert apply(cluster, namespace).returncode == 0
-    documents = render_operator_rbac(RELEASE, OPERATOR_NS)
-    account = next(d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount")
-    for document in documents:
-        result = apply(cluster, document)
-        assert result.returncode == 0, result.stderr
-    handle = Operators(
-        cluster=cluster,
-        lease=chart_lease_name(documents),
-        kubeconfig=cluster.impersonating_kubeconfig(OPERATOR_NS, account),
+    handle = operators_as_chart_account(
+        cluster,
+        RELEASE,
+        OPERATOR_NS,
         log_dir=tmp_path_factory.mktemp("operator-logs"),
         namespaces=[NS],
-        lease_namespace=OPERATOR_NS,
     )
     handle.start("op-a")
     try:

@@ -22,7 +22,7 @@ from neuron_operator.api import workload_from_object
 from neuron_operator.planner import plan
 from neuron_operator.pods import build_pod
 
-from .conftest import Operators, apply, chart_lease_name, kubectl_json, render_operator_rbac
+from .conftest import Operators, apply, kubectl_json, operators_as_chart_account
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -56,18 +56,12 @@ def operator(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> It
         metadata = {"name": name, "labels": labels}
         namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
         assert apply(cluster, namespace).returncode == 0
-    documents = render_operator_rbac(RELEASE, OPERATOR_NS)
-    account = next(d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount")
-    for document in documents:
-        result = apply(cluster, document)
-        assert result.returncode == 0, result.stderr
-    handle = Operators(
-        cluster=cluster,
-        lease=chart_lease_name(documents),
-        kubeconfig=cluster.impersonating_kubeconfig(OPERATOR_NS, account),
+    handle = operators_as_chart_account(
+        cluster,
+        RELEASE,
+        OPERATOR_NS,
         log_dir=tmp_path_factory.mktemp("operator-refusal-logs"),
         namespaces=list(NAMESPACES),
-        lease_namespace=OPERATOR_NS,
         extra_args=("--backoff-max-seconds", "4"),
         # The hostPath test needs the operator's own volume policy to let it through, where the
         # operator has one, so that Pod Security is what refuses it.

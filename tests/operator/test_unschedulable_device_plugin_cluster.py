@@ -23,12 +23,10 @@ from neuron_localcluster import LocalCluster
 from neuron_operator import conditions as c
 from neuron_operator.freecores import longest_run
 
-from .conftest import Operators, apply, chart_lease_name, kubectl_json, render_operator_rbac
+from .conftest import Operators, apply, install_crd, kubectl_json, operators_as_chart_account
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "charts/neuron-groups/crds/neuronworkloads.neurongroups.dev.yaml"
 NS = "nwl-dp-runs"
 OPERATOR_NS = "nwl-dp-runs-operator"
 NODE_TYPE = "inf1.24xlarge"
@@ -41,30 +39,16 @@ def operators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operators]:
     state = Path(tempfile.mkdtemp(prefix="ngp-"))
     cluster = LocalCluster.up(state, kwok_nodes="", emulated_nodes=NODE_TYPE)
     try:
-        cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-        cluster.wait_for(
-            lambda: cluster.kubectl(
-                "wait", "--for=condition=Established", "--timeout=10s",
-                "crd/neuronworkloads.neurongroups.dev", check=False,
-            ).returncode == 0,
-            60,
-            "the NeuronWorkload CRD to be Established",
-        )  # fmt: skip
+        install_crd(cluster)
         for name in (OPERATOR_NS, NS):
             namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
             assert apply(cluster, namespace).returncode == 0
-        documents = render_operator_rbac("nwl-dp-runs", OPERATOR_NS)
-        account = next(d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount")
-        for document in documents:
-            result = apply(cluster, document)
-            assert result.returncode == 0, result.stderr
-        handle = Operators(
-            cluster=cluster,
-            lease=chart_lease_name(documents),
-            kubeconfig=cluster.impersonating_kubeconfig(OPERATOR_NS, account),
+        handle = operators_as_chart_account(
+            cluster,
+            "nwl-dp-runs",
+            OPERATOR_NS,
             log_dir=tmp_path_factory.mktemp("operator-logs"),
             namespaces=[NS],
-            lease_namespace=OPERATOR_NS,
         )
         handle.start("op")
         try:
