@@ -379,10 +379,19 @@ class NodeAgent:
         os.replace(tmp, path)
         self._publish_allocations()
 
+    @property
+    def _plugin_publishes(self) -> bool:
+        """The device plugin this agent starts publishes its Node's allocation record, as on a
+        real node, from the PodResources listing this agent serves: on device-plugin nodes,
+        given a kubeconfig to do it with (not a plugin of ``plugin_argv``, nor under DRA)."""
+        return (
+            self.allocation == DEVICE_PLUGIN
+            and self.plugin_argv is None
+            and self.kubeconfig is not None
+        )
+
     def _publishing_flags(self) -> list[str]:
-        """The device plugin publishes its Node's allocation record, as on a real node, from
-        the PodResources listing this agent serves (given a kubeconfig to do it with)."""
-        if self.kubeconfig is None:
+        if not self._plugin_publishes:
             return []
         return [
             "--publish-allocations=true",
@@ -394,9 +403,9 @@ class NodeAgent:
 
     def _publish_allocations(self) -> None:
         """The same allocations as the Node annotation ``kubectl neuron cores`` reads.  On
-        device-plugin nodes the plugin publishes it (``_publishing_flags``); the agent writes it
+        device-plugin nodes the plugin publishes it (``_plugin_publishes``); the agent writes it
         only where no plugin of ours can: DRA nodes, and a plugin given by ``plugin_argv``."""
-        if self.allocation == DEVICE_PLUGIN and self.plugin_argv is None and self.kubeconfig:
+        if self._plugin_publishes:
             return
         devices = self._devices()
         capacity = resource_counts(devices, dra=self.allocation == DRA)[0]
