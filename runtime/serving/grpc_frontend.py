@@ -1,26 +1,24 @@
-"""gRPC front end: ``inference.GRPCInferenceService`` on grpc.aio, sharing the REST server's loop.
+"""gRPC front end: ``inference.GRPCInferenceService``'s methods, served by ``grpc_server``.
 
-The handlers are registered by hand with ``method_handlers_generic_handler`` (method paths
-``/inference.GRPCInferenceService/<Method>``, exactly as generated stubs would register them), using
-the generated message classes for (de)serialisation.  Errors abort with a precise status:
-INVALID_ARGUMENT for a malformed request, NOT_FOUND for an unknown model or version, UNAVAILABLE
-while loading or when the runtime is out of cores, RESOURCE_EXHAUSTED for an oversized message
-(enforced by grpc itself through ``max_receive_message_length``).
+The methods are registered by their full paths (``/inference.GRPCInferenceService/<Method>``,
+exactly as generated stubs call them), with the generated message classes for (de)serialisation,
+on the REST server's event loop.  Errors end a call with a precise status: INVALID_ARGUMENT for a
+malformed request, NOT_FOUND for an unknown model or version, UNAVAILABLE while loading or when
+the runtime is out of cores, RESOURCE_EXHAUSTED for an oversized message (``grpc_server`` checks
+the size before parsing), DEADLINE_EXCEEDED when the call's own deadline passes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.message import Message
 
 from neuron_runtime.serving import grpc_codec
 from neuron_runtime.serving import inference_pb2 as pb
 from neuron_runtime.serving.errors import ErrorKind, InferenceError
+from neuron_runtime.serving.grpc_server import GrpcError, GrpcServer, UnaryMethod
 from neuron_runtime.serving.service import (
     EXTENSIONS,
     MODEL_VERSION,
@@ -43,9 +41,9 @@ GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
-Req = TypeVar("Req", bound=Message)
-Resp = TypeVar("Resp", bound=Message)
-Context = grpc.aio.ServicerContext[Any, Any]
+
+def _error(exc: InferenceError) -> GrpcError:
+    return GrpcError(GRPC_STATUS[exc.kind], exc.message)
 
 
 class GrpcFrontend:
@@ -53,35 +51,28 @@ class GrpcFrontend:
         self.service = service
         self.version = version
 
-    async def server_live(self, _: pb.ServerLiveRequest, __: Context) -> pb.ServerLiveResponse:
+    async def server_live(self, _: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.service.live)
 
-    async def server_ready(self, _: pb.ServerReadyRequest, __: Context) -> pb.ServerReadyResponse:
+    async def server_ready(self, _: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.service.ready)
 
-    async def model_ready(
-        self, request: pb.ModelReadyRequest, context: Context
-    ) -> pb.ModelReadyResponse:
+    async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         if not self.service.is_model_ready(request.name, request.version):
-            await self._abort_if_not_found(request.name, request.version, context)
+            self._raise_if_not_found(request.name, request.version)
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
-    async def server_metadata(
-        self, _: pb.ServerMetadataRequest, __: Context
-    ) -> pb.ServerMetadataResponse:
+    async def server_metadata(self, _: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
             name=SERVER_NAME, version=self.version, extensions=list(EXTENSIONS)
         )
 
-    async def model_metadata(
-        self, request: pb.ModelMetadataRequest, context: Context
-    ) -> pb.ModelMetadataResponse:
+    async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         try:
             served = self.service.model(request.name, request.version)
         except InferenceError as exc:
-            await context.abort(GRPC_STATUS[exc.kind], exc.message)
-            raise  # unreachable: abort raises
+            raise _error(exc) from None
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=served.name,
@@ -97,9 +88,7 @@ class GrpcFrontend:
             ],
         )
 
-    async def model_infer(
-        self, request: pb.ModelInferRequest, context: Context
-    ) -> pb.ModelInferResponse:
+    async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         timing = RequestTiming()
         name = request.model_name
         self.service.count_request(name, "grpc")
@@ -122,76 +111,53 @@ class GrpcFrontend:
             self.service.count_failure(name, "grpc", exc.kind.value)
             if served is not None:
                 served.statistics.record_failure(timing)
-            await context.abort(GRPC_STATUS[exc.kind], exc.message)
-            raise
+            raise _error(exc) from None
         except Exception:
             self.service.count_failure(name, "grpc", "internal")
             if served is not None:
                 served.statistics.record_failure(timing)
             log.exception("inference on model %s failed", name)
-            await context.abort(
+            raise GrpcError(
                 grpc.StatusCode.INTERNAL, f"internal error while running model '{name}'"
-            )
-            raise
+            ) from None
 
-    async def model_config(
-        self, request: pb.ModelConfigRequest, context: Context
-    ) -> pb.ModelConfigResponse:
+    async def model_config(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
         try:
             served = self.service.model(request.name, request.version)
         except InferenceError as exc:
-            await context.abort(GRPC_STATUS[exc.kind], exc.message)
-            raise  # unreachable: abort raises
+            raise _error(exc) from None
         return pb.ModelConfigResponse(config=json_format.ParseDict(served.config, pb.ModelConfig()))
 
     async def model_statistics(
-        self, request: pb.ModelStatisticsRequest, context: Context
+        self, request: pb.ModelStatisticsRequest
     ) -> pb.ModelStatisticsResponse:
         try:
             entries = self.service.statistics(request.name, request.version)
         except InferenceError as exc:
-            await context.abort(GRPC_STATUS[exc.kind], exc.message)
-            raise  # unreachable: abort raises
+            raise _error(exc) from None
         return json_format.ParseDict({"model_stats": entries}, pb.ModelStatisticsResponse())
 
-    async def _abort_if_not_found(self, name: str, version: str, context: Context) -> None:
+    def _raise_if_not_found(self, name: str, version: str) -> None:
         try:
             self.service.model(name, version)
         except InferenceError as exc:
             if exc.kind is ErrorKind.NOT_FOUND:
-                await context.abort(grpc.StatusCode.NOT_FOUND, exc.message)
+                raise _error(exc) from None
 
-    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
-        def unary(
-            method: Callable[[Req, Context], Awaitable[Resp]], request_type: type[Req]
-        ) -> grpc.RpcMethodHandler[Any, Any]:
-            return grpc.unary_unary_rpc_method_handler(
-                method,
-                request_deserializer=request_type.FromString,
-                response_serializer=lambda message: message.SerializeToString(),
-            )
-
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                "ServerLive": unary(self.server_live, pb.ServerLiveRequest),
-                "ServerReady": unary(self.server_ready, pb.ServerReadyRequest),
-                "ModelReady": unary(self.model_ready, pb.ModelReadyRequest),
-                "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest),
-                "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest),
-                "ModelInfer": unary(self.model_infer, pb.ModelInferRequest),
-                "ModelConfig": unary(self.model_config, pb.ModelConfigRequest),
-                "ModelStatistics": unary(self.model_statistics, pb.ModelStatisticsRequest),
-            },
-        )
+    def methods(self) -> dict[str, UnaryMethod]:
+        """Every method by its full path, as ``GrpcServer`` routes them."""
+        table = {
+            "ServerLive": UnaryMethod(pb.ServerLiveRequest, self.server_live),
+            "ServerReady": UnaryMethod(pb.ServerReadyRequest, self.server_ready),
+            "ModelReady": UnaryMethod(pb.ModelReadyRequest, self.model_ready),
+            "ServerMetadata": UnaryMethod(pb.ServerMetadataRequest, self.server_metadata),
+            "ModelMetadata": UnaryMethod(pb.ModelMetadataRequest, self.model_metadata),
+            "ModelInfer": UnaryMethod(pb.ModelInferRequest, self.model_infer),
+            "ModelConfig": UnaryMethod(pb.ModelConfigRequest, self.model_config),
+            "ModelStatistics": UnaryMethod(pb.ModelStatisticsRequest, self.model_statistics),
+        }
+        return {f"/{SERVICE_NAME}/{name}": method for name, method in table.items()}
 
 
-def build_grpc_server(frontend: GrpcFrontend, *, max_message_bytes: int) -> grpc.aio.Server:
-    options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers((frontend.handler(),))
-    return server
+def build_grpc_server(frontend: GrpcFrontend, *, max_message_bytes: int) -> GrpcServer:
+    return GrpcServer(frontend.methods(), max_message_bytes=max_message_bytes)

@@ -20,12 +20,12 @@ import logging
 import signal
 import socket
 
-import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from neuron_runtime.serving.config import GRPC_PORT_ENV, HTTP_PORT_ENV, ServeConfig
 from neuron_runtime.serving.grpc_frontend import GrpcFrontend, build_grpc_server
+from neuron_runtime.serving.grpc_server import GrpcServer
 from neuron_runtime.serving.http_connection import RefusingSockSite
 from neuron_runtime.serving.http_frontend import RestFrontend
 from neuron_runtime.serving.metrics import RuntimeCollector, ServingMetrics
@@ -81,7 +81,7 @@ class InferenceServer:
         )
         self._grpc_frontend = GrpcFrontend(service, version=version)
         self._runner: web.AppRunner | None = None
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: GrpcServer | None = None
         self._load_task: asyncio.Task[None] | None = None
         self.http_port = 0
         self.grpc_port: int | None = None
@@ -109,11 +109,10 @@ class InferenceServer:
             )
             address = _grpc_address(config.host, config.grpc_port)
             try:
-                self.grpc_port = self._grpc.add_insecure_port(address)
-            except RuntimeError as exc:  # grpc's way of saying the bind failed
-                problem = "the address is in use or not available"
+                self.grpc_port = await self._grpc.start(config.host, config.grpc_port)
+            except OSError as exc:
+                problem = exc.strerror or str(exc)
                 raise _listen_error("gRPC", address, "--grpc-port", GRPC_PORT_ENV, problem) from exc
-            await self._grpc.start()
         log.info(
             "listening on %s: http %s, grpc %s",
             config.host,

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import hpack
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from neuron_runtime.api import GroupStats, RuntimeStats
-from neuron_runtime.serving import InferenceServer, ModelEntry, ServeConfig, create_server
+from neuron_runtime.serving import InferenceServer, ModelEntry, ServeConfig, create_server, http2
 from neuron_runtime.serving.service import RuntimeHooks
 
 
@@ -223,3 +225,119 @@ def make_runtime() -> Callable[..., FakeRuntime]:
 @pytest.fixture
 def exhausted_error() -> type[Exception]:
     return FakeExhaustedError
+
+
+Frame = tuple[int, int, int, bytes]  # type, flags, stream, payload
+
+
+class RawHttp2:
+    """A bare HTTP/2 client for tests: sends frames exactly as told, reads the server's back.
+
+    Header blocks it sends are HPACK-encoded with the ``hpack`` package; header blocks it reads
+    are decoded in order, so the server's encoding is checked by an independent decoder.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
+
+    @classmethod
+    async def connect(
+        cls, port: int, settings: tuple[tuple[int, int], ...] = (), preface: bytes = http2.PREFACE
+    ) -> RawHttp2:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        payload = b"".join(
+            key.to_bytes(2, "big") + value.to_bytes(4, "big") for key, value in settings
+        )
+        writer.write(preface + http2.frame(http2.SETTINGS, 0, 0, payload))
+        return client
+
+    def send(self, kind: int, flags: int, stream_id: int, payload: bytes = b"") -> None:
+        self.writer.write(http2.frame(kind, flags, stream_id, payload))
+
+    def block(self, headers: list[tuple[str, str]]) -> bytes:
+        encoded: bytes = self.encoder.encode(headers)
+        return encoded
+
+    def request(
+        self,
+        stream_id: int,
+        body: bytes,
+        path: str = "/test/Echo",
+        *,
+        method: str = "POST",
+        content_type: str = "application/grpc",
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        headers = [
+            (":method", method),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "test"),
+            ("content-type", content_type),
+            ("te", "trailers"),
+            *extra,
+        ]
+        self.send(http2.HEADERS, http2.END_HEADERS, stream_id, self.block(headers))
+        self.send(http2.DATA, http2.END_STREAM, stream_id, body)
+
+    async def frame(self, timeout: float = 10.0) -> Frame:
+        head = await asyncio.wait_for(self.reader.readexactly(9), timeout)
+        length = int.from_bytes(head[:3], "big")
+        payload = await asyncio.wait_for(self.reader.readexactly(length), timeout)
+        return head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload
+
+    async def until(self, kind: int, stream_id: int | None = None) -> Frame:
+        """The next frame of ``kind`` (on ``stream_id``), skipping others; header blocks decode."""
+        while True:
+            got = await self.frame()
+            if got[0] == http2.HEADERS:
+                self.decoder.decode(got[3])
+            if got[0] == kind and (stream_id is None or got[2] == stream_id):
+                return got
+
+    async def response(
+        self, stream_id: int, *, window_updates: bool = True, headers_read: bool = False
+    ) -> tuple[dict[str, str], bytes, dict[str, str]]:
+        """Headers, body and trailers of one stream, acknowledging its DATA as it arrives.
+
+        ``headers_read``: the caller has read the stream's headers already, so the next header
+        block is the trailers.
+        """
+        headers: dict[str, str] = {":read": "before"} if headers_read else {}
+        trailers: dict[str, str] = {}
+        body = bytearray()
+        while True:
+            kind, flags, sid, payload = await self.frame()
+            if kind == http2.HEADERS:
+                fields = {str(k): str(v) for k, v in self.decoder.decode(payload)}
+                if sid == stream_id:
+                    (trailers if headers else headers).update(fields)
+            elif kind == http2.DATA and sid == stream_id:
+                body += payload
+                if window_updates and payload:
+                    increment = len(payload).to_bytes(4, "big")
+                    self.send(http2.WINDOW_UPDATE, 0, 0, increment)
+                    self.send(http2.WINDOW_UPDATE, 0, stream_id, increment)
+            elif kind == http2.RST_STREAM and sid == stream_id:
+                raise AssertionError(f"stream {stream_id} reset: {payload.hex()}")
+            if (
+                sid == stream_id
+                and flags & http2.END_STREAM
+                and kind in (http2.HEADERS, http2.DATA)
+            ):
+                return headers, bytes(body), trailers
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+@pytest.fixture
+def raw_http2() -> type[RawHttp2]:
+    """The bare HTTP/2 client class (``await raw_http2.connect(port)``)."""
+    return RawHttp2
