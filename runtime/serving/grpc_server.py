@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/grpc"
 ENCODINGS = ("identity", "deflate", "gzip")
 ACCEPT_ENCODING = ",".join(ENCODINGS).encode()
+# Longest grpc-message sent: percent-encoding can triple it, and clients cap their headers.
+MAX_MESSAGE_CHARS = 1024
 TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 _OK_HEADERS = ((b":status", b"200"), (b"content-type", CONTENT_TYPE.encode()))
@@ -120,6 +122,11 @@ def unframe_message(body: bytes, encoding: str | None, limit: int) -> bytes:
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"the request message decompresses to over {limit} bytes, the server's limit",
         )
+    if not inflater.eof or inflater.unused_data:
+        raise GrpcError(
+            grpc.StatusCode.INTERNAL,
+            f"the {encoding} message is truncated or has bytes after its end",
+        )
     return plain
 
 
@@ -133,14 +140,11 @@ class GrpcServer:
         self._connections: set[Http2Connection] = set()
         self._calls: dict[Stream, asyncio.Task[None]] = {}
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen; return the bound port.  OSError when the address cannot be bound."""
+    async def start(self, sock: socket.socket) -> int:
+        """Serve on a bound socket; return its port."""
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._server = await loop.create_server(
-            self._connection, host, port, family=family, reuse_address=True
-        )
-        return int(self._server.sockets[0].getsockname()[1])
+        self._server = await loop.create_server(self._connection, sock=sock)
+        return int(sock.getsockname()[1])
 
     def _connection(self) -> Http2Connection:
         # The body is the message and its 5-byte prefix.
@@ -289,6 +293,8 @@ class GrpcServer:
     ) -> None:
         if stream.responded:
             return
+        if len(message) > MAX_MESSAGE_CHARS:  # clients cap their headers (C-core: 8 KiB)
+            message = message[:MAX_MESSAGE_CHARS] + "..."
         connection.respond(
             stream,
             (
@@ -302,23 +308,22 @@ class GrpcServer:
     # -- stopping --------------------------------------------------------------------------------
 
     async def stop(self, grace: float | None) -> None:
-        """Stop listening; let calls in flight finish for ``grace`` seconds, then cancel them."""
+        """Stop listening and refuse new calls; let calls in flight (uploads included) finish
+        for ``grace`` seconds, then cancel what is left and close every connection."""
         if self._server is not None:
             self._server.close()
         for connection in list(self._connections):
             connection.go_away()
-        calls = list(self._calls.values())
-        if calls and grace:
-            await asyncio.wait(calls, timeout=grace)
+        # A connection closes itself once every stream it had is answered and the client has
+        # closed its side (or after http2.LINGER_S).
+        if self._connections and grace:
+            await asyncio.wait([c.closed for c in self._connections], timeout=grace)
         for task in list(self._calls.values()):
             task.cancel()
         if self._calls:
             await asyncio.wait(list(self._calls.values()), timeout=1.0)
-        # Each connection closes once its streams are answered and the client has closed its
-        # side (or after http2.LINGER_S); any still open past that is closed here.
-        closing = [connection.closed for connection in self._connections]
-        if closing:
-            await asyncio.wait(closing, timeout=LINGER_S + 1.0)
+        if self._connections:
+            await asyncio.wait([c.closed for c in self._connections], timeout=LINGER_S + 0.5)
         for connection in list(self._connections):
             if connection.transport is not None:
                 connection.transport.close()

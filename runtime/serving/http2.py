@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ FRAME_SIZE = 1 << 20
 STREAM_WINDOW = 4 << 20
 CONNECTION_WINDOW = 16 << 20
 MAX_HEADER_LIST_SIZE = 16 << 10
+# Unfinished request bodies one connection may hold, as a multiple of the largest body.
+BUFFERED_BODIES = 2
 # After the last answer of a connection that goes away, how long it reads on before closing.
 LINGER_S = 1.0
 # A header block is buffered whole before it is decoded; past this it is an attack, not a request.
@@ -166,8 +169,8 @@ class Stream:
     send_window: int = DEFAULT_WINDOW
     # Bytes consumed since the last stream WINDOW_UPDATE.
     unacknowledged: int = 0
-    # Bytes of the body held while the request is incomplete (connection window not returned).
-    held: int = 0
+    # What the client may still send on this stream (the window this server granted).
+    recv_window: int = STREAM_WINDOW
     pending: bytearray = field(default_factory=bytearray)
     pending_tail: bytes | None = None  # trailers block, or b"" for END_STREAM on the last DATA
     closed: bool = False
@@ -207,9 +210,12 @@ class Http2Connection(asyncio.Protocol):
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_frame_size = DEFAULT_FRAME_SIZE
         self._recv_unacknowledged = 0
-        # Large enough for the largest request; returned as requests complete.
-        largest = max_body_bytes + FRAME_SIZE
-        self._connection_window = min(MAX_WINDOW, max(CONNECTION_WINDOW, largest))
+        # What the client may still send on all streams: the default until connection_made
+        # grants the rest of CONNECTION_WINDOW.
+        self._recv_window = DEFAULT_WINDOW
+        # Bodies of unfinished requests held on this connection, and their limit.
+        self._buffered = 0
+        self._buffer_limit = BUFFERED_BODIES * max_body_bytes
         self.streams: dict[int, Stream] = {}
         self._last_stream_id = 0
         # HEADERS without END_HEADERS: (stream, block so far, END_STREAM flag)
@@ -223,6 +229,11 @@ class Http2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio sets this only on sockets it made itself with proto IPPROTO_TCP; without
+            # it a client's delayed ACK holds every second write back 40 ms.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         settings = b"".join(
             struct.pack(">HI", key, value)
             for key, value in (
@@ -233,18 +244,28 @@ class Http2Connection(asyncio.Protocol):
                 (SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_SIZE),
             )
         )
-        raise_window = struct.pack(">I", self._connection_window - DEFAULT_WINDOW)
+        raise_window = struct.pack(">I", CONNECTION_WINDOW - DEFAULT_WINDOW)
+        self._recv_window = CONNECTION_WINDOW
         self._write(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, raise_window))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._lingering is not None:
             self._lingering.cancel()
         for stream in list(self.streams.values()):
-            self._drop(stream)
-        self.streams.clear()
+            self._remove(stream)
         self._blocked.clear()
         if not self.closed.done():
             self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        # A client that does not read its answers is not read from either, so it cannot
+        # make the server buffer answers without end.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:
@@ -314,19 +335,19 @@ class Http2Connection(asyncio.Protocol):
                 raise Http2Error(PROTOCOL_ERROR, "RST_STREAM on stream 0")
             if len(payload) != 4:
                 raise Http2Error(FRAME_SIZE_ERROR, "RST_STREAM payload is not 4 bytes")
-            stream = self.streams.pop(stream_id, None)
+            stream = self.streams.get(stream_id)
             if stream is not None:
-                self._consumed(stream.held)
-                stream.held = 0
-                self._drop(stream)
+                self._remove(stream)
             elif stream_id > self._last_stream_id:
                 raise Http2Error(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         elif kind == GOAWAY:
             self.going_away = True
             self._close_if_idle()
         elif kind == PRIORITY:
-            if stream_id == 0 or len(payload) != 5:
-                raise Http2Error(PROTOCOL_ERROR, "malformed PRIORITY frame")
+            if stream_id == 0:
+                raise Http2Error(PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5:
+                self._reset(stream_id, FRAME_SIZE_ERROR)
         elif kind == PUSH_PROMISE:
             raise Http2Error(PROTOCOL_ERROR, "a client may not push")
         # Unknown frame types are ignored (section 5.5).
@@ -355,7 +376,9 @@ class Http2Connection(asyncio.Protocol):
             if stream_id <= self._last_stream_id:
                 raise Http2Error(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
             self._last_stream_id = stream_id
-            stream = Stream(stream_id, send_window=self._peer_initial_window)
+            stream = Stream(
+                stream_id, send_window=self._peer_initial_window, recv_window=STREAM_WINDOW
+            )
             self.streams[stream_id] = stream
         if flags & END_HEADERS:
             self._header_block(stream, block, bool(flags & END_STREAM))
@@ -375,12 +398,16 @@ class Http2Connection(asyncio.Protocol):
 
     def _header_block(self, stream: Stream, block: bytes, end_stream: bool) -> None:
         try:
-            fields = self._decoder.decode(block, raw=False)
+            fields = self._decoder.decode(block, raw=True)
         except HPACKError as exc:
             raise Http2Error(COMPRESSION_ERROR, f"undecodable header block: {exc}") from exc
         fresh = not stream.headers
         if fresh:
-            stream.headers = [(str(name), str(value)) for name, value in fields]
+            # Latin-1 maps every byte: a value HTTP/2 allows never fails to decode.
+            stream.headers = [
+                (bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
+                for name, value in fields
+            ]
             size = sum(len(name) + len(value) + 32 for name, value in stream.headers)
             if size > MAX_HEADER_LIST_SIZE:
                 stream.too_large = (
@@ -388,8 +415,7 @@ class Http2Connection(asyncio.Protocol):
                     f"{MAX_HEADER_LIST_SIZE}"
                 )
             if self.going_away or len(self.streams) > MAX_CONCURRENT_STREAMS:
-                self.streams.pop(stream.id, None)
-                self._write(frame(RST_STREAM, 0, stream.id, struct.pack(">I", REFUSED_STREAM)))
+                self._reset(stream.id, REFUSED_STREAM)
                 return
         if end_stream:
             self._complete(stream)
@@ -397,55 +423,67 @@ class Http2Connection(asyncio.Protocol):
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise Http2Error(PROTOCOL_ERROR, "DATA on stream 0")
+        self._recv_window -= len(payload)
+        if self._recv_window < 0:
+            raise Http2Error(FLOW_CONTROL_ERROR, "DATA beyond the connection's window")
+        self._consumed(len(payload))
         stream = self.streams.get(stream_id)
         if stream is None or stream.received:
-            self._consumed(len(payload))
             if stream_id > self._last_stream_id:
                 raise Http2Error(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
-            self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", STREAM_CLOSED)))
+            self._reset(stream_id, STREAM_CLOSED)
+            return
+        stream.recv_window -= len(payload)
+        if stream.recv_window < 0:
+            self._reset(stream_id, FLOW_CONTROL_ERROR)
             return
         data = self._unpad(flags, payload)
-        if stream.too_large is None and len(stream.body) + len(data) > self.max_body_bytes:
-            limit = self.max_body_bytes
-            stream.too_large = f"the request's body is over the limit of {limit} bytes"
-            stream.body = bytearray()
-            self._consumed(stream.held)
-            stream.held = 0
         if stream.too_large is None:
-            # The connection window stays spent while the body is held: a client cannot make
-            # the server buffer more than that window of unfinished requests.
-            stream.body += data
-            stream.held += len(payload)
-        else:
-            self._consumed(len(payload))
+            self._hold(stream, data)
         if flags & END_STREAM:
             self._complete(stream)
             return
         stream.unacknowledged += len(payload)
         if stream.unacknowledged >= STREAM_WINDOW // 2:
-            increment = struct.pack(">I", stream.unacknowledged)
-            stream.unacknowledged = 0
-            self._write(frame(WINDOW_UPDATE, 0, stream_id, increment))
+            increment, stream.unacknowledged = stream.unacknowledged, 0
+            stream.recv_window += increment
+            self._write(frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">I", increment)))
+
+    def _hold(self, stream: Stream, data: bytes) -> None:
+        """Buffer part of a body, or mark the request too large and drop what it holds."""
+        if len(stream.body) + len(data) > self.max_body_bytes:
+            limit = self.max_body_bytes
+            stream.too_large = f"the request's body is over the limit of {limit} bytes"
+        elif self._buffered + len(data) > self._buffer_limit:
+            stream.too_large = (
+                f"this connection holds {self._buffered} bytes of unfinished requests, and "
+                f"{self._buffer_limit} is the most; send fewer large requests at once"
+            )
+        else:
+            stream.body += data
+            self._buffered += len(data)
+            return
+        self._buffered -= len(stream.body)
+        stream.body = bytearray()
 
     def _consumed(self, size: int) -> None:
+        """Return connection window as DATA arrives (buffering is bounded by ``_hold``)."""
         self._recv_unacknowledged += size
-        if self._recv_unacknowledged >= self._connection_window // 2:
-            increment = struct.pack(">I", self._recv_unacknowledged)
-            self._recv_unacknowledged = 0
-            self._write(frame(WINDOW_UPDATE, 0, 0, increment))
+        if self._recv_unacknowledged >= CONNECTION_WINDOW // 2:
+            increment, self._recv_unacknowledged = self._recv_unacknowledged, 0
+            self._recv_window += increment
+            self._write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", increment)))
 
     def _complete(self, stream: Stream) -> None:
         stream.received = True
-        self._consumed(stream.held)
-        stream.held = 0
+        self._buffered -= len(stream.body)  # the handler holds it now
         try:
             self.handler.request(self, stream)
         except Exception:
             log.exception("answering HTTP/2 stream %d failed", stream.id)
             if not stream.responded:
-                self.streams.pop(stream.id, None)
-                stream.closed = True
-                self._write(frame(RST_STREAM, 0, stream.id, struct.pack(">I", INTERNAL_ERROR)))
+                stream.closed = True  # no reset() for the handler that just failed
+                self._reset(stream.id, INTERNAL_ERROR)
 
     def _window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
@@ -461,12 +499,11 @@ class Http2Connection(asyncio.Protocol):
             return
         stream = self.streams.get(stream_id)
         if stream is None:
+            if stream_id > self._last_stream_id:
+                raise Http2Error(PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {stream_id}")
             return
         if increment == 0 or stream.send_window + increment > MAX_WINDOW:
-            code = PROTOCOL_ERROR if increment == 0 else FLOW_CONTROL_ERROR
-            self.streams.pop(stream_id, None)
-            self._drop(stream)
-            self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", code)))
+            self._reset(stream_id, PROTOCOL_ERROR if increment == 0 else FLOW_CONTROL_ERROR)
             return
         stream.send_window += increment
         if stream.pending or stream.pending_tail is not None:
@@ -490,6 +527,8 @@ class Http2Connection(asyncio.Protocol):
                 self._peer_initial_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
+                    if stream.send_window > MAX_WINDOW:
+                        raise Http2Error(FLOW_CONTROL_ERROR, "a stream window over 2^31-1")
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 if not DEFAULT_FRAME_SIZE <= value <= MAX_FRAME_SIZE_LIMIT:
                     raise Http2Error(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value} out of range")
@@ -522,13 +561,14 @@ class Http2Connection(asyncio.Protocol):
             return
         head = encode_headers(headers)
         ends = not body and trailers is None
-        self._write(self._header_frames(stream.id, head, END_STREAM if ends else 0))
+        head_frames = self._header_frames(stream.id, head, END_STREAM if ends else 0)
         if ends:
+            self._write(head_frames)
             self._finish(stream)
             return
         stream.pending += body
         stream.pending_tail = encode_headers(trailers) if trailers is not None else b""
-        self._flush(stream)
+        self._flush(stream, head_frames)  # one write for a whole small answer
 
     def _header_frames(self, stream_id: int, block: bytes, flags: int) -> bytes:
         size = self._peer_frame_size
@@ -540,9 +580,9 @@ class Http2Connection(asyncio.Protocol):
         out.append(frame(CONTINUATION, END_HEADERS, stream_id, chunks[-1]))
         return b"".join(out)
 
-    def _flush(self, stream: Stream) -> None:
+    def _flush(self, stream: Stream, first: bytes = b"") -> None:
         pending = stream.pending
-        out: list[bytes] = []
+        out: list[bytes] = [first]
         while pending:
             allowed = min(stream.send_window, self._peer_window, self._peer_frame_size)
             if allowed <= 0:
@@ -571,16 +611,32 @@ class Http2Connection(asyncio.Protocol):
                 self._flush(stream)
 
     def _finish(self, stream: Stream) -> None:
+        """The answer is sent: the stream is closed."""
         stream.closed = True
+        self._forget(stream)
+
+    def _remove(self, stream: Stream) -> None:
+        """The stream ends without (the rest of) its answer: the handler stops working on it."""
+        if not stream.received:
+            self._buffered -= len(stream.body)
+            stream.body = bytearray()
+        if not stream.closed:
+            stream.closed = True
+            self.handler.reset(stream)
+        self._forget(stream)
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        """A stream error: RST_STREAM with ``code``, and the stream (if open) removed."""
+        self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", code)))
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            self._remove(stream)
+
+    def _forget(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
         if stream in self._blocked:
             self._blocked.remove(stream)
         self._close_if_idle()
-
-    def _drop(self, stream: Stream) -> None:
-        if not stream.closed:
-            stream.closed = True
-            self.handler.reset(stream)
 
     def _write(self, data: bytes) -> None:
         if (

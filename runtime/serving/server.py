@@ -109,10 +109,11 @@ class InferenceServer:
             )
             address = _grpc_address(config.host, config.grpc_port)
             try:
-                self.grpc_port = await self._grpc.start(config.host, config.grpc_port)
+                grpc_sock = _listen_socket(config.host, config.grpc_port)
             except OSError as exc:
                 problem = exc.strerror or str(exc)
                 raise _listen_error("gRPC", address, "--grpc-port", GRPC_PORT_ENV, problem) from exc
+            self.grpc_port = await self._grpc.start(grpc_sock)
         log.info(
             "listening on %s: http %s, grpc %s",
             config.host,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import threading
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
@@ -107,6 +108,20 @@ def test_malformed_bodies_are_refused_with_what_is_wrong(
     assert refused.value.code == code
 
 
+@pytest.mark.parametrize(
+    ("packed", "words"),
+    [
+        (gzip.compress(b"tensor" * 100)[:-6], "truncated"),
+        (gzip.compress(b"tensor") + b"junk", "bytes after its end"),
+    ],
+)
+def test_compressed_messages_must_be_whole(packed: bytes, words: str) -> None:
+    body = b"\x01" + len(packed).to_bytes(4, "big") + packed
+    with pytest.raises(GrpcError, match=words) as refused:
+        unframe_message(body, "gzip", 1000)
+    assert refused.value.code == grpc.StatusCode.INTERNAL
+
+
 def test_a_compressed_message_may_not_inflate_past_the_limit() -> None:
     bomb = gzip.compress(b"\x00" * 1_000_000)
     body = b"\x01" + len(bomb).to_bytes(4, "big") + bomb
@@ -145,13 +160,16 @@ class Echo:
     async def huge(self, request: Text) -> Text:
         return Text(value="z" * 5000)
 
+    async def wordy(self, request: Text) -> Text:
+        raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, "é" * 5000)
+
 
 class Served:
     def __init__(self, max_message_bytes: int) -> None:
         self.methods = Echo()
         table = {
             name: UnaryMethod(Text, getattr(self.methods, name))
-            for name in ("echo", "refuse", "crash", "wait", "huge")
+            for name in ("echo", "refuse", "crash", "wait", "huge", "wordy")
         }
         self.server = GrpcServer(
             {f"/test.Echo/{name}": method for name, method in table.items()},
@@ -160,7 +178,9 @@ class Served:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.port = self.call(self.server.start("127.0.0.1", 0))
+        sock = socket.create_server(("127.0.0.1", 0))
+        sock.setblocking(False)
+        self.port = self.call(self.server.start(sock))
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
 
     def call(self, coro: Any, timeout: float = 30) -> Any:
@@ -223,6 +243,12 @@ def test_a_refusal_reaches_the_client_with_its_code_and_words(served: Served) ->
     error: Any = _code(served, "refuse", "fly")
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error.details() == "cannot fly: 100% sure ✗"
+
+
+def test_long_refusals_are_cut_to_what_clients_accept(served: Served) -> None:
+    error: Any = _code(served, "wordy")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "é" * 1024 + "..."
 
 
 def test_a_failing_method_is_internal_and_logged(
@@ -369,3 +395,32 @@ def test_calls_still_running_after_the_grace_are_unavailable(
 
     fields = served.raw(case, raw_http2)
     assert _status(fields) == (grpc.StatusCode.UNAVAILABLE.value[0], "server stopping")
+
+
+def test_stopping_waits_for_a_request_still_uploading(served: Served, raw_http2: Any) -> None:
+    async def case(client: Any) -> tuple[dict[str, str], bytes]:
+        body = frame_message(Text(value="late").SerializeToString())
+        block = client.block(
+            [
+                (":method", "POST"),
+                (":path", "/test.Echo/echo"),
+                ("content-type", "application/grpc"),
+            ]
+        )
+        client.send(http2.HEADERS, http2.END_HEADERS, 1, block)
+        client.send(http2.DATA, 0, 1, body[:3])
+        await client.until(http2.SETTINGS)
+        await asyncio.sleep(0.1)
+        stopping = asyncio.ensure_future(served.server.stop(5.0))
+        await client.until(http2.GOAWAY)
+        await asyncio.sleep(0.3)
+        assert not stopping.done()
+        client.send(http2.DATA, http2.END_STREAM, 1, body[3:])
+        _, reply, trailers = await client.response(1)
+        await client.close()
+        await stopping
+        return trailers, reply
+
+    trailers, reply = served.raw(case, raw_http2)
+    assert _status(trailers) == (0, "")
+    assert Text.FromString(reply[5:]).value == "LATE"

@@ -7,6 +7,7 @@ body of the size the request asks for; the client writes exactly the frames a ca
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,7 +31,6 @@ class Answering:
         self.connection: Http2Connection | None = None
 
     def request(self, connection: Http2Connection, stream: Stream) -> None:
-        self.connection = connection
         self.requests.append(stream)
         if self.hold:
             return
@@ -54,9 +54,12 @@ def serve(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: Http2Connection(handler, max_body_bytes=max_body_bytes), "127.0.0.1", 0
-        )
+
+        def connection() -> Http2Connection:
+            handler.connection = Http2Connection(handler, max_body_bytes=max_body_bytes)
+            return handler.connection
+
+        server = await loop.create_server(connection, "127.0.0.1", 0)
         try:
             await case(server.sockets[0].getsockname()[1], handler)
         finally:
@@ -389,30 +392,155 @@ def test_going_away_finishes_open_streams_then_closes(raw_http2: Any) -> None:
     serve(case)
 
 
-def test_unfinished_bodies_keep_the_connection_window_spent(
+def test_unfinished_bodies_are_bounded_per_connection(raw_http2: Any) -> None:
+    async def case(port: int, handler: Answering) -> None:
+        client = await raw_http2.connect(port)
+        chunk = b"0" * 120_000
+        for stream_id in (1, 3, 5):  # 300,000 (twice the largest body) may be held at once
+            client.send(http2.HEADERS, http2.END_HEADERS, stream_id, client.block([]))
+            client.send(http2.DATA, 0, stream_id, chunk)
+        client.send(http2.DATA, http2.END_STREAM, 5, b"")
+        headers, _, _ = await client.response(5)
+        assert headers[":status"] == "413"
+        refusal = handler.requests[0].too_large
+        assert refusal is not None
+        assert "holds 240000 bytes of unfinished requests, and 300000 is the most" in refusal
+        # The window came back as the data arrived, and the held streams still finish.
+        for stream_id in (1, 3):
+            client.send(http2.DATA, http2.END_STREAM, stream_id, b"")
+            headers, body, _ = await client.response(stream_id)
+            assert (headers[":status"], body) == ("200", b"")
+        await client.close()
+
+    serve(case, max_body_bytes=150_000)
+
+
+def test_data_beyond_a_streams_window_resets_it(
     raw_http2: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http2, "CONNECTION_WINDOW", 0)  # the window follows the largest body
+    monkeypatch.setattr(http2, "STREAM_WINDOW", 1000)
 
     async def case(port: int, handler: Answering) -> None:
         client = await raw_http2.connect(port)
-        _, _, _, initial = await client.until(http2.WINDOW_UPDATE, 0)
-        assert int.from_bytes(initial, "big") == 500_000 + http2.FRAME_SIZE - http2.DEFAULT_WINDOW
-        chunk = b"0" * 100_000
-        for stream_id in (1, 3):
-            client.send(http2.HEADERS, http2.END_HEADERS, stream_id, client.block([]))
-            for _ in range(4):
-                client.send(http2.DATA, 0, stream_id, chunk)
-        client.send(http2.PING, 0, 0, b"barrier!")
-        seen: list[Frame] = []
-        while (got := await client.frame())[0] != http2.PING:
-            seen.append(got)
-        # 800,000 bytes held is over half the window, but none of it is returned yet.
-        assert not [f for f in seen if f[0] == http2.WINDOW_UPDATE and f[2] == 0]
-        client.send(http2.DATA, http2.END_STREAM, 1, b"")
-        client.send(http2.DATA, http2.END_STREAM, 3, b"")
-        _, _, _, increment = await client.until(http2.WINDOW_UPDATE, 0)
-        assert int.from_bytes(increment, "big") == 800_000
+        client.send(http2.HEADERS, http2.END_HEADERS, 1, client.block([]))
+        client.send(http2.DATA, 0, 1, b"0" * 600)  # over half: the window is returned
+        _, _, _, increment = await client.until(http2.WINDOW_UPDATE, 1)
+        assert int.from_bytes(increment, "big") == 600
+        client.send(http2.DATA, 0, 1, b"0" * 1001)  # one byte past the window
+        _, _, _, code = await client.until(http2.RST_STREAM, 1)
+        assert int.from_bytes(code, "big") == http2.FLOW_CONTROL_ERROR
+        assert handler.resets == [1]
         await client.close()
 
-    serve(case, max_body_bytes=500_000)
+    serve(case)
+
+
+def test_data_beyond_the_connections_window_is_a_connection_error(
+    raw_http2: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http2, "CONNECTION_WINDOW", 70_000)
+
+    async def case(port: int, handler: Answering) -> None:
+        client = await raw_http2.connect(port)
+        client.send(http2.HEADERS, http2.END_HEADERS, 1, client.block([]))
+        client.send(http2.DATA, 0, 1, b"0" * 70_001)
+        _, code, debug = await _goaway(client)
+        assert (code, debug) == (http2.FLOW_CONTROL_ERROR, b"DATA beyond the connection's window")
+        await client.close()
+
+    serve(case)
+
+
+def test_data_after_the_end_of_a_request_resets_it(raw_http2: Any) -> None:
+    async def case(port: int, handler: Answering) -> None:
+        handler.hold = True
+        client = await raw_http2.connect(port)
+        client.request(1, b"1")
+        client.send(http2.DATA, 0, 1, b"more")
+        _, _, _, code = await client.until(http2.RST_STREAM, 1)
+        assert int.from_bytes(code, "big") == http2.STREAM_CLOSED
+        assert handler.resets == [1]
+        await client.close()
+
+    serve(case)
+
+
+def test_stream_level_mistakes_reset_only_their_stream(raw_http2: Any) -> None:
+    async def case(port: int, handler: Answering) -> None:
+        handler.hold = True
+        client = await raw_http2.connect(port)
+        client.request(1, b"1")
+        client.send(http2.PRIORITY, 0, 1, b"\x00\x00")
+        _, _, _, code = await client.until(http2.RST_STREAM, 1)
+        assert int.from_bytes(code, "big") == http2.FRAME_SIZE_ERROR
+        client.request(3, b"1")
+        client.send(http2.WINDOW_UPDATE, 0, 3, b"\x00\x00\x00\x00")
+        _, _, _, code = await client.until(http2.RST_STREAM, 3)
+        assert int.from_bytes(code, "big") == http2.PROTOCOL_ERROR
+        assert handler.resets == [1, 3]
+        client.send(http2.WINDOW_UPDATE, 0, 9, b"\x00\x00\x00\x01")  # idle stream: fatal
+        _, code_, _ = await _goaway(client)
+        assert code_ == http2.PROTOCOL_ERROR
+        await client.close()
+
+    serve(case)
+
+
+def test_header_values_that_are_not_utf8_are_kept_as_bytes(raw_http2: Any) -> None:
+    async def case(port: int, handler: Answering) -> None:
+        client = await raw_http2.connect(port)
+        block = client.block([(":method", "POST"), ("user-agent", "caf\xe9".encode("latin-1"))])
+        client.send(http2.HEADERS, http2.END_HEADERS, 1, block)
+        client.send(http2.DATA, http2.END_STREAM, 1, b"1")
+        _, body, _ = await client.response(1)
+        assert body == b"x"
+        assert handler.requests[0].header("user-agent") == "caf\xe9"
+        await client.close()
+
+    serve(case)
+
+
+def test_a_client_that_does_not_read_is_not_read_from(raw_http2: Any) -> None:
+    async def case(port: int, handler: Answering) -> None:
+        client = await raw_http2.connect(port)
+        await client.until(http2.SETTINGS)
+        connection = handler.connection
+        assert connection is not None and connection.transport is not None
+        # PINGs whose answers are never read: the server's socket buffer fills, it pauses.
+        for _ in range(1000):
+            for _ in range(5000):
+                client.send(http2.PING, 0, 0, b"12345678")
+            await asyncio.sleep(0.01)
+            if not connection.transport.is_reading():
+                break
+        assert not connection.transport.is_reading()
+        await client.close()
+
+    serve(case)
+
+
+def test_answers_are_not_held_back_by_nagle(raw_http2: Any) -> None:
+    """A socket made outside asyncio (proto 0, as the server's are) gets TCP_NODELAY too."""
+    handler = Answering()
+
+    async def main() -> int:
+        sock = socket.create_server(("127.0.0.1", 0))
+        sock.setblocking(False)
+        assert sock.proto == 0  # asyncio sets TCP_NODELAY only for IPPROTO_TCP sockets
+
+        def connection() -> Http2Connection:
+            handler.connection = Http2Connection(handler, max_body_bytes=100)
+            return handler.connection
+
+        server = await asyncio.get_running_loop().create_server(connection, sock=sock)
+        client = await raw_http2.connect(sock.getsockname()[1])
+        client.request(1, b"1")
+        await client.response(1)
+        assert handler.connection is not None and handler.connection.transport is not None
+        accepted = handler.connection.transport.get_extra_info("socket")
+        nodelay: int = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        await client.close()
+        server.close()
+        return nodelay
+
+    assert asyncio.run(main()) != 0
