@@ -544,3 +544,17 @@ def test_answers_are_not_held_back_by_nagle(raw_http2: Any) -> None:
         return nodelay
 
     assert asyncio.run(main()) != 0
+
+
+def test_remembered_header_blocks_follow_the_dynamic_table() -> None:
+    encoder = hpack.Encoder()
+    blocks = http2.HeaderBlocks()
+    first = encoder.encode([(":path", "/a"), ("x-id", "one")])  # enters the table
+    assert blocks.decode(first) == [(":path", "/a"), ("x-id", "one")]
+    again = encoder.encode([(":path", "/a"), ("x-id", "one")])  # indexed only: remembered
+    assert blocks.decode(again) == [(":path", "/a"), ("x-id", "one")]
+    assert blocks.decode(again) is blocks.decode(again)
+    # A new entry shifts the dynamic indexes: the same bytes now mean something else.
+    blocks.decode(encoder.encode([("x-id", "two")]))
+    assert blocks.decode(again) != [(":path", "/a"), ("x-id", "one")]
+    assert blocks.decode(again) == [("x-id", "one"), ("x-id", "two")]  # indexes 63 and 62
