@@ -162,10 +162,11 @@ class HeaderBlocks:
 
     def __init__(self) -> None:
         self._decoder = Decoder(max_header_list_size=MAX_HEADER_BLOCK)
-        self._known: dict[bytes, list[tuple[str, str]]] = {}
+        self._known: dict[bytes, tuple[list[tuple[str, str]], int]] = {}
 
-    def decode(self, block: bytes) -> list[tuple[str, str]]:
-        """The block's fields (shared between callers: never modify them)."""
+    def decode(self, block: bytes) -> tuple[list[tuple[str, str]], int]:
+        """The block's fields (shared between callers: never modify them) and their size as
+        SETTINGS_MAX_HEADER_LIST_SIZE counts it."""
         known = self._known.get(block)
         if known is not None:
             return known
@@ -176,11 +177,12 @@ class HeaderBlocks:
             (bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
             for name, value in self._decoder.decode(block, raw=True)
         ]
+        decoded = fields, sum(len(name) + len(value) + 32 for name, value in fields)
         if (tuple(table.dynamic_entries), table.maxsize) != before:
             self._known.clear()
         elif len(self._known) < self.MAX_BLOCKS and len(block) <= self.MAX_BLOCK_BYTES:
-            self._known[block] = fields
-        return fields
+            self._known[block] = decoded
+        return decoded
 
 
 class Http2Error(Exception):
@@ -433,13 +435,12 @@ class Http2Connection(asyncio.Protocol):
 
     def _header_block(self, stream: Stream, block: bytes, end_stream: bool) -> None:
         try:
-            fields = self._decoder.decode(block)
+            fields, size = self._decoder.decode(block)
         except HPACKError as exc:
             raise Http2Error(COMPRESSION_ERROR, f"undecodable header block: {exc}") from exc
         fresh = not stream.headers
         if fresh:
             stream.headers = fields
-            size = sum(len(name) + len(value) + 32 for name, value in stream.headers)
             if size > MAX_HEADER_LIST_SIZE:
                 stream.too_large = (
                     f"the request's headers are {size} bytes, over the limit of "
