@@ -199,6 +199,11 @@ def test_header_blocks_continue_across_frames(raw_http2: Any) -> None:
     serve(case)
 
 
+async def _reset_code(client: Any, stream_id: int) -> int:
+    _, _, _, payload = await client.until(http2.RST_STREAM, stream_id)
+    return int.from_bytes(payload, "big")
+
+
 async def _goaway(client: Any) -> tuple[int, int, bytes]:
     _, _, _, payload = await client.until(http2.GOAWAY)
     last, code = struct.unpack(">II", payload[:8])
@@ -427,8 +432,7 @@ def test_data_beyond_a_streams_window_resets_it(
         _, _, _, increment = await client.until(http2.WINDOW_UPDATE, 1)
         assert int.from_bytes(increment, "big") == 600
         client.send(http2.DATA, 0, 1, b"0" * 1001)  # one byte past the window
-        _, _, _, code = await client.until(http2.RST_STREAM, 1)
-        assert int.from_bytes(code, "big") == http2.FLOW_CONTROL_ERROR
+        assert await _reset_code(client, 1) == http2.FLOW_CONTROL_ERROR
         assert handler.resets == [1]
         await client.close()
 
@@ -457,8 +461,7 @@ def test_data_after_the_end_of_a_request_resets_it(raw_http2: Any) -> None:
         client = await raw_http2.connect(port)
         client.request(1, b"1")
         client.send(http2.DATA, 0, 1, b"more")
-        _, _, _, code = await client.until(http2.RST_STREAM, 1)
-        assert int.from_bytes(code, "big") == http2.STREAM_CLOSED
+        assert await _reset_code(client, 1) == http2.STREAM_CLOSED
         assert handler.resets == [1]
         await client.close()
 
@@ -471,12 +474,10 @@ def test_stream_level_mistakes_reset_only_their_stream(raw_http2: Any) -> None:
         client = await raw_http2.connect(port)
         client.request(1, b"1")
         client.send(http2.PRIORITY, 0, 1, b"\x00\x00")
-        _, _, _, code = await client.until(http2.RST_STREAM, 1)
-        assert int.from_bytes(code, "big") == http2.FRAME_SIZE_ERROR
+        assert await _reset_code(client, 1) == http2.FRAME_SIZE_ERROR
         client.request(3, b"1")
         client.send(http2.WINDOW_UPDATE, 0, 3, b"\x00\x00\x00\x00")
-        _, _, _, code = await client.until(http2.RST_STREAM, 3)
-        assert int.from_bytes(code, "big") == http2.PROTOCOL_ERROR
+        assert await _reset_code(client, 3) == http2.PROTOCOL_ERROR
         assert handler.resets == [1, 3]
         client.send(http2.WINDOW_UPDATE, 0, 9, b"\x00\x00\x00\x01")  # idle stream: fatal
         _, code_, _ = await _goaway(client)
