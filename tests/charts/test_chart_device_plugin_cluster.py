@@ -23,44 +23,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from neuron_cores import ALLOCATIONS_ANNOTATION, CORE_RESOURCE, parse_record
 from neuron_device_plugin.ids import core_id
 from neuron_device_plugin.nodeannotation import PatchError, node_patcher
-from neuron_localcluster import LocalCluster, layout
-from neuron_localcluster.clitools import ensure_helm
-from neuron_localcluster.kube import body, raw_json
+from neuron_localcluster import LocalCluster
+from neuron_localcluster.kube import raw_json
 from neuron_localcluster.pod_resources_server import ContainerHolding, PodResourcesServer
 
 pytestmark = pytest.mark.cluster
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "neuron-groups"
 NS = "ng-dp-rbac"
 RELEASE = "dprbac"
 ACCOUNT = f"{RELEASE}-neuron-groups-device-plugin"
-APPLIED = {
-    "ServiceAccount",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "ValidatingAdmissionPolicy",
-    "ValidatingAdmissionPolicyBinding",
-}
 PLUGIN = str(Path(sys.executable).parent / "neuron-device-plugin")
-
-
-def _rendered() -> list[dict[str, Any]]:
-    args = [str(ensure_helm()), "template", RELEASE, str(CHART), "--namespace", NS]
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    return [
-        d
-        for d in yaml.safe_load_all(out)
-        if d
-        and d["kind"] in APPLIED
-        and d["metadata"]["labels"]["app.kubernetes.io/component"] == "device-plugin"
-    ]
 
 
 def _annotation(cluster: LocalCluster, node: str) -> str | None:
@@ -75,41 +53,17 @@ def _clear(cluster: LocalCluster, node: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def installed(local_cluster: LocalCluster) -> Iterator[list[dict[str, Any]]]:
-    objects = _rendered()
-    assert {o["kind"] for o in objects} == APPLIED
-    local_cluster.kubectl("create", "namespace", NS)
-    manifest = "\n---\n".join(yaml.safe_dump(o) for o in objects)
-    local_cluster.kubectl("apply", "-f", "-", input=manifest)
-    try:
-        yield objects
-    finally:
-        local_cluster.kubectl("delete", "-f", "-", "--wait=false", input=manifest, check=False)
-        local_cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
-        for node in local_cluster.kwok_nodes[:2]:
-            _clear(local_cluster, node)
-
-
-def _token_kubeconfig(cluster: LocalCluster, name: str, pod: dict[str, Any] | None) -> Path:
-    spec: dict[str, Any] = {"audiences": [layout.SA_ISSUER], "expirationSeconds": 600}
-    if pod is not None:
-        spec["boundObjectRef"] = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "name": pod["metadata"]["name"],
-            "uid": pod["metadata"]["uid"],
-        }
-    core = k8s.CoreV1Api(cluster.api_client())
-    answer = core.create_namespaced_service_account_token(ACCOUNT, NS, body({"spec": spec}))
-    assert answer.status is not None and answer.status.token
-    user = f"system:serviceaccount:{NS}:{ACCOUNT}"
-    data = layout.token_kubeconfig(
-        cluster.server, cluster.layout.pki.ca_cert, user, str(answer.status.token), NS
-    )
-    path = cluster.state_dir / "kubeconfigs" / f"dp-rbac-{name}.kubeconfig"
-    path.write_text(layout.dump_yaml(data))
-    path.chmod(0o600)
-    return path
+def installed(local_cluster: LocalCluster, apply_node_agent_rbac: Any) -> Iterator[Any]:
+    """The chart's RBAC for the agent, applied; what the tests wrote on the nodes, undone."""
+    with apply_node_agent_rbac(
+        local_cluster, "device-plugin", release=RELEASE, namespace=NS
+    ) as rbac:
+        assert rbac.account == ACCOUNT
+        try:
+            yield rbac
+        finally:
+            for node in local_cluster.kwok_nodes[:2]:
+                _clear(local_cluster, node)
 
 
 def _write(kubeconfig: Path, node: str, patch: dict[str, Any]) -> str | None:
@@ -124,23 +78,11 @@ def _write(kubeconfig: Path, node: str, patch: dict[str, Any]) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def on_node_a(local_cluster: LocalCluster, installed: list[dict[str, Any]]) -> Path:
+def on_node_a(local_cluster: LocalCluster, installed: Any) -> Path:
     """A kubeconfig with the token a device-plugin pod on kwok node A holds."""
-    node = local_cluster.kwok_nodes[0]
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "plugin-on-a", "namespace": NS},
-        "spec": {
-            "nodeName": node,
-            "serviceAccountName": ACCOUNT,
-            "tolerations": [{"operator": "Exists"}],
-            "containers": [{"name": "c", "image": "neuron-groups/device-plugin:test"}],
-        },
-    }
-    core = k8s.CoreV1Api(local_cluster.api_client())
-    created = raw_json(core.create_namespaced_pod(NS, body(pod), _preload_content=False))
-    kubeconfig = _token_kubeconfig(local_cluster, "node-a", created)
+    kubeconfig: Path = installed.pod_token(
+        local_cluster.kwok_nodes[0], "plugin-on-a", "neuron-groups/device-plugin:test"
+    )
     node_b = local_cluster.kwok_nodes[1]
     note = {"metadata": {"annotations": {ALLOCATIONS_ANNOTATION: "probe"}}}
 
@@ -239,9 +181,9 @@ def test_the_plugins_own_patch_says_why_it_was_refused(
 
 
 def test_a_token_not_bound_to_a_pod_on_a_node_changes_no_node(
-    local_cluster: LocalCluster, installed: list[dict[str, Any]], on_node_a: Path
+    local_cluster: LocalCluster, installed: Any, on_node_a: Path
 ) -> None:
-    unbound = _token_kubeconfig(local_cluster, "unbound", None)
+    unbound = installed.token_kubeconfig("unbound", None)
     node = local_cluster.kwok_nodes[0]
     refused = _write(unbound, node, {"metadata": {"annotations": {ALLOCATIONS_ANNOTATION: "{}"}}})
     assert refused is not None and "is not bound to a pod on a node" in refused, refused
@@ -272,15 +214,9 @@ def test_a_token_not_bound_to_a_pod_on_a_node_changes_no_node(
 )
 def test_the_account_may_do_only_what_the_plugin_calls(
     local_cluster: LocalCluster,
-    installed: list[dict[str, Any]],
+    installed: Any,
     verb: str,
     resource: str,
     allowed: bool,
 ) -> None:
-    proc = local_cluster.kubectl(
-        "auth", "can-i", verb, *resource.split(), "--all-namespaces",
-        f"--as=system:serviceaccount:{NS}:{ACCOUNT}", check=False,
-    )  # fmt: skip
-    assert proc.stdout.strip() == ("yes" if allowed else "no"), json.dumps(
-        [proc.stdout, proc.stderr]
-    )
+    assert installed.may(verb, *resource.split()) is allowed

@@ -12,7 +12,6 @@ account may not do.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,79 +19,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as k8s
 
 from neuron_dra_driver.layout import DRIVER_NAME
-from neuron_localcluster import LocalCluster, layout
-from neuron_localcluster.clitools import ensure_helm
-from neuron_localcluster.kube import body, raw_json
+from neuron_localcluster import LocalCluster
+from neuron_localcluster.kube import raw_json
 
 pytestmark = pytest.mark.cluster
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "neuron-groups"
 NS = "ng-dra-rbac"
 RELEASE = "drarbac"
 ACCOUNT = f"{RELEASE}-neuron-groups-dra-driver"
-APPLIED = {
-    "ServiceAccount",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "ValidatingAdmissionPolicy",
-    "ValidatingAdmissionPolicyBinding",
-}
 DRIVER = str(Path(sys.executable).parent / "neuron-dra-driver")
 
 
-def _rendered() -> list[dict[str, Any]]:
-    args = [str(ensure_helm()), "template", RELEASE, str(CHART), "--namespace", NS]
-    args += ["--set", "dra.enabled=true"]
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    docs = [d for d in yaml.safe_load_all(out) if d]
-    return [
-        d
-        for d in docs
-        if d["kind"] in APPLIED
-        and d["metadata"]["labels"]["app.kubernetes.io/component"] == "dra-driver"
-    ]
-
-
 @pytest.fixture(scope="module")
-def installed(local_cluster: LocalCluster) -> Iterator[list[dict[str, Any]]]:
-    objects = _rendered()
-    assert {o["kind"] for o in objects} == APPLIED
-    local_cluster.kubectl("create", "namespace", NS)
-    manifest = "\n---\n".join(yaml.safe_dump(o) for o in objects)
-    local_cluster.kubectl("apply", "-f", "-", input=manifest)
-    try:
-        yield objects
-    finally:
-        local_cluster.kubectl("delete", "-f", "-", "--wait=false", input=manifest, check=False)
-        local_cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
-        for node in local_cluster.kwok_nodes[:2]:
-            _driver(local_cluster.kubeconfig, node, "--cleanup")
-
-
-def _token_kubeconfig(cluster: LocalCluster, name: str, pod: dict[str, Any] | None) -> Path:
-    spec: dict[str, Any] = {"audiences": [layout.SA_ISSUER], "expirationSeconds": 600}
-    if pod is not None:
-        spec["boundObjectRef"] = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "name": pod["metadata"]["name"],
-            "uid": pod["metadata"]["uid"],
-        }
-    core = k8s.CoreV1Api(cluster.api_client())
-    answer = core.create_namespaced_service_account_token(ACCOUNT, NS, body({"spec": spec}))
-    assert answer.status is not None and answer.status.token
-    user = f"system:serviceaccount:{NS}:{ACCOUNT}"
-    data = layout.token_kubeconfig(
-        cluster.server, cluster.layout.pki.ca_cert, user, str(answer.status.token), NS
-    )
-    path = cluster.state_dir / "kubeconfigs" / f"dra-rbac-{name}.kubeconfig"
-    path.write_text(layout.dump_yaml(data))
-    path.chmod(0o600)
-    return path
+def installed(local_cluster: LocalCluster, apply_node_agent_rbac: Any) -> Iterator[Any]:
+    """The chart's RBAC for the agent, applied; what the tests wrote on the nodes, undone."""
+    with apply_node_agent_rbac(
+        local_cluster, "dra-driver", release=RELEASE, namespace=NS, set_values=["dra.enabled=true"]
+    ) as rbac:
+        assert rbac.account == ACCOUNT
+        try:
+            yield rbac
+        finally:
+            for node in local_cluster.kwok_nodes[:2]:
+                _driver(local_cluster.kubeconfig, node, "--cleanup")
 
 
 def _driver(kubeconfig: Path, node: str, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -110,23 +62,11 @@ def _slices(cluster: LocalCluster, node: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def on_node_a(local_cluster: LocalCluster, installed: list[dict[str, Any]]) -> Path:
+def on_node_a(local_cluster: LocalCluster, installed: Any) -> Path:
     """A kubeconfig with the token a driver pod on kwok node A holds."""
-    node = local_cluster.kwok_nodes[0]
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "driver-on-a", "namespace": NS},
-        "spec": {
-            "nodeName": node,
-            "serviceAccountName": ACCOUNT,
-            "tolerations": [{"operator": "Exists"}],
-            "containers": [{"name": "c", "image": "neuron-groups/driver:test"}],
-        },
-    }
-    core = k8s.CoreV1Api(local_cluster.api_client())
-    created = raw_json(core.create_namespaced_pod(NS, body(pod), _preload_content=False))
-    kubeconfig = _token_kubeconfig(local_cluster, "node-a", created)
+    kubeconfig: Path = installed.pod_token(
+        local_cluster.kwok_nodes[0], "driver-on-a", "neuron-groups/driver:test"
+    )
     node_b = local_cluster.kwok_nodes[1]
 
     def policy_active() -> bool:
@@ -173,9 +113,9 @@ def test_the_driver_on_node_a_may_not_write_node_bs_pool(
 
 
 def test_a_token_not_bound_to_a_pod_on_a_node_writes_no_slice(
-    local_cluster: LocalCluster, installed: list[dict[str, Any]], on_node_a: Path
+    local_cluster: LocalCluster, installed: Any, on_node_a: Path
 ) -> None:
-    unbound = _token_kubeconfig(local_cluster, "unbound", None)
+    unbound = installed.token_kubeconfig("unbound", None)
     node = local_cluster.kwok_nodes[0]
     before = _slices(local_cluster, node)
     refused = _driver(unbound, node, "--once")
@@ -211,20 +151,9 @@ def test_a_token_not_bound_to_a_pod_on_a_node_writes_no_slice(
 )
 def test_the_account_may_do_only_what_the_driver_calls(
     local_cluster: LocalCluster,
-    installed: list[dict[str, Any]],
+    installed: Any,
     verb: str,
     resource: str,
     allowed: bool,
 ) -> None:
-    proc = local_cluster.kubectl(
-        "auth",
-        "can-i",
-        verb,
-        resource,
-        "--all-namespaces",
-        f"--as=system:serviceaccount:{NS}:{ACCOUNT}",
-        check=False,
-    )
-    assert proc.stdout.strip() == ("yes" if allowed else "no"), json.dumps(
-        [proc.stdout, proc.stderr]
-    )
+    assert installed.may(verb, resource) is allowed
