@@ -3,17 +3,23 @@ authenticated as the chart's operator ServiceAccount (so the chart's RBAC is exe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from neuron_localcluster import LocalCluster
 from neuron_localcluster.clitools import ensure_helm
+from neuron_localcluster.layout import DEVICE_PLUGIN
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts/neuron-groups"
@@ -145,3 +151,48 @@ def chart_lease_name(documents: list[dict[str, Any]]) -> str:
             if "leases" in rule.get("resources", []) and rule.get("resourceNames"):
                 return str(rule["resourceNames"][0])
     raise AssertionError("the chart's operator RBAC grants no named Lease")
+
+
+@contextlib.contextmanager
+def operator_on_own_cluster(
+    *,
+    kwok_nodes: str,
+    emulated_nodes: str,
+    allocation: str = DEVICE_PLUGIN,
+    release: str,
+    operator_namespace: str,
+    namespaces: list[str],
+    log_dir: Path,
+    other_namespaces: tuple[str, ...] = (),
+    extra_args: tuple[str, ...] = (),
+    identity: str = "op",
+) -> Iterator[Operators]:
+    """A local cluster of its own (nodes and allocation as ``LocalCluster.up`` takes them), the
+    CRD, the namespaces, and one operator (``identity``) running as the chart's account,
+    watching ``namespaces``; all of it gone afterwards."""
+    state = Path(tempfile.mkdtemp(prefix="ngo-"))
+    cluster = LocalCluster.up(
+        state, kwok_nodes=kwok_nodes, emulated_nodes=emulated_nodes, allocation=allocation
+    )
+    try:
+        install_crd(cluster)
+        for name in (operator_namespace, *namespaces, *other_namespaces):
+            namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+            assert apply(cluster, namespace).returncode == 0
+        handle = operators_as_chart_account(
+            cluster,
+            release,
+            operator_namespace,
+            log_dir=log_dir,
+            namespaces=namespaces,
+            extra_args=extra_args,
+        )
+        handle.start(identity)
+        try:
+            yield handle
+        finally:
+            for running in list(handle.processes):
+                handle.stop(running)
+    finally:
+        cluster.down()
+        shutil.rmtree(state, ignore_errors=True)

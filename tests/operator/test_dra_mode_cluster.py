@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,13 +23,12 @@ import pytest
 import yaml
 
 from neuron_cores import is_contiguous, parse_core_list
-from neuron_localcluster import LocalCluster
 from neuron_localcluster.demo import compile_models, with_models_volume
 from neuron_localcluster.node_files import ALLOCATIONS_FILE
 from neuron_operator import conditions as c
 from neuron_operator.claims import claim_cores
 
-from .conftest import Operators, apply, install_crd, kubectl_json, operators_as_chart_account
+from .conftest import Operators, apply, kubectl_json, operator_on_own_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -46,35 +43,20 @@ TIMEOUT = 240.0
 
 @pytest.fixture(scope="module")
 def operators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operators]:
-    state = Path(tempfile.mkdtemp(prefix="ngo-"))
-    cluster = LocalCluster.up(
-        state, kwok_nodes="2xinf1.6xlarge", emulated_nodes="inf1.6xlarge", allocation="dra"
-    )
-    models = state / "models"
-    models.mkdir()
-    try:
-        compile_models(models)
-        install_crd(cluster)
-        for name in (OPERATOR_NS, NS):
-            namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-            assert apply(cluster, namespace).returncode == 0
-        handle = operators_as_chart_account(
-            cluster,
-            "nwl-dra",
-            OPERATOR_NS,
-            log_dir=tmp_path_factory.mktemp("operator-logs"),
-            namespaces=[NS],
-            extra_args=("--allowed-host-paths", str(models)),
-        )
-        handle.start("op-a")
-        try:
-            yield handle
-        finally:
-            for identity in list(handle.processes):
-                handle.stop(identity)
-    finally:
-        cluster.down()
-        shutil.rmtree(state, ignore_errors=True)
+    models = tmp_path_factory.mktemp("models")
+    compile_models(models)
+    with operator_on_own_cluster(
+        kwok_nodes="2xinf1.6xlarge",
+        emulated_nodes="inf1.6xlarge",
+        allocation="dra",
+        identity="op-a",
+        release="nwl-dra",
+        operator_namespace=OPERATOR_NS,
+        namespaces=[NS],
+        log_dir=tmp_path_factory.mktemp("operator-logs"),
+        extra_args=("--allowed-host-paths", str(models)),
+    ) as handle:
+        yield handle
 
 
 def wait_for(operators: Operators, predicate: Callable[[], Any], what: str) -> Any:

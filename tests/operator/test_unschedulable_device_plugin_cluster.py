@@ -10,20 +10,16 @@ each placed before the next; the 15-core pods then go, leaving four single cores
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from neuron_cores import ALLOCATIONS_ANNOTATION, is_contiguous, parse_record
-from neuron_localcluster import LocalCluster
 from neuron_operator import conditions as c
 from neuron_operator.freecores import longest_run
 
-from .conftest import Operators, apply, install_crd, kubectl_json, operators_as_chart_account
+from .conftest import Operators, apply, kubectl_json, operator_on_own_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -36,29 +32,15 @@ TIMEOUT = 180.0
 
 @pytest.fixture(scope="module")
 def operators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operators]:
-    state = Path(tempfile.mkdtemp(prefix="ngp-"))
-    cluster = LocalCluster.up(state, kwok_nodes="", emulated_nodes=NODE_TYPE)
-    try:
-        install_crd(cluster)
-        for name in (OPERATOR_NS, NS):
-            namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-            assert apply(cluster, namespace).returncode == 0
-        handle = operators_as_chart_account(
-            cluster,
-            "nwl-dp-runs",
-            OPERATOR_NS,
-            log_dir=tmp_path_factory.mktemp("operator-logs"),
-            namespaces=[NS],
-        )
-        handle.start("op")
-        try:
-            yield handle
-        finally:
-            for identity in list(handle.processes):
-                handle.stop(identity)
-    finally:
-        cluster.down()
-        shutil.rmtree(state, ignore_errors=True)
+    with operator_on_own_cluster(
+        kwok_nodes="",
+        emulated_nodes=NODE_TYPE,
+        release="nwl-dp-runs",
+        operator_namespace=OPERATOR_NS,
+        namespaces=[NS],
+        log_dir=tmp_path_factory.mktemp("operator-logs"),
+    ) as handle:
+        yield handle
 
 
 def sleeper(name: str, cores: int) -> dict[str, Any]:

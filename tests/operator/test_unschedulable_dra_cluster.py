@@ -12,22 +12,18 @@ of resourceslices and resourceclaims it needs is exercised).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from neuron_dra_driver.classes import block_claim
 from neuron_dra_driver.layout import DRIVER_NAME
-from neuron_localcluster import LocalCluster
 from neuron_operator import conditions as c
 
-from .conftest import Operators, apply, install_crd, kubectl_json, operators_as_chart_account
+from .conftest import Operators, apply, kubectl_json, operator_on_own_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -42,31 +38,17 @@ TIMEOUT = 180.0
 
 @pytest.fixture(scope="module")
 def operators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operators]:
-    state = Path(tempfile.mkdtemp(prefix="ngu-"))
-    cluster = LocalCluster.up(
-        state, kwok_nodes=f"1x{NODE_TYPE}", emulated_nodes="", allocation="dra"
-    )
-    try:
-        install_crd(cluster)
-        for name in (OPERATOR_NS, NS, FILLERS):
-            namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-            assert apply(cluster, namespace).returncode == 0
-        handle = operators_as_chart_account(
-            cluster,
-            "nwl-runs",
-            OPERATOR_NS,
-            log_dir=tmp_path_factory.mktemp("operator-logs"),
-            namespaces=[NS],
-        )
-        handle.start("op")
-        try:
-            yield handle
-        finally:
-            for identity in list(handle.processes):
-                handle.stop(identity)
-    finally:
-        cluster.down()
-        shutil.rmtree(state, ignore_errors=True)
+    with operator_on_own_cluster(
+        kwok_nodes=f"1x{NODE_TYPE}",
+        emulated_nodes="",
+        allocation="dra",
+        release="nwl-runs",
+        operator_namespace=OPERATOR_NS,
+        namespaces=[NS],
+        other_namespaces=(FILLERS,),
+        log_dir=tmp_path_factory.mktemp("operator-logs"),
+    ) as handle:
+        yield handle
 
 
 def pinned_claim(name: str, core: int) -> dict[str, Any]:
