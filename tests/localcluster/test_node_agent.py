@@ -37,15 +37,26 @@ def test_the_node_agent_refuses_a_bad_allocation(
         )
 
 
-def test_a_dra_node_offers_no_neuron_extended_resources(tmp_path: Path) -> None:
-    agent = NodeAgent(
+def _dra_agent(tmp_path: Path) -> NodeAgent:
+    """An emulated inf1.6xlarge node's agent in DRA mode (not started)."""
+    return NodeAgent(
         api=k8s.ApiClient(),
         spec=NodeSpec("n", "inf1.6xlarge", emulated=True),
         workdir=tmp_path,
         allocation="dra",
         kubeconfig=tmp_path / "kubeconfig",
     )
+
+
+def test_a_dra_node_offers_no_neuron_extended_resources(tmp_path: Path) -> None:
+    agent = _dra_agent(tmp_path)
     assert agent._resource_counts() == ({}, {})
+
+
+def _reporting_to_fake(agent: NodeAgent) -> _Core:
+    core = _Core()
+    agent.reporter.core = core  # type: ignore[assignment]
+    return core
 
 
 class _Core:
@@ -62,15 +73,8 @@ class _Core:
 
 def test_a_dra_node_publishes_its_allocation_record(tmp_path: Path) -> None:
     """No neuroncore capacity on a DRA node: the record's size comes from the instance type."""
-    agent = NodeAgent(
-        api=k8s.ApiClient(),
-        spec=NodeSpec("n", "inf1.6xlarge", emulated=True),
-        workdir=tmp_path,
-        allocation="dra",
-        kubeconfig=tmp_path / "kubeconfig",
-    )
-    core = _Core()
-    agent.reporter.core = core  # type: ignore[assignment]
+    agent = _dra_agent(tmp_path)
+    core = _reporting_to_fake(agent)
     agent._publish_allocations()
     ((node, patch),) = core.node_patches
     record = parse_record(patch["metadata"]["annotations"][ALLOCATIONS_ANNOTATION], node="n")
@@ -78,15 +82,8 @@ def test_a_dra_node_publishes_its_allocation_record(tmp_path: Path) -> None:
 
 
 def test_a_pod_whose_claims_are_not_ready_waits_with_the_reason(tmp_path: Path) -> None:
-    agent = NodeAgent(
-        api=k8s.ApiClient(),
-        spec=NodeSpec("n", "inf1.6xlarge", emulated=True),
-        workdir=tmp_path,
-        allocation="dra",
-        kubeconfig=tmp_path / "kubeconfig",
-    )
-    core = _Core()
-    agent.reporter.core = core  # type: ignore[assignment]
+    agent = _dra_agent(tmp_path)
+    core = _reporting_to_fake(agent)
     pod = {
         "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
         "spec": {
@@ -133,15 +130,8 @@ def test_a_pod_whose_claims_are_not_ready_waits_with_the_reason(tmp_path: Path) 
 def test_extended_resources_on_a_dra_node_need_the_schedulers_claim(
     tmp_path: Path, status: dict[str, Any], phase: str
 ) -> None:
-    agent = NodeAgent(
-        api=k8s.ApiClient(),
-        spec=NodeSpec("n", "inf1.6xlarge", emulated=True),
-        workdir=tmp_path,
-        allocation="dra",
-        kubeconfig=tmp_path / "kubeconfig",
-    )
-    core = _Core()
-    agent.reporter.core = core  # type: ignore[assignment]
+    agent = _dra_agent(tmp_path)
+    core = _reporting_to_fake(agent)
     agent.dra.read_claim = lambda namespace, name: None
     pod = {
         "metadata": {"name": "p", "namespace": "ns", "uid": "u2"},

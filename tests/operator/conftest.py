@@ -134,6 +134,7 @@ def operators_as_chart_account(
 def install_crd(cluster: Any) -> None:
     """The chart's NeuronWorkload CRD, applied and Established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    # Right after the apply the CRD may have no status yet, which `kubectl wait` takes as an error.
     cluster.wait_for(
         lambda: cluster.kubectl(
             "wait", "--for=condition=Established", "--timeout=10s",

@@ -23,12 +23,11 @@ import yaml
 
 from neuron_operator import conditions as c
 
-from .conftest import Operators, apply, kubectl_json, operators_as_chart_account
+from .conftest import Operators, apply, install_crd, kubectl_json, operators_as_chart_account
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "charts/neuron-groups/crds/neuronworkloads.neurongroups.dev.yaml"
 SAMPLES = REPO / "deploy/samples"
 NS = "nwl-e2e"
 OPERATOR_NS = "nwl-operator-e2e"
@@ -41,16 +40,7 @@ TIMEOUT = 90.0
 @pytest.fixture(scope="module")
 def operators(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operators]:
     cluster = local_cluster
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    # Right after the apply the CRD may have no status yet, which `kubectl wait` takes as an error.
-    cluster.wait_for(
-        lambda: cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=10s",
-            "crd/neuronworkloads.neurongroups.dev", check=False,
-        ).returncode == 0,
-        60,
-        "the NeuronWorkload CRD to be Established",
-    )  # fmt: skip
+    install_crd(cluster)
     # A namespace left by an earlier run may still be terminating: wait until it is gone.
     cluster.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", "--timeout=90s")
     restricted = {"pod-security.kubernetes.io/enforce": "restricted"}

@@ -20,8 +20,8 @@ import pytest
 
 from neuron_operator import conditions as c
 
-from .conftest import Operators, apply, kubectl_json
-from .test_operator_cluster import CRD, KWOK_ONLY, SELECTOR, condition_of
+from .conftest import Operators, apply, install_crd, kubectl_json
+from .test_operator_cluster import KWOK_ONLY, SELECTOR, condition_of
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -35,11 +35,7 @@ STOP_SECONDS = 15.0
 @pytest.fixture(scope="module")
 def operators(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operators]:
     cluster = local_cluster
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/neuronworkloads.neurongroups.dev",
-    )  # fmt: skip
+    install_crd(cluster)
     cluster.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", "--timeout=90s")
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}
     assert apply(cluster, namespace).returncode == 0
