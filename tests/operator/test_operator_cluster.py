@@ -82,7 +82,38 @@ def wait_for(operators: Operators, predicate: Callable[[], Any], what: str) -> A
     try:
         return operators.cluster.wait_for(predicate, TIMEOUT, what)
     except Exception as error:
-        raise AssertionError(f"{error}\noperator logs:\n{operators.logs()}") from error
+        story = _emulated_node_story(operators.cluster)
+        raise AssertionError(f"{error}\noperator logs:\n{operators.logs()}\n{story}") from error
+
+
+def _emulated_node_story(cluster: Any, lines: int = 30) -> str:
+    """The test namespace's pods on the emulated node, their container logs and the node
+    agent's log: what a timeout message needs when a pod there never became Ready."""
+
+    def tail(path: Path) -> str:
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"({exc})"
+
+    node = cluster.emulated_node
+    found = kubectl_json(
+        cluster, "get", "pods", "-n", NS, "--field-selector", f"spec.nodeName={node}"
+    )
+    out = [f"pods of {NS} on {node}:"]
+    for pod in found["items"]:
+        status = pod.get("status") or {}
+        states = [
+            (c.get("name"), c.get("restartCount"), c.get("state"), c.get("lastState"))
+            for c in status.get("containerStatuses") or []
+        ]
+        out.append(f"  {pod['metadata']['name']} {status.get('phase')} {states}")
+    workdir = cluster.layout.node_dir(node)
+    for log in sorted((workdir / "pods").glob(f"{NS}_*/*.log")):
+        out.append(f"--- {log.relative_to(workdir)}\n{tail(log)}")
+    agent_log = cluster.layout.logs / f"node-agent-{node}.log"
+    out.append(f"--- {agent_log.name}\n{tail(agent_log)}")
+    return "\n".join(out)
 
 
 def workload(file_name: str, name: str | None = None, **spec: Any) -> dict[str, Any]:
