@@ -64,7 +64,17 @@ def setup_commands(netns: str, veth: str, subnet: ipaddress.IPv4Network) -> list
         ["ip", "link", "set", veth, "up"],
         ["ip", "-n", netns, "link", "set", "lo", "up"],
         ["ip", "-n", netns, "link", "set", "eth0", "up"],
-    ]
+        # Every pod's address sits on this one eth0, in one subnet: the first is the subnet's
+        # primary, the later ones its secondaries, and by default the kernel deletes the
+        # secondaries with the primary.  A pod stopping would take the addresses of the pods
+        # started after it while it ran (their servers keep running, unreachable; never Ready).
+        # With promotion a secondary becomes the primary instead, as each pod keeps its own
+        # address on a real node.
+        [
+            "ip", "netns", "exec", netns, "sh", "-c",
+            "echo 1 > /proc/sys/net/ipv4/conf/eth0/promote_secondaries",
+        ],
+    ]  # fmt: skip
 
 
 def teardown_commands(netns: str, veth: str) -> list[list[str]]:

@@ -1,8 +1,11 @@
-"""Pod network naming and commands (pure); the namespace is exercised by the cluster tests."""
+"""Pod network naming and commands (pure), and the namespace itself where root and ``ip`` are."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,24 @@ def test_loopback_mode_needs_no_privilege(tmp_path: Path) -> None:
 def test_bad_mode_is_named(tmp_path: Path) -> None:
     with pytest.raises(podnet.PodNetworkError, match="'bridge'"):
         podnet.PodNetwork(tmp_path, mode="bridge")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None, reason="a network namespace needs root and ip"
+)
+def test_a_stopping_pod_leaves_the_other_pods_addresses(tmp_path: Path) -> None:
+    """The first pod's address is the subnet's primary on eth0; giving it back must not take
+    the addresses of pods started after it (the kernel's default deletes secondaries)."""
+    net = podnet.PodNetwork(tmp_path, mode="netns")
+    net.setup()
+    try:
+        first, second, third = net.take(), net.take(), net.take()
+        net.give_back(first)
+        shown = subprocess.run(
+            ["ip", "-n", net.netns, "-4", "addr", "show", "dev", "eth0"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert f" {first}/" not in shown
+        assert f" {second}/" in shown and f" {third}/" in shown, shown
+    finally:
+        net.teardown()
