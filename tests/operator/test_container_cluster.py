@@ -18,12 +18,11 @@ import yaml
 from neuron_operator.api import workload_from_object
 from neuron_operator.drasync import template_bodies
 
-from .conftest import apply
+from .conftest import apply, install_crd
 
 pytestmark = [pytest.mark.cluster]
 
 REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "charts/neuron-groups/crds/neuronworkloads.neurongroups.dev.yaml"
 SAMPLES = REPO / "deploy/samples"
 SERVING_SAMPLES = ("07-tensorflow-serving-neuron.yaml", "08-triton-neuron.yaml")
 NS = "nwl-container"
@@ -31,16 +30,7 @@ NS = "nwl-container"
 
 @pytest.fixture(scope="module")
 def cluster(local_cluster: Any) -> Iterator[Any]:
-    local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    # Right after the apply the CRD may have no status yet, which `kubectl wait` takes as an error.
-    local_cluster.wait_for(
-        lambda: local_cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=10s",
-            "crd/neuronworkloads.neurongroups.dev", check=False,
-        ).returncode == 0,
-        60,
-        "the NeuronWorkload CRD to be Established",
-    )  # fmt: skip
+    install_crd(local_cluster)
     namespace = {
         "apiVersion": "v1",
         "kind": "Namespace",

@@ -17,12 +17,11 @@ import yaml
 from neuron_cores import parse_core_list
 from neuron_localcluster.node_files import ALLOCATIONS_FILE
 
-from .conftest import apply, kubectl_json
+from .conftest import apply, install_crd, kubectl_json
 
 pytestmark = [pytest.mark.cluster]
 
 REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "charts/neuron-groups/crds/neuronworkloads.neurongroups.dev.yaml"
 NS = "kubectl-neuron"
 INSTANCE = "node.kubernetes.io/instance-type"
 TOLERATE = [{"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"}]
@@ -62,16 +61,7 @@ def neuron_pod(
 
 @pytest.fixture(scope="module")
 def cluster(local_cluster: Any) -> Iterator[Any]:
-    local_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    # Right after the apply the CRD may have no status yet, which `kubectl wait` takes as an error.
-    local_cluster.wait_for(
-        lambda: local_cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=10s",
-            "crd/neuronworkloads.neurongroups.dev", check=False,
-        ).returncode == 0,
-        60,
-        "the NeuronWorkload CRD to be Established",
-    )  # fmt: skip
+    install_crd(local_cluster)
     local_cluster.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true")
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}
     assert apply(local_cluster, namespace).returncode == 0
