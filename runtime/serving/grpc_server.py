@@ -162,14 +162,7 @@ class GrpcServer:
             self._refuse(connection, stream, exc.code, exc.message)
             return
         except _NotGrpcError as exc:
-            connection.respond(
-                stream,
-                (
-                    (b":status", exc.status),
-                    (b"grpc-status", b"%d" % exc.code.value[0]),
-                    (b"grpc-message", percent_encode(exc.message)),
-                ),
-            )
+            self._refuse(connection, stream, exc.code, exc.message, http_status=exc.status)
             return
         try:
             request = method.request_type.FromString(payload)
@@ -289,8 +282,15 @@ class GrpcServer:
 
     @staticmethod
     def _refuse(
-        connection: Http2Connection, stream: Stream, code: grpc.StatusCode, message: str
+        connection: Http2Connection,
+        stream: Stream,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        http_status: bytes = b"200",
     ) -> None:
+        """A trailers-only answer: ``code`` and ``message`` (and an HTTP status other than 200
+        for a request that is not gRPC at all)."""
         if stream.responded:
             return
         if len(message) > MAX_MESSAGE_CHARS:  # clients cap their headers (C-core: 8 KiB)
@@ -298,7 +298,8 @@ class GrpcServer:
         connection.respond(
             stream,
             (
-                *_OK_HEADERS,
+                (b":status", http_status),
+                (b"content-type", CONTENT_TYPE.encode()),
                 (b"grpc-status", b"%d" % code.value[0]),
                 (b"grpc-message", percent_encode(message)),
                 (b"grpc-accept-encoding", ACCEPT_ENCODING),

@@ -35,6 +35,10 @@ from hpack.exceptions import HPACKError
 log = logging.getLogger(__name__)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+NOT_HTTP2 = (
+    "not an HTTP/2 client preface (this port serves gRPC over HTTP/2 cleartext; REST is on the "
+    "HTTP port)"
+)
 
 # Frame types (RFC 9113 section 6).
 DATA = 0x0
@@ -311,16 +315,10 @@ class Http2Connection(asyncio.Protocol):
         buffer += data
         try:
             if not self._preface_seen:
+                if not PREFACE.startswith(bytes(buffer[: len(PREFACE)])):
+                    raise Http2Error(PROTOCOL_ERROR, NOT_HTTP2)
                 if len(buffer) < len(PREFACE):
-                    if not PREFACE.startswith(bytes(buffer)):
-                        raise Http2Error(PROTOCOL_ERROR, "not an HTTP/2 client preface")
                     return
-                if buffer[: len(PREFACE)] != PREFACE:
-                    raise Http2Error(
-                        PROTOCOL_ERROR,
-                        "not an HTTP/2 client preface (this port serves gRPC over HTTP/2 "
-                        "cleartext; REST is on the HTTP port)",
-                    )
                 del buffer[: len(PREFACE)]
                 self._preface_seen = True
             offset = 0
